@@ -1,0 +1,193 @@
+"""The public contract between the harness and method plugins.
+
+A protocol becomes a :class:`TaskSequence` of :class:`Task` objects; a plugin subclasses :class:`Method`.
+The harness owns the continual loop and every evaluation, so a method only learns and generates::
+
+    class MyMethod(Method):
+        def learn_task(self, task, budget): ...
+        def generate(self, requests, settings): ...
+
+Everything here is a frozen dataclass so that runs can be hashed, logged and compared.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:  # keep `cifc-bench ls` free of torch and PIL imports
+    import torch
+    from PIL import Image
+
+    from cifc_bench.models import ModelBundle
+
+TOKEN_MARK = "<TOK>"
+
+
+@dataclass(frozen=True)
+class Box:
+    """A region in normalised image coordinates (y0, x0, y1, x1), the CIDM/Mix-of-Show convention."""
+
+    y0: float
+    x0: float
+    y1: float
+    x1: float
+
+    def __post_init__(self) -> None:
+        if not (0.0 <= self.y0 < self.y1 <= 1.0 and 0.0 <= self.x0 < self.x1 <= 1.0):
+            raise ValueError(
+                f"box {self.as_tuple()} is not a normalised (y0, x0, y1, x1) box with 0 <= y0 < y1 <= 1 "
+                "and 0 <= x0 < x1 <= 1; give fractions of the image size"
+            )
+
+    def as_tuple(self) -> tuple[float, float, float, float]:
+        return (self.y0, self.x0, self.y1, self.x1)
+
+
+@dataclass(frozen=True)
+class Concept:
+    """One personal concept: its placeholder tokens, its data and how it is evaluated."""
+
+    name: str
+    placeholders: tuple[str, ...]
+    initializers: tuple[str | float, ...]  # a word, or the std-dev of a random init, one per placeholder
+    class_word: str
+    kind: str  # "object" or "style"
+    image_dir: Path
+    caption_dir: Path | None
+    prompt_set: str
+    eval_replacement: str  # replaces <TOK> in evaluation prompts, e.g. "yellow rubber <duck1> <duck2>"
+    eval_prompts: tuple[str, ...]  # already expanded with eval_replacement
+    caption_phrase: str = ""  # the class phrase that captions use, replaced by the placeholders in training
+
+    @property
+    def token_string(self) -> str:
+        return " ".join(self.placeholders)
+
+    def to_class_words(self, text: str) -> str:
+        """The prompt as the scorer reads it: placeholders replaced by the class word (CIDM TA rule)."""
+        return " ".join(text.replace(self.token_string, self.class_word).split())
+
+    def image_paths(self) -> tuple[Path, ...]:
+        from cifc_bench.images import list_images
+
+        return list_images(self.image_dir)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One step of the continual stream. CIFC has one concept per task; the type allows more."""
+
+    index: int
+    concepts: tuple[Concept, ...]
+
+    @property
+    def name(self) -> str:
+        return "+".join(c.name for c in self.concepts)
+
+
+@dataclass(frozen=True)
+class MultiConceptPrompt:
+    """A prompt that asks for several learned concepts at once, optionally with one region per concept."""
+
+    prompt: str
+    concepts: tuple[str, ...]
+    boxes: tuple[Box, ...] | None = None
+
+
+@dataclass(frozen=True)
+class TaskSequence:
+    """What a protocol YAML file describes: an ordered, validated task stream."""
+
+    name: str
+    version: str
+    tasks: tuple[Task, ...]
+    multi_concept_prompts: tuple[MultiConceptPrompt, ...] = ()
+    default_model: str | None = None
+    default_scorer: str | None = None
+    source: Path | None = None
+    reference_results: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def concepts(self) -> tuple[Concept, ...]:
+        return tuple(c for t in self.tasks for c in t.concepts)
+
+    def concept(self, name: str) -> Concept:
+        for c in self.concepts:
+            if c.name == name:
+                return c
+        raise KeyError(f"protocol {self.name!r} has no concept {name!r}; it has {[c.name for c in self.concepts]}")
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One image to generate. The seed is fixed by the harness and is the same for every method."""
+
+    prompt: str
+    seed: int
+    concepts: tuple[Concept, ...] = ()
+    boxes: tuple[Box, ...] | None = None
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Sampler settings the harness imposes on every method, so their images are comparable."""
+
+    resolution: int = 512
+    num_inference_steps: int = 50
+    guidance_scale: float = 7.5
+    negative_prompt: str = ""
+    batch_size: int = 4
+
+
+@dataclass(frozen=True)
+class TrainBudget:
+    """The fixed per-task budget. It comes from the run config and never depends on the GPU count."""
+
+    steps: int
+    batch_size: int = 2
+    resolution: int = 512
+    seed: int = 0
+
+
+class Method(abc.ABC):
+    """Base class of every method plugin.
+
+    Subclasses implement :meth:`learn_task` and :meth:`generate`. State for resume goes through
+    :meth:`state_dict` / :meth:`load_state_dict` (tensors only, saved as safetensors by the harness), and
+    :meth:`stored_parameters` tells the leaderboard what the method keeps per task.
+    """
+
+    #: What the method keeps between tasks, for the leaderboard's storage column
+    #: ("none", "single-model", "per-task-adapters", ...). Replay of old data is never allowed.
+    storage: ClassVar[str] = "single-model"
+
+    def __init__(self, bundle: ModelBundle, **hparams: Any) -> None:
+        self.bundle = bundle
+        self.hparams = dict(hparams)
+
+    @abc.abstractmethod
+    def learn_task(self, task: Task, budget: TrainBudget) -> None:
+        """Learn ``task`` from its concepts' images within ``budget.steps`` optimisation steps."""
+
+    @abc.abstractmethod
+    def generate(self, requests: Sequence[GenerationRequest], settings: GenerationSettings) -> list[Image.Image]:
+        """Return one image per request, using everything learned so far."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything needed to continue after the last learned task (tensors only)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor], tasks_done: Sequence[Task]) -> None:
+        """Restore the state saved after ``tasks_done``; the default keeps nothing but the task list."""
+
+    def trainable_parameters(self) -> int:
+        """How many parameters the last :meth:`learn_task` optimised."""
+        return 0
+
+    def stored_parameters(self) -> int:
+        """How many parameters the method stores beyond the frozen base model, over all tasks so far."""
+        return sum(int(t.numel()) for t in self.state_dict().values())

@@ -1,0 +1,268 @@
+"""The continual loop: learn task j, then evaluate every concept seen so far, and record R[j][i].
+
+The harness owns everything but learning and generating: data, seeds, the step budget, the image cache,
+scoring, checkpoints and the result file. A killed run resumes from its last finished task and ends with
+exactly the numbers of an uninterrupted run::
+
+    result = run_benchmark(RunConfig(method="finetune", protocol="cifc10", steps=2), Path("runs/x"))
+    result = run_benchmark(None, Path("runs/x"), resume=True)
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cifc_bench import metrics
+from cifc_bench.api import Concept, GenerationRequest, GenerationSettings, Method, TaskSequence, TrainBudget
+from cifc_bench.images import list_images, load_rgb, save_atomic
+from cifc_bench.progress import progress
+from cifc_bench.results import (
+    RESULT_FILE,
+    SCHEMA_VERSION,
+    ConfigError,
+    RunConfig,
+    git_info,
+    now,
+    package_versions,
+    read_result,
+    write_json_atomic,
+)
+from cifc_bench.seeding import image_seed, train_seed
+
+METRICS = ("ia", "ta")
+
+
+@dataclass
+class RunContext:
+    """What one run has loaded: the bound protocol, the method, the scorer and the run directory."""
+
+    config: RunConfig
+    sequence: TaskSequence
+    method: Method
+    scorer: Any
+    run_dir: Path
+
+    @property
+    def settings(self) -> GenerationSettings:
+        c = self.config
+        return GenerationSettings(
+            resolution=c.resolution, num_inference_steps=c.num_inference_steps, guidance_scale=c.guidance_scale,
+            negative_prompt=c.negative_prompt, batch_size=c.eval_batch_size,
+        )
+
+
+def state_path(run_dir: Path, task_index: int) -> Path:
+    return Path(run_dir) / "state" / f"after_task_{task_index:02d}.safetensors"
+
+
+def image_dir(run_dir: Path, task_index: int, concept: str) -> Path:
+    return Path(run_dir) / "images" / f"after_task_{task_index:02d}" / concept
+
+
+def concept_requests(protocol: str, concept: Concept, prompts_per_concept: int, images_per_prompt: int):
+    """The evaluation requests of one concept and their cache file names; the same in every model state."""
+    out = []
+    for p, prompt in enumerate(concept.eval_prompts[:prompts_per_concept]):
+        for k in range(images_per_prompt):
+            req = GenerationRequest(prompt=prompt, seed=image_seed(protocol, concept.name, p, k), concepts=(concept,))
+            out.append((req, f"p{p:03d}_s{k:03d}.png"))
+    return out
+
+
+def load_context(config: RunConfig, run_dir: Path) -> RunContext:
+    """Bind the protocol to its data and load model, scorer and method for ``config``."""
+    from cifc_bench.data import resolve_data_dir
+    from cifc_bench.models import load_bundle
+    from cifc_bench.protocol import load_protocol
+    from cifc_bench.registry import load_method
+    from cifc_bench.scoring import load_scorer
+
+    spec = load_protocol(config.protocol)
+    config = config.resolved(dict(spec.defaults))
+    root = resolve_data_dir(spec.dataset, config.data_dir) if spec.generator is None else _generated_data(spec, config)
+    sequence = spec.bind(root)
+    if config.prompts_per_concept > min(len(c.eval_prompts) for c in sequence.concepts):
+        raise ConfigError(
+            f"--prompts-per-concept {config.prompts_per_concept} exceeds the smallest prompt set of "
+            f"{spec.name!r} ({min(len(c.eval_prompts) for c in sequence.concepts)} prompts)"
+        )
+    method_cls = load_method(config.method)
+    bundle = load_bundle(config.model, config.device)
+    scorer = load_scorer(config.scorer, config.device)
+    try:
+        method = method_cls(bundle, **config.method_args)
+    except TypeError as err:
+        raise ConfigError(f"method {config.method!r} rejected its arguments {config.method_args}: {err}") from err
+    return RunContext(config=config, sequence=sequence, method=method, scorer=scorer, run_dir=Path(run_dir))
+
+
+def _generated_data(spec, config: RunConfig) -> Path:
+    from cifc_bench.registry import import_object
+
+    return Path(import_object(spec.generator)(config.data_dir))
+
+
+def new_result(ctx: RunContext) -> dict[str, Any]:
+    seq, T = ctx.sequence, len(ctx.sequence.tasks)
+    empty = [[None] * T for _ in range(T)]
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "status": "running",
+        "run_info": {
+            "config": ctx.config.to_dict(),
+            "method": ctx.config.method,
+            "method_args": ctx.config.method_args,
+            "method_class": f"{type(ctx.method).__module__}:{type(ctx.method).__qualname__}",
+            "storage": type(ctx.method).storage,
+            "protocol": {"name": seq.name, "version": seq.version, "file": str(seq.source)},
+            "seed": ctx.config.seed,
+            "model": ctx.config.model,
+            "scorer": ctx.config.scorer,
+            "git": git_info(),
+            "packages": package_versions(),
+            "started": now(),
+        },
+        "concepts": [c.name for c in seq.concepts],
+        "matrices": {m: [row[:] for row in empty] for m in METRICS},
+        "summary": {},
+        "tasks": [],
+        "error": None,
+    }
+
+
+def run_benchmark(config: RunConfig | None, run_dir: Path, resume: bool = False) -> dict[str, Any]:
+    """Run (or resume) a benchmark into ``run_dir`` and return the final result dictionary."""
+    run_dir = Path(run_dir)
+    if resume:
+        previous = read_result(run_dir)
+        stored = RunConfig.from_dict(previous["run_info"]["config"])
+        if config is not None:
+            _check_resume_config(config, stored)
+        ctx = load_context(stored if config is None else _with_device(stored, config.device), run_dir)
+        result = previous
+        result["status"], result["error"] = "running", None
+    else:
+        if (run_dir / RESULT_FILE).exists():
+            raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or pick a new --out")
+        ctx = load_context(config, run_dir)
+        result = new_result(ctx)
+    write_json_atomic(run_dir / RESULT_FILE, result)
+    try:
+        _loop(ctx, result)
+    except BaseException as err:
+        result["status"] = "failed"
+        result["error"] = f"{type(err).__name__}: {err}"
+        write_json_atomic(run_dir / RESULT_FILE, result)
+        raise
+    result["status"] = "completed"
+    result["run_info"]["finished"] = now()
+    write_json_atomic(run_dir / RESULT_FILE, result)
+    return result
+
+
+def _with_device(config: RunConfig, device: str) -> RunConfig:
+    import dataclasses
+
+    return dataclasses.replace(config, device=device)
+
+
+def _check_resume_config(given: RunConfig, stored: RunConfig) -> None:
+    """Resuming with different settings would mix two experiments in one matrix: refuse."""
+    differing = [
+        f"{name} (run: {getattr(stored, name)!r}, now: {getattr(given, name)!r})"
+        for name in ("method", "protocol", "method_args", "seed", "steps", "resolution", "prompts_per_concept",
+                     "images_per_prompt", "model", "scorer", "eval_schedule")
+        if getattr(given, name) is not None and getattr(given, name) != getattr(stored, name)
+    ]
+    if differing:
+        raise ConfigError("--resume continues a run with its own settings, but these differ: " + "; ".join(differing)
+                          + ". Drop them from the command, or start a new run with --out.")
+
+
+def _loop(ctx: RunContext, result: dict[str, Any]) -> None:
+    import torch
+
+    from cifc_bench.checkpoint import load_state, save_state
+
+    tasks, cfg = ctx.sequence.tasks, ctx.config
+    done = len(result["tasks"])
+    if done:
+        ctx.method.load_state_dict(load_state(state_path(ctx.run_dir, done - 1)), tasks[:done])
+    references: dict[str, np.ndarray] = {}
+    for j in progress(range(done, len(tasks)), desc="tasks", initial=done, total=len(tasks)):
+        task = tasks[j]
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        checkpoint = state_path(ctx.run_dir, j)
+        if checkpoint.exists():  # trained before a kill, not yet evaluated
+            ctx.method.load_state_dict(load_state(checkpoint), tasks[: j + 1])
+            train_seconds = None
+        else:
+            seed = train_seed(cfg.seed, j)
+            torch.manual_seed(seed)
+            ctx.method.learn_task(task, TrainBudget(cfg.steps, cfg.batch_size, cfg.resolution, seed))
+            train_seconds = time.perf_counter() - started
+            save_state(checkpoint, ctx.method.state_dict())
+        eval_started = time.perf_counter()
+        if cfg.eval_schedule == "each-task" or j == len(tasks) - 1:
+            for concept in ctx.sequence.concepts[: j + 1]:
+                scores = evaluate_concept(ctx, j, concept, references)
+                i = ctx.sequence.concepts.index(concept)
+                for m, v in scores.items():
+                    result["matrices"][m][j][i] = v
+        result["tasks"].append({
+            "index": j,
+            "task": task.name,
+            "train_seconds": train_seconds,
+            "eval_seconds": time.perf_counter() - eval_started,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
+            "trainable_params": ctx.method.trainable_parameters(),
+            "stored_params": ctx.method.stored_parameters(),
+        })
+        result["summary"] = summarize_result(result)
+        write_json_atomic(ctx.run_dir / RESULT_FILE, result)
+
+
+def summarize_result(result: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    out = {}
+    for m, rows in result["matrices"].items():
+        R = metrics.from_json_matrix(rows)
+        done = len(result["tasks"])
+        stats = metrics.summarize(R[:done, :done]) if done else {}
+        out[m] = {k: (None if math.isnan(v) else v) for k, v in stats.items()}
+    return out
+
+
+def evaluate_concept(ctx: RunContext, j: int, concept: Concept, references: dict[str, np.ndarray]) -> dict[str, float]:
+    """Generate (or reuse) concept images for model state j and score IA and TA."""
+    cfg = ctx.config
+    folder = image_dir(ctx.run_dir, j, concept.name)
+    pairs = concept_requests(ctx.sequence.name, concept, cfg.prompts_per_concept, cfg.images_per_prompt)
+    missing = [(r, name) for r, name in pairs if not (folder / name).exists()]
+    settings = ctx.settings
+    for start in progress(range(0, len(missing), settings.batch_size), desc=f"generate {concept.name}@{j}",
+                          leave=False):
+        chunk = missing[start : start + settings.batch_size]
+        images = ctx.method.generate([r for r, _ in chunk], settings)
+        if len(images) != len(chunk):
+            raise RuntimeError(f"method {cfg.method!r} returned {len(images)} images for {len(chunk)} requests")
+        for (_, name), image in zip(chunk, images, strict=True):
+            save_atomic(image, folder / name)
+    generated = [load_rgb(folder / name) for _, name in pairs]
+    if concept.name not in references:
+        references[concept.name] = ctx.scorer.encode_images([load_rgb(p) for p in list_images(concept.image_dir)])
+    feats = ctx.scorer.encode_images(generated)
+    texts = ctx.scorer.encode_texts([concept.to_class_words(r.prompt) for r, _ in pairs])
+    return {
+        "ia": metrics.image_alignment(feats, references[concept.name]),
+        "ta": float(metrics.text_alignment_per_image(feats, texts).mean()),
+    }

@@ -1,0 +1,113 @@
+"""Pure metric functions: per-image scores and continual-learning summaries of an after-each-task matrix.
+
+``R[j][i]`` is concept i's score with the model state after task j; entries not measured are NaN
+(``None`` in JSON): the upper triangle always, and every row but the last under ``final`` evaluation::
+
+    R = np.array([[0.8, nan], [0.6, 0.9]])
+    summarize(R) == {"final": 0.75, "avg_incremental": 0.775, "forgetting": 0.2, ...}
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+TA_SCALE = 2.5  # CLIPScore's w, as in the CIDM evaluator
+
+#: Which way is better, for sorting leaderboards.
+DIRECTIONS = {
+    "final": "higher",
+    "avg_incremental": "higher",
+    "forgetting": "lower",
+    "forgetting_max": "lower",
+    "bwt": "higher",
+}
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True).clip(min=1e-12)
+
+
+def image_alignment(generated: np.ndarray, references: np.ndarray) -> float:
+    """IA: mean cosine over all (generated, reference) pairs of image features."""
+    return float((_unit(generated) @ _unit(references).T).mean())
+
+
+def text_alignment_per_image(images: np.ndarray, texts: np.ndarray) -> np.ndarray:
+    """TA per image: 2.5 * max(cos(image, its own text), 0); row k of ``texts`` belongs to image k."""
+    cos = (_unit(images) * _unit(texts)).sum(-1)
+    return TA_SCALE * np.maximum(cos, 0.0)
+
+
+def _check_square(R: np.ndarray) -> np.ndarray:
+    R = np.asarray(R, dtype=np.float64)
+    if R.ndim != 2 or R.shape[0] != R.shape[1]:
+        raise ValueError(f"expected a square T x T matrix, got shape {R.shape}")
+    return R
+
+
+def _mean(values: list[float]) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return float(np.mean(values)) if values else math.nan
+
+
+def final_average(R: np.ndarray) -> float:
+    """Mean of the last row: every concept's score after the last task (the CIDM tables' Avg)."""
+    R = _check_square(R)
+    return _mean(list(R[-1]))
+
+
+def average_incremental(R: np.ndarray) -> float:
+    """Mean over states j of the mean over concepts i <= j (iCaRL-style); NaN unless every row was measured."""
+    R = _check_square(R)
+    rows = [R[j, : j + 1] for j in range(len(R))]
+    if any(np.isnan(r).any() for r in rows):
+        return math.nan
+    return float(np.mean([r.mean() for r in rows]))
+
+
+def forgetting(R: np.ndarray) -> float:
+    """Mean over i < T of R[i][i] - R[T][i]: the drop from just-learned to final (= -BWT)."""
+    R = _check_square(R)
+    T = len(R)
+    if T < 2:
+        return math.nan
+    drops = [R[i, i] - R[-1, i] for i in range(T - 1)]
+    return math.nan if any(math.isnan(d) for d in drops) else float(np.mean(drops))
+
+
+def forgetting_max(R: np.ndarray) -> float:
+    """Chaudhry et al.: mean over i < T of max_{i <= l < T} R[l][i] - R[T][i]."""
+    R = _check_square(R)
+    T = len(R)
+    if T < 2:
+        return math.nan
+    drops = [np.max(R[i : T - 1, i]) - R[-1, i] for i in range(T - 1)]
+    return math.nan if any(math.isnan(d) for d in drops) else float(np.mean(drops))
+
+
+def backward_transfer(R: np.ndarray) -> float:
+    """GEM's BWT: mean over i < T of R[T][i] - R[i][i]."""
+    f = forgetting(R)
+    return -f if not math.isnan(f) else math.nan
+
+
+def summarize(R: np.ndarray) -> dict[str, float]:
+    """All continual summaries of one metric's matrix; NaN where the schedule did not measure enough."""
+    return {
+        "final": final_average(R),
+        "avg_incremental": average_incremental(R),
+        "forgetting": forgetting(R),
+        "forgetting_max": forgetting_max(R),
+        "bwt": backward_transfer(R),
+    }
+
+
+def to_json_matrix(R: np.ndarray) -> list[list[float | None]]:
+    return [[None if math.isnan(v) else float(v) for v in row] for row in np.asarray(R, dtype=np.float64)]
+
+
+def from_json_matrix(rows: list[list[float | None]]) -> np.ndarray:
+    return np.array([[math.nan if v is None else v for v in row] for row in rows], dtype=np.float64)

@@ -1,0 +1,210 @@
+"""Model bundles: the frozen text-to-image components a method starts from.
+
+Every bundle, SD-1.5 from the hub, a local copy, or the built-in ``tiny-random`` one, goes through the same
+diffusers/transformers ``from_pretrained`` code, so a method cannot tell the tiers apart::
+
+    bundle = load_bundle("stable-diffusion-v1-5/stable-diffusion-v1-5")   # hub id or local folder
+    bundle = load_bundle("tiny-random")                                    # built offline on first use
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+TINY_RANDOM = "tiny-random"
+_TINY_VERSION = "v1"
+
+# SD-1.5's noise schedule; the tiny model uses it too so training and sampling code is exercised unchanged.
+SD15_SCHEDULE = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    prediction_type="epsilon",
+    steps_offset=1,
+)
+
+
+class ModelLoadError(RuntimeError):
+    """A model bundle could not be loaded; the message says what to do."""
+
+
+@dataclass
+class ModelBundle:
+    """The components of an SD-1.x-style model. ``vae`` is None for pixel-space models."""
+
+    name: str
+    tokenizer: Any
+    text_encoder: Any
+    unet: Any
+    scheduler: Any
+    vae: Any | None = None
+    source: str = ""
+
+    @property
+    def device(self):
+        return self.unet.device
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.unet.config.in_channels)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        if self.vae is None:
+            return 1
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def to(self, device) -> ModelBundle:
+        for module in (self.text_encoder, self.unet, self.vae):
+            if module is not None:
+                module.to(device)
+        return self
+
+    def freeze(self) -> ModelBundle:
+        for module in (self.text_encoder, self.unet, self.vae):
+            if module is not None:
+                module.requires_grad_(False)
+                module.eval()
+        return self
+
+
+def cache_dir() -> Path:
+    """Where built-in models and downloaded data live; ``CIFC_BENCH_CACHE`` overrides the user cache."""
+    env = os.environ.get("CIFC_BENCH_CACHE")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("cifc-bench"))
+
+
+def load_bundle(spec: str = DEFAULT_MODEL, device: str = "cpu") -> ModelBundle:
+    """Load a bundle from a hub id, a local diffusers folder, or a built-in name."""
+    if spec == TINY_RANDOM:
+        path = tiny_random_path()
+        if not (path / "model_index.json").exists():
+            save_tiny_random(path)
+        spec = str(path)
+    elif spec in _builtin_bundles():
+        spec = str(_builtin_bundles()[spec]())
+    bundle = _from_pretrained(spec)
+    return bundle.freeze().to(device)
+
+
+def _builtin_bundles() -> dict[str, Any]:
+    """Named bundles shipped by the project besides tiny-random (the synthetic world adds one)."""
+    return {}
+
+
+def _from_pretrained(spec: str) -> ModelBundle:
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    local = Path(spec).expanduser()
+    source = str(local) if local.exists() else spec
+    has_vae = (local / "vae").exists() if local.exists() else True
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")
+        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder")
+        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet")
+        scheduler = DPMSolverMultistepScheduler.from_pretrained(source, subfolder="scheduler")
+        vae = AutoencoderKL.from_pretrained(source, subfolder="vae") if has_vae else None
+    except (OSError, ValueError) as err:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+        hint = (
+            f"model {spec!r} is not a local folder and could not be loaded from the Hugging Face hub"
+            + (" (HF_HUB_OFFLINE is set)" if offline else "")
+            + ". Download it once with network access (e.g. `huggingface-cli download "
+            f"{spec}`), or pass --model PATH to a local diffusers folder with tokenizer/, text_encoder/, "
+            "unet/, scheduler/ and vae/, or use --model tiny-random for a smoke run."
+        )
+        raise ModelLoadError(f"{hint}\nUnderlying error: {err}") from err
+    return ModelBundle(
+        name=spec, tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, scheduler=scheduler, vae=vae,
+        source=source,
+    )
+
+
+def tiny_random_path() -> Path:
+    return cache_dir() / "models" / f"tiny-random-{_TINY_VERSION}"
+
+
+def save_tiny_random(path: Path, seed: int = 0) -> Path:
+    """Build the SD-1.x-shaped tiny model from configs with fixed seeds, then save it as a diffusers folder.
+
+    It keeps SD-1.5's structure (VAE with 4 latent channels, text-conditioned UNet with cross-attention in
+    every block, the real CLIP tokenizer), at a size that runs a step in milliseconds on a CPU.
+    """
+    import torch
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from cifc_bench.tokenizer import CONTEXT_LENGTH, build_clip_tokenizer
+
+    tokenizer = build_clip_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_attention_heads=4,
+            num_hidden_layers=2, max_position_embeddings=CONTEXT_LENGTH, bos_token_id=49406,
+            eos_token_id=49407, pad_token_id=49407, projection_dim=32,
+        )
+    )
+    torch.manual_seed(seed + 1)
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
+    )
+    torch.manual_seed(seed + 2)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), norm_num_groups=8, sample_size=32,
+    )
+    scheduler = DPMSolverMultistepScheduler(**SD15_SCHEDULE)
+    save_bundle_folder(path, tokenizer, text_encoder, unet, scheduler, vae)
+    return path
+
+
+def save_bundle_folder(path: Path, tokenizer, text_encoder, unet, scheduler, vae=None) -> None:
+    """Write a diffusers-layout folder atomically (a temp folder renamed into place)."""
+    import json
+    import shutil
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
+    try:
+        tokenizer.save_pretrained(tmp / "tokenizer")
+        text_encoder.save_pretrained(tmp / "text_encoder")
+        unet.save_pretrained(tmp / "unet")
+        scheduler.save_pretrained(tmp / "scheduler")
+        index = {
+            "_class_name": "StableDiffusionPipeline",
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "unet": ["diffusers", "UNet2DConditionModel"],
+            "scheduler": ["diffusers", type(scheduler).__name__],
+        }
+        if vae is not None:
+            vae.save_pretrained(tmp / "vae")
+            index["vae"] = ["diffusers", "AutoencoderKL"]
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
+        if path.exists():
+            shutil.rmtree(path)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if not (path / "model_index.json").exists():  # another process may have won the race
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,249 @@
+"""Protocols are data: a versioned YAML file describing an ordered concept stream.
+
+A protocol is named by a built-in or third-party entry point (group ``cifc_bench.protocols``, value
+``package:file.yaml``) or given as a path::
+
+    spec = load_protocol("cifc10")                  # YAML only: no data needed
+    seq = spec.bind(resolve_data_dir("cifc10"))     # a validated TaskSequence over a local copy
+    problems = spec.check_data(root)                # everything wrong with that copy, one line each
+
+Every error names the file, the field and the bad value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cifc_bench.api import TOKEN_MARK, Box, Concept, MultiConceptPrompt, Task, TaskSequence
+from cifc_bench.registry import PROTOCOLS, list_plugins, unknown_name_error
+
+KINDS = ("object", "style")
+CONCEPT_FIELDS = {
+    "name", "class_word", "kind", "placeholders", "initializers", "images", "captions", "caption_phrase",
+    "prompt_set", "eval_replacement",
+}
+
+
+class ProtocolError(ValueError):
+    """A protocol file, or the data it points at, is invalid."""
+
+
+@dataclass(frozen=True)
+class ProtocolSpec:
+    """A parsed, schema-checked protocol file, not yet bound to a data folder."""
+
+    path: Path
+    raw: Mapping[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.raw["name"]
+
+    @property
+    def version(self) -> str:
+        return str(self.raw["version"])
+
+    @property
+    def defaults(self) -> Mapping[str, Any]:
+        return self.raw.get("defaults", {})
+
+    @property
+    def dataset(self) -> str:
+        return self.raw.get("data", {}).get("dataset", self.name)
+
+    @property
+    def checksum_file(self) -> Path | None:
+        name = self.raw.get("data", {}).get("checksums")
+        return self.path.parent / name if name else None
+
+    @property
+    def generator(self) -> str | None:
+        """Entry ``package.module:function`` that writes this protocol's data when it is generated, not fetched."""
+        return self.raw.get("data", {}).get("generator")
+
+    def _err(self, field: str, value: Any, fix: str) -> ProtocolError:
+        return ProtocolError(f"{self.path}: field {field!r} has bad value {value!r}: {fix}")
+
+    def check_data(self, root: Path, verify_checksums: bool = True) -> list[str]:
+        """Every problem with the data folder ``root``, one sentence each; empty means usable."""
+        from cifc_bench.data import verify_checksums as verify
+        from cifc_bench.images import check_image, list_images
+
+        problems: list[str] = []
+        if not Path(root).is_dir():
+            return [f"data folder {root} does not exist"]
+        for i, c in enumerate(self.raw["concepts"]):
+            where = f"{self.path.name}: concepts[{i}] ({c['name']})"
+            folder = Path(root) / c["images"]
+            if not folder.is_dir():
+                problems.append(f"{where}: image folder {folder} (field 'images') does not exist")
+                continue
+            images = list_images(folder)
+            if not images:
+                problems.append(f"{where}: image folder {folder} (field 'images') holds no images")
+            problems.extend(f"{where}: {msg}" for p in images if (msg := check_image(p)))
+            if c.get("captions"):
+                cap_dir = Path(root) / c["captions"]
+                if not cap_dir.is_dir():
+                    problems.append(f"{where}: caption folder {cap_dir} (field 'captions') does not exist")
+                else:
+                    problems.extend(
+                        f"{where}: image {p.name} has no caption {cap_dir / (p.stem + '.txt')}"
+                        for p in images
+                        if not (cap_dir / f"{p.stem}.txt").exists()
+                    )
+        if verify_checksums and self.checksum_file is not None:
+            problems.extend(verify(Path(root), self.checksum_file))
+        return problems
+
+    def bind(self, root: Path, check: bool = True) -> TaskSequence:
+        """The TaskSequence over the data in ``root``; raises ProtocolError listing every data problem."""
+        root = Path(root)
+        if check:
+            problems = self.check_data(root)
+            if problems:
+                shown = "\n  - ".join(problems[:20])
+                more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+                raise ProtocolError(
+                    f"data for protocol {self.name!r} in {root} is not usable:\n  - {shown}{more}\n"
+                    f"Fix or re-fetch it (`cifc-bench data fetch {self.dataset}`)."
+                )
+        sets = self.raw["prompt_sets"]
+        tasks = []
+        for i, c in enumerate(self.raw["concepts"]):
+            concept = Concept(
+                name=c["name"],
+                placeholders=tuple(c["placeholders"]),
+                initializers=tuple(c["initializers"]),
+                class_word=c["class_word"],
+                kind=c["kind"],
+                image_dir=root / c["images"],
+                caption_dir=(root / c["captions"]) if c.get("captions") else None,
+                prompt_set=c["prompt_set"],
+                eval_replacement=c["eval_replacement"],
+                eval_prompts=tuple(p.replace(TOKEN_MARK, c["eval_replacement"]) for p in sets[c["prompt_set"]]),
+                caption_phrase=c.get("caption_phrase") or c["class_word"],
+            )
+            tasks.append(Task(index=i, concepts=(concept,)))
+        multi = tuple(
+            MultiConceptPrompt(
+                prompt=m["prompt"],
+                concepts=tuple(m["concepts"]),
+                boxes=tuple(Box(*b) for b in m["boxes"]) if m.get("boxes") else None,
+            )
+            for m in self.raw.get("multi_concept_prompts", [])
+        )
+        return TaskSequence(
+            name=self.name, version=self.version, tasks=tuple(tasks), multi_concept_prompts=multi,
+            default_model=self.defaults.get("model"), default_scorer=self.defaults.get("scorer"),
+            source=self.path, reference_results=self.raw.get("reference_results", {}),
+        )
+
+
+def protocol_path(name_or_path: str) -> Path:
+    """A YAML path as given, or the file behind a registered protocol name."""
+    as_path = Path(name_or_path).expanduser()
+    if as_path.suffix in (".yaml", ".yml") or as_path.exists():
+        if not as_path.is_file():
+            raise ProtocolError(f"protocol file {as_path} does not exist")
+        return as_path
+    plugins = list_plugins(PROTOCOLS)
+    if name_or_path not in plugins:
+        raise unknown_name_error("protocol", name_or_path, list(plugins))
+    package, _, filename = plugins[name_or_path].value.partition(":")
+    path = Path(str(resources.files(package).joinpath(filename)))
+    if not path.is_file():
+        raise ProtocolError(
+            f"protocol {name_or_path!r} is registered as {plugins[name_or_path].value!r}, but {path} does not exist"
+        )
+    return path
+
+
+def load_protocol(name_or_path: str) -> ProtocolSpec:
+    """Parse and schema-check a protocol; the data folder is checked later by :meth:`ProtocolSpec.bind`."""
+    path = protocol_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ProtocolError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ProtocolError(f"{path}: the top level must be a mapping with name, version, concepts, prompt_sets")
+    spec = ProtocolSpec(path=path, raw=raw)
+    _check_schema(spec)
+    return spec
+
+
+def _check_schema(spec: ProtocolSpec) -> None:
+    raw, err = spec.raw, spec._err
+    for key in ("name", "version", "concepts", "prompt_sets"):
+        if key not in raw:
+            raise ProtocolError(f"{spec.path}: missing required top-level field {key!r}")
+    sets = raw["prompt_sets"]
+    if not isinstance(sets, dict) or not sets:
+        raise err("prompt_sets", sets, "give a mapping from set name to a list of prompts")
+    for set_name, prompts in sets.items():
+        if not isinstance(prompts, list) or not prompts:
+            raise err(f"prompt_sets.{set_name}", prompts, "give a non-empty list of prompts")
+        for j, p in enumerate(prompts):
+            if not isinstance(p, str) or TOKEN_MARK not in p:
+                raise err(f"prompt_sets.{set_name}[{j}]", p, f"every prompt must be a string containing {TOKEN_MARK}")
+    concepts = raw["concepts"]
+    if not isinstance(concepts, list) or not concepts:
+        raise err("concepts", concepts, "give a non-empty list, one concept per task in task order")
+    names: set[str] = set()
+    owner: dict[str, str] = {}
+    for i, c in enumerate(concepts):
+        f = f"concepts[{i}]"
+        if not isinstance(c, dict):
+            raise err(f, c, "each concept is a mapping")
+        missing = {"name", "class_word", "kind", "placeholders", "initializers", "images", "prompt_set",
+                   "eval_replacement"} - set(c)
+        if missing:
+            raise err(f, c.get("name", c), f"missing field(s) {sorted(missing)}")
+        unknown = set(c) - CONCEPT_FIELDS
+        if unknown:
+            raise err(f, c["name"], f"unknown field(s) {sorted(unknown)}; allowed: {sorted(CONCEPT_FIELDS)}")
+        if c["name"] in names:
+            raise err(f"{f}.name", c["name"], "concept names must be unique across tasks")
+        names.add(c["name"])
+        if c["kind"] not in KINDS:
+            raise err(f"{f}.kind", c["kind"], f"use one of {KINDS}")
+        if c["prompt_set"] not in sets:
+            raise err(f"{f}.prompt_set", c["prompt_set"], f"unknown prompt set; defined sets: {sorted(sets)}")
+        ph, init = c["placeholders"], c["initializers"]
+        if not isinstance(ph, list) or not ph or not all(isinstance(t, str) and t.strip() == t and t for t in ph):
+            raise err(f"{f}.placeholders", ph, "give a non-empty list of single tokens like '<dog1>'")
+        if not isinstance(init, list) or len(init) != len(ph):
+            raise err(f"{f}.initializers", init, f"give one initializer (a word or a std-dev) per placeholder ({len(ph)})")
+        for v in init:
+            if isinstance(v, bool) or not (isinstance(v, str) or (isinstance(v, (int, float)) and v > 0)):
+                raise err(f"{f}.initializers", v, "each initializer is a word or a positive std-dev")
+        for t in ph:
+            if t in owner:
+                raise err(f"{f}.placeholders", t, f"placeholder already used by concept {owner[t]!r}; tokens "
+                          "must be new in every task")
+            owner[t] = c["name"]
+        if " ".join(ph) not in c["eval_replacement"]:
+            raise err(f"{f}.eval_replacement", c["eval_replacement"], f"must contain the placeholders {' '.join(ph)!r}")
+    for k, m in enumerate(raw.get("multi_concept_prompts") or []):
+        f = f"multi_concept_prompts[{k}]"
+        if not isinstance(m, dict) or "prompt" not in m or "concepts" not in m:
+            raise err(f, m, "give a mapping with 'prompt', 'concepts' and optional 'boxes'")
+        for name in m["concepts"]:
+            if name not in names:
+                raise err(f"{f}.concepts", name, f"unknown concept; known: {sorted(names)}")
+        boxes = m.get("boxes")
+        if boxes is not None:
+            if len(boxes) != len(m["concepts"]):
+                raise err(f"{f}.boxes", boxes, "give exactly one box per concept, in the same order")
+            for b in boxes:
+                try:
+                    Box(*b)
+                except (TypeError, ValueError) as e:
+                    raise err(f"{f}.boxes", b, str(e)) from e

@@ -1,0 +1,128 @@
+"""Image and text feature extractors behind the IA/TA metrics, all built through open_clip.
+
+``clip-vit-b32`` is the paper's scorer: OpenAI CLIP ViT-B/32, bicubic resize to 224 and centre crop, CLIP
+normalisation (open_clip's own transform for that model, identical to the CIDM evaluator's). ``tiny-random``
+is an open_clip ``CLIP`` of the same family at toy size, saved once and re-loaded through the same
+``pretrained=`` path, for smoke runs and tests::
+
+    scorer = load_scorer("tiny-random")
+    ia = image_alignment(scorer.encode_images(generated), scorer.encode_images(references))
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cifc_bench.models import cache_dir
+
+DEFAULT_SCORER = "clip-vit-b32"
+TINY_RANDOM = "tiny-random"
+_TINY_ARCH = "cifc-tiny-random-clip"
+_TINY_CFG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+# name -> (open_clip architecture, pretrained tag or file)
+NAMED = {DEFAULT_SCORER: ("ViT-B-32", "openai")}
+
+
+class ScorerLoadError(RuntimeError):
+    """A scorer's weights could not be loaded; the message says what to do."""
+
+
+@dataclass
+class Scorer:
+    """Frozen open_clip encoders plus their preprocessing; returns L2-normalised numpy features."""
+
+    name: str
+    model: Any
+    preprocess: Any
+    tokenizer: Any
+    device: str = "cpu"
+    batch_size: int = 64
+
+    def encode_images(self, images: Sequence) -> np.ndarray:
+        import torch
+
+        feats = []
+        with torch.no_grad():
+            for start in range(0, len(images), self.batch_size):
+                batch = torch.stack([self.preprocess(im.convert("RGB")) for im in images[start : start + self.batch_size]])
+                f = self.model.encode_image(batch.to(self.device)).float()
+                feats.append(torch.nn.functional.normalize(f, dim=-1).cpu().numpy())
+        return np.concatenate(feats) if feats else np.zeros((0, 0))
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        feats = []
+        with torch.no_grad():
+            for start in range(0, len(texts), self.batch_size):
+                tokens = self.tokenizer(list(texts[start : start + self.batch_size])).to(self.device)
+                f = self.model.encode_text(tokens).float()
+                feats.append(torch.nn.functional.normalize(f, dim=-1).cpu().numpy())
+        return np.concatenate(feats) if feats else np.zeros((0, 0))
+
+
+def load_scorer(spec: str = DEFAULT_SCORER, device: str = "cpu") -> Scorer:
+    """``clip-vit-b32``, ``tiny-random``, or ``open_clip:ARCH:PRETRAINED`` (a tag or a weights file)."""
+    import open_clip
+
+    if spec == TINY_RANDOM:
+        arch, pretrained = _TINY_ARCH, str(_tiny_random_weights())
+    elif spec in NAMED:
+        arch, pretrained = NAMED[spec]
+    elif spec.startswith("open_clip:") and spec.count(":") == 2:
+        _, arch, pretrained = spec.split(":")
+    else:
+        raise ScorerLoadError(
+            f"unknown scorer {spec!r}; use {DEFAULT_SCORER!r} (the paper's CLIP ViT-B/32), {TINY_RANDOM!r} "
+            "for smoke runs, or 'open_clip:ARCH:PRETRAINED' (e.g. open_clip:ViT-B-32:openai)"
+        )
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained, device=device)
+    except (RuntimeError, OSError, ValueError) as err:
+        raise ScorerLoadError(
+            f"scorer {spec!r} ({arch}, pretrained={pretrained!r}) could not be loaded: {err}. Its weights come "
+            "from the Hugging Face hub on first use; run once with network access so they are cached, "
+            "or give a local file as 'open_clip:ARCH:/path/to/weights.pt', or use --scorer tiny-random."
+        ) from err
+    model.eval().requires_grad_(False)
+    return Scorer(name=spec, model=model, preprocess=preprocess, tokenizer=open_clip.get_tokenizer(arch), device=device)
+
+
+def _register_tiny_config() -> None:
+    import open_clip
+
+    if _TINY_ARCH in open_clip.list_models():
+        return
+    cfg_dir = cache_dir() / "scorers" / "configs"
+    cfg_dir.mkdir(parents=True, exist_ok=True)
+    (cfg_dir / f"{_TINY_ARCH}.json").write_text(json.dumps(_TINY_CFG))
+    open_clip.add_model_config(cfg_dir)
+
+
+def _tiny_random_weights(seed: int = 0) -> Path:
+    """Create (once) and return the tiny random scorer's weights file."""
+    import os
+
+    import open_clip
+    import torch
+
+    _register_tiny_config()
+    path = cache_dir() / "scorers" / f"{_TINY_ARCH}-seed{seed}.pt"
+    if not path.exists():
+        torch.manual_seed(seed)
+        model = open_clip.create_model(_TINY_ARCH, pretrained=None)
+        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+        torch.save(model.state_dict(), tmp)
+        os.replace(tmp, path)
+    return path

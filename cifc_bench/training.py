@@ -1,0 +1,140 @@
+"""Building blocks that customization methods share: new placeholder tokens, a concept's training data and
+the denoising loss. A method's own module still holds its whole algorithm; these are the SD-1.x basics.
+
+Training prompts follow the CIDM release (spec D.4): the BLIP caption, with its class phrase replaced by the
+placeholders, wrapped in a random object or style template.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from cifc_bench.api import Concept
+
+OBJECT_TEMPLATES = (
+    "a photo of a {}", "a rendering of a {}", "a cropped photo of the {}", "the photo of a {}",
+    "a photo of a clean {}", "a photo of a dirty {}", "a dark photo of the {}", "a photo of my {}",
+    "a photo of the cool {}", "a close-up photo of a {}", "a bright photo of the {}", "a cropped photo of a {}",
+    "a photo of the {}", "a good photo of the {}", "a photo of one {}", "a close-up photo of the {}",
+    "a rendition of the {}", "a photo of the clean {}", "a rendition of a {}", "a photo of a nice {}",
+    "a good photo of a {}", "a photo of the nice {}", "a photo of the small {}", "a photo of the weird {}",
+    "a photo of the large {}", "a photo of a cool {}", "a photo of a small {}",
+)
+STYLE_TEMPLATES = (
+    "a {}", "a rendering {}", "a cropped {}", "the {}", "a clean {}", "a dirty {}", "a dark {}", "a picture {}",
+    "a cool {}", "a close-up {}", "a bright {}", "a good {}", "a rendition {}", "a nice {}", "a small {}",
+    "a weird {}",
+)
+
+
+def add_placeholder_tokens(bundle, concept: Concept, generator: torch.Generator | None = None) -> list[int]:
+    """Add the concept's placeholders to the tokenizer and initialise their embedding rows.
+
+    A word initialiser copies the mean embedding of that word's tokens; a number is the std-dev of a random
+    normal initialisation (CIDM's first placeholder). Returns the new token ids.
+    """
+    tok, enc = bundle.tokenizer, bundle.text_encoder
+    clashes = [t for t in concept.placeholders if t in tok.get_vocab()]
+    if clashes:
+        raise ValueError(f"placeholder(s) {clashes} of concept {concept.name!r} already exist in the tokenizer")
+    tok.add_tokens(list(concept.placeholders))
+    enc.resize_token_embeddings(len(tok), mean_resizing=False)
+    ids = tok.convert_tokens_to_ids(list(concept.placeholders))
+    emb = enc.get_input_embeddings().weight
+    with torch.no_grad():
+        for token_id, init in zip(ids, concept.initializers, strict=True):
+            if isinstance(init, str):
+                word_ids = tok(init, add_special_tokens=False).input_ids
+                emb[token_id] = emb[word_ids].mean(0)
+            else:
+                emb[token_id] = torch.randn(emb.shape[1], generator=generator).to(emb) * float(init)
+    return ids
+
+
+def training_prompt(concept: Concept, caption: str, rng: random.Random) -> str:
+    """Caption with the class phrase replaced by the placeholders, inside a random template."""
+    phrase = concept.caption_phrase or concept.class_word
+    text = caption.strip()
+    text = text.replace(phrase, concept.token_string) if phrase in text else f"{concept.token_string} {text}"
+    templates = STYLE_TEMPLATES if concept.kind == "style" else OBJECT_TEMPLATES
+    return " ".join(rng.choice(templates).format(text).split())
+
+
+def concept_dataset(concept: Concept):
+    """The concept's (image, caption) pairs as a ``datasets.Dataset`` with a decoded Image column."""
+    from datasets import Dataset, Image
+
+    paths = [str(p) for p in concept.image_paths()]
+    captions = []
+    for p in concept.image_paths():
+        cap = concept.caption_dir / f"{p.stem}.txt" if concept.caption_dir else None
+        captions.append(cap.read_text().splitlines()[0] if cap is not None and cap.exists() else concept.class_word)
+    return Dataset.from_dict({"image": paths, "caption": captions}).cast_column("image", Image(mode="RGB"))
+
+
+@dataclass
+class ConceptBatches:
+    """An endless, seeded stream of augmented training batches for one concept (no other task's data)."""
+
+    concept: Concept
+    resolution: int
+    batch_size: int
+    seed: int
+
+    def __post_init__(self) -> None:
+        from torchvision import transforms
+
+        self._data = concept_dataset(self.concept)
+        self._rng = random.Random(self.seed)
+        self._gen = torch.Generator().manual_seed(self.seed)
+        self._transform = transforms.Compose([
+            transforms.Resize(self.resolution, interpolation=transforms.InterpolationMode.BILINEAR),
+            transforms.RandomCrop(self.resolution),
+            transforms.ToTensor(),
+            transforms.Normalize([0.5], [0.5]),
+        ])
+
+    def __iter__(self):
+        n = len(self._data)
+        while True:
+            order = torch.randperm(n, generator=self._gen).tolist()
+            for start in range(0, n - n % self.batch_size or n, self.batch_size):
+                idx = order[start : start + self.batch_size]
+                rows = [self._data[i] for i in idx]
+                # torchvision's random ops draw from torch's global RNG, which the harness seeds per task
+                pixels = torch.stack([self._transform(r["image"]) for r in rows])
+                prompts = [training_prompt(self.concept, r["caption"], self._rng) for r in rows]
+                yield pixels, prompts
+
+
+def diffusion_loss(bundle, noise_scheduler, pixels: torch.Tensor, prompt_embeds: torch.Tensor, unet=None,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """The epsilon-prediction MSE of SD training on one batch (VAE latents, random timesteps)."""
+    unet = unet or bundle.unet
+    latents = pixels.to(bundle.device)
+    if bundle.vae is not None:
+        with torch.no_grad():
+            latents = bundle.vae.encode(latents).latent_dist.sample(generator) * bundle.vae.config.scaling_factor
+    noise = torch.randn(latents.shape, generator=generator).to(latents)
+    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
+    t = t.to(latents.device)
+    noisy = noise_scheduler.add_noise(latents, noise, t)
+    pred = unet(noisy, t, encoder_hidden_states=prompt_embeds).sample
+    return F.mse_loss(pred.float(), noise.float())
+
+
+def restore_rows(weight: torch.Tensor, original: torch.Tensor, keep_ids: Sequence[int]) -> None:
+    """Undo an optimiser step on every embedding row except ``keep_ids`` (weight decay touches all rows)."""
+    with torch.no_grad():
+        mask = torch.ones(weight.shape[0], dtype=torch.bool, device=weight.device)
+        mask[list(keep_ids)] = False
+        weight[mask] = original[mask]
+
+
+def count_parameters(params) -> int:
+    return sum(int(p.numel()) for p in params)

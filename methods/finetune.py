@@ -1,0 +1,118 @@
+"""``finetune``: sequential fine-tuning, the CIDM paper's "Finetuning" row and the forgetting reference.
+
+One LoRA (peft) on the UNet is trained continually: task t starts from the weights left by task t-1, with no
+regulariser and no replay. Each task adds its own placeholder tokens; only their embedding rows train, and
+every earlier row (old concepts, the base vocabulary) stays frozen. Hyper-parameters (method args):
+
+- ``rank`` (4), ``lr`` (1e-4 for the LoRA), ``embedding_lr`` (1e-3 for the new token rows)
+- ``targets``: ``cross-attn`` (q/k/v/out of every cross-attention layer, CIDM's placement) or ``all-attn``
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cifc_bench.api import Method
+from cifc_bench.progress import progress
+from cifc_bench.sampling import encode_prompts, generate_batched
+from cifc_bench.training import (
+    ConceptBatches,
+    add_placeholder_tokens,
+    count_parameters,
+    diffusion_loss,
+    restore_rows,
+)
+
+TARGETS = {
+    "cross-attn": r".*attn2\.(to_q|to_k|to_v|to_out\.0)",
+    "all-attn": r".*attn[12]\.(to_q|to_k|to_v|to_out\.0)",
+}
+ADAPTER = "continual"
+
+
+class SequentialFinetune(Method):
+    storage = "single-model"
+
+    def __init__(self, bundle, rank: int = 4, lr: float = 1e-4, embedding_lr: float = 1e-3,
+                 targets: str = "cross-attn", **hparams) -> None:
+        super().__init__(bundle, rank=rank, lr=lr, embedding_lr=embedding_lr, targets=targets, **hparams)
+        from peft import LoraConfig
+
+        if targets not in TARGETS:
+            raise ValueError(f"targets={targets!r} is not one of {sorted(TARGETS)}")
+        self.rank, self.lr, self.embedding_lr = int(rank), float(lr), float(embedding_lr)
+        self.bundle.unet.add_adapter(
+            LoraConfig(r=self.rank, lora_alpha=self.rank, target_modules=TARGETS[targets], init_lora_weights="gaussian"),
+            adapter_name=ADAPTER,
+        )
+        self.token_ids: dict[str, list[int]] = {}
+        self._trainable = 0
+
+    def _lora_params(self):
+        return [p for n, p in self.bundle.unet.named_parameters() if "lora_" in n]
+
+    def learn_task(self, task, budget) -> None:
+        from diffusers import DDPMScheduler
+
+        bundle = self.bundle
+        gen = torch.Generator().manual_seed(budget.seed)
+        new_ids = []
+        for concept in task.concepts:
+            self.token_ids[concept.name] = add_placeholder_tokens(bundle, concept, gen)
+            new_ids += self.token_ids[concept.name]
+        emb = bundle.text_encoder.get_input_embeddings().weight
+        original = emb.detach().clone()
+        lora = self._lora_params()
+        for p in lora:
+            p.requires_grad_(True)
+        emb.requires_grad_(True)
+        optimizer = torch.optim.AdamW(
+            [{"params": lora, "lr": self.lr}, {"params": [emb], "lr": self.embedding_lr}], weight_decay=0.01
+        )
+        self._trainable = count_parameters(lora) + len(new_ids) * emb.shape[1]
+        noise_scheduler = DDPMScheduler.from_config(bundle.scheduler.config)
+        streams = [iter(ConceptBatches(c, budget.resolution, budget.batch_size, budget.seed + k))
+                   for k, c in enumerate(task.concepts)]
+        bundle.unet.train()
+        for step in progress(range(budget.steps), desc=f"train {task.name}", leave=False):
+            pixels, prompts = next(streams[step % len(streams)])
+            embeds = encode_prompts(bundle, prompts)
+            loss = diffusion_loss(bundle, noise_scheduler, pixels, embeds, generator=gen)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            restore_rows(emb, original, new_ids)
+        bundle.unet.eval()
+        emb.requires_grad_(False)
+        for p in lora:
+            p.requires_grad_(False)
+
+    def generate(self, requests, settings):
+        return generate_batched(self.bundle, [r.prompt for r in requests], [r.seed for r in requests], settings)
+
+    def trainable_parameters(self) -> int:
+        return self._trainable
+
+    def state_dict(self):
+        from peft.utils import get_peft_model_state_dict
+
+        state = {f"unet.{k}": v.detach().clone() for k, v in
+                 get_peft_model_state_dict(self.bundle.unet, adapter_name=ADAPTER).items()}
+        emb = self.bundle.text_encoder.get_input_embeddings().weight
+        for name, ids in self.token_ids.items():
+            state[f"tokens.{name}"] = emb[ids].detach().clone()
+        return state
+
+    def load_state_dict(self, state, tasks_done) -> None:
+        from peft.utils import set_peft_model_state_dict
+
+        for task in tasks_done:
+            for concept in task.concepts:
+                if concept.name not in self.token_ids:
+                    self.token_ids[concept.name] = add_placeholder_tokens(self.bundle, concept)
+        emb = self.bundle.text_encoder.get_input_embeddings().weight
+        with torch.no_grad():
+            for name, ids in self.token_ids.items():
+                emb[ids] = state[f"tokens.{name}"].to(emb)
+        lora = {k.removeprefix("unet."): v for k, v in state.items() if k.startswith("unet.")}
+        set_peft_model_state_dict(self.bundle.unet, lora, adapter_name=ADAPTER)

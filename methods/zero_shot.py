@@ -1,0 +1,26 @@
+"""``base``: the zero-shot lower bound. It learns nothing and prompts the base model with class words.
+
+Every placeholder group in a prompt is replaced by its concept's class word (``<dog1> <dog2>`` becomes
+``dog``), so the scores show what SD-1.5 gives for a concept it has never seen.
+"""
+
+from __future__ import annotations
+
+from cifc_bench.api import Method
+from cifc_bench.sampling import generate_batched
+
+
+class ZeroShot(Method):
+    storage = "none"
+
+    def learn_task(self, task, budget) -> None:
+        """Nothing to learn: the base model stays as it is."""
+
+    def generate(self, requests, settings):
+        prompts = []
+        for r in requests:
+            text = r.prompt
+            for concept in r.concepts:
+                text = concept.to_class_words(text)
+            prompts.append(text)
+        return generate_batched(self.bundle, prompts, [r.seed for r in requests], settings)
