@@ -181,7 +181,7 @@ class Method(abc.ABC):
         """Everything needed to continue after the last learned task (tensors only)."""
         return {}
 
-    def load_state_dict(self, state: Mapping[str, torch.Tensor], tasks_done: Sequence[Task]) -> None:
+    def load_state_dict(self, state: Mapping[str, torch.Tensor], tasks_done: Sequence[Task]) -> None:  # noqa: B027
         """Restore the state saved after ``tasks_done``; the default keeps nothing but the task list."""
 
     def trainable_parameters(self) -> int:

@@ -10,6 +10,7 @@ exactly the numbers of an uninterrupted run::
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import resource
 import time
@@ -84,6 +85,7 @@ def load_context(config: RunConfig, run_dir: Path) -> RunContext:
     from cifc_bench.registry import load_method
     from cifc_bench.scoring import load_scorer
 
+    method_cls = load_method(config.method)  # cheap, and a typo should not wait for data checks
     spec = load_protocol(config.protocol)
     config = config.resolved(dict(spec.defaults))
     root = resolve_data_dir(spec.dataset, config.data_dir) if spec.generator is None else _generated_data(spec, config)
@@ -93,7 +95,6 @@ def load_context(config: RunConfig, run_dir: Path) -> RunContext:
             f"--prompts-per-concept {config.prompts_per_concept} exceeds the smallest prompt set of "
             f"{spec.name!r} ({min(len(c.eval_prompts) for c in sequence.concepts)} prompts)"
         )
-    method_cls = load_method(config.method)
     bundle = load_bundle(config.model, config.device)
     scorer = load_scorer(config.scorer, config.device)
     try:
@@ -137,16 +138,21 @@ def new_result(ctx: RunContext) -> dict[str, Any]:
     }
 
 
-def run_benchmark(config: RunConfig | None, run_dir: Path, resume: bool = False) -> dict[str, Any]:
-    """Run (or resume) a benchmark into ``run_dir`` and return the final result dictionary."""
+def run_benchmark(config: RunConfig | None, run_dir: Path, resume: bool = False,
+                  given: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run (or, with ``resume``, continue) a benchmark in ``run_dir`` and return the final result.
+
+    On resume the run's own stored config is used; ``given`` holds settings the user typed again, which must
+    agree with it (only ``device`` may change).
+    """
     run_dir = Path(run_dir)
     if resume:
-        previous = read_result(run_dir)
-        stored = RunConfig.from_dict(previous["run_info"]["config"])
-        if config is not None:
-            _check_resume_config(config, stored)
-        ctx = load_context(stored if config is None else _with_device(stored, config.device), run_dir)
-        result = previous
+        result = read_result(run_dir)
+        stored = RunConfig.from_dict(result["run_info"]["config"])
+        given = dict(given or {})
+        device = given.pop("device", stored.device)
+        _check_resume_config(given, stored)
+        ctx = load_context(dataclasses.replace(stored, device=device), run_dir)
         result["status"], result["error"] = "running", None
     else:
         if (run_dir / RESULT_FILE).exists():
@@ -167,20 +173,9 @@ def run_benchmark(config: RunConfig | None, run_dir: Path, resume: bool = False)
     return result
 
 
-def _with_device(config: RunConfig, device: str) -> RunConfig:
-    import dataclasses
-
-    return dataclasses.replace(config, device=device)
-
-
-def _check_resume_config(given: RunConfig, stored: RunConfig) -> None:
+def _check_resume_config(given: dict[str, Any], stored: RunConfig) -> None:
     """Resuming with different settings would mix two experiments in one matrix: refuse."""
-    differing = [
-        f"{name} (run: {getattr(stored, name)!r}, now: {getattr(given, name)!r})"
-        for name in ("method", "protocol", "method_args", "seed", "steps", "resolution", "prompts_per_concept",
-                     "images_per_prompt", "model", "scorer", "eval_schedule")
-        if getattr(given, name) is not None and getattr(given, name) != getattr(stored, name)
-    ]
+    differing = [f"{k} (run: {getattr(stored, k)!r}, now: {v!r})" for k, v in given.items() if getattr(stored, k) != v]
     if differing:
         raise ConfigError("--resume continues a run with its own settings, but these differ: " + "; ".join(differing)
                           + ". Drop them from the command, or start a new run with --out.")

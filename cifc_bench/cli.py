@@ -1,0 +1,222 @@
+"""The ``cifc-bench`` command line.
+
+    cifc-bench run --method cidm --protocol cifc10          # train + evaluate, writes results/<protocol>/...
+    cifc-bench run --resume RUN_DIR                         # continue a killed run
+    cifc-bench validate --protocol cifc10 --data-dir DIR
+    cifc-bench data fetch cifc10 [--to DIR]
+    cifc-bench leaderboard --protocol cifc10 --format md|csv|latex
+    cifc-bench ls methods|protocols
+
+Heavy libraries are imported inside the commands, so ``ls`` and ``--help`` stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+class CLIError(Exception):
+    """A user error: printed as one clear message, exit code 2."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from cifc_bench.data import DataError
+    from cifc_bench.models import ModelLoadError
+    from cifc_bench.protocol import ProtocolError
+    from cifc_bench.registry import PluginError
+    from cifc_bench.results import ConfigError
+    from cifc_bench.scoring import ScorerLoadError
+
+    return (CLIError, ConfigError, DataError, ModelLoadError, PluginError, ProtocolError, ScorerLoadError,
+            FileNotFoundError)
+
+
+def _parse_method_args(items: Sequence[str]) -> dict:
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CLIError(f"--method-args {item!r}: write KEY=VALUE, e.g. --method-args rank=4 lr=1e-4")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cifc-bench", description="Benchmark continual customization of diffusion models.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="train a method on a protocol's task stream and evaluate it")
+    r.add_argument("--method", help="registered method name or package.module:Class (default: finetune)")
+    r.add_argument("--protocol", help="protocol name or YAML path (default: cifc10)")
+    r.add_argument("--method-args", nargs="*", default=[], metavar="KEY=VALUE", help="method hyper-parameters")
+    r.add_argument("--config", type=Path, help="YAML file with run settings; command-line flags override it")
+    r.add_argument("--data-dir", help="dataset folder (else $CIFC_BENCH_DATA, else the user cache)")
+    r.add_argument("--model", help="hub id, local diffusers folder, or tiny-random (default: the protocol's)")
+    r.add_argument("--scorer", help="clip-vit-b32, tiny-random or open_clip:ARCH:PRETRAINED (default: the protocol's)")
+    r.add_argument("--steps", type=int, help="training steps per task (fixed budget, independent of GPU count)")
+    r.add_argument("--batch-size", type=int, help="training batch size")
+    r.add_argument("--prompts-per-concept", type=int, help="evaluation prompts per concept (first N of its set)")
+    r.add_argument("--images-per-prompt", type=int, help="evaluation images per prompt")
+    r.add_argument("--resolution", type=int, help="training and sampling resolution in pixels")
+    r.add_argument("--inference-steps", type=int, dest="num_inference_steps", help="sampler steps")
+    r.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale")
+    r.add_argument("--eval-schedule", choices=("each-task", "final"), help="evaluate after each task (default) or once")
+    r.add_argument("--eval-batch-size", type=int, help="images generated per batch")
+    r.add_argument("--seed", type=int, help="training seed (evaluation seeds are fixed by the protocol)")
+    r.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    r.add_argument("--out", type=Path, help="run directory (default: results/<protocol>/<method>/<timestamp>-s<seed>)")
+    r.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last finished task")
+
+    v = sub.add_parser("validate", help="check a protocol file and its data")
+    v.add_argument("--protocol", required=True)
+    v.add_argument("--data-dir")
+    v.add_argument("--no-checksums", action="store_true", help="skip the checksum comparison")
+
+    d = sub.add_parser("data", help="dataset commands")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    f = dsub.add_parser("fetch", help="download and verify a dataset")
+    f.add_argument("dataset")
+    f.add_argument("--to", type=Path, help="target folder (default: the user cache)")
+    f.add_argument("--url", help="alternative archive URL (a mirror, or file:// for a local archive)")
+
+    lb = sub.add_parser("leaderboard", help="compare runs: mean ± std over seeds per method")
+    lb.add_argument("--protocol", required=True)
+    lb.add_argument("--results", type=Path, default=Path("results"), help="folder to scan for result.json files")
+    lb.add_argument("--format", choices=("md", "csv", "latex"), default="md")
+    lb.add_argument("--metric", action="append", help="metric(s) to show (default: ia and ta)")
+    lb.add_argument("--include-failed", action="store_true")
+    lb.add_argument("--include-dirty", action="store_true", help="include runs made from an uncommitted source tree")
+    lb.add_argument("--no-reference", action="store_true", help="hide the paper's reported rows")
+
+    ls = sub.add_parser("ls", help="list registered plugins")
+    ls.add_argument("what", choices=("methods", "protocols"))
+    return p
+
+
+RUN_FLAGS = ("method", "protocol", "data_dir", "model", "scorer", "steps", "batch_size", "prompts_per_concept",
+             "images_per_prompt", "resolution", "num_inference_steps", "guidance_scale", "eval_schedule",
+             "eval_batch_size", "seed", "device")
+
+
+def _given_settings(args: argparse.Namespace) -> dict:
+    """The run settings typed on the command line (or in --config), nothing filled in."""
+    import yaml
+
+    data = {}
+    if args.config:
+        if not args.config.is_file():
+            raise CLIError(f"--config {args.config}: no such file")
+        data = yaml.safe_load(args.config.read_text()) or {}
+    data.update({k: getattr(args, k) for k in RUN_FLAGS if getattr(args, k) is not None})
+    if args.method_args:
+        data["method_args"] = {**data.get("method_args", {}), **_parse_method_args(args.method_args)}
+    return data
+
+
+def _run_config(data: dict):
+    from cifc_bench.results import RunConfig
+
+    data = dict(data)
+    if "device" not in data:
+        import torch
+
+        data["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    return RunConfig.from_dict(data)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from cifc_bench.harness import run_benchmark
+
+    given = _given_settings(args)
+    if args.resume:
+        result = run_benchmark(None, args.resume, resume=True, given=given)
+        run_dir = args.resume
+    else:
+        config = _run_config(given)
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir = args.out or Path("results") / config.protocol / config.method.replace(":", "_") / f"{stamp}-s{config.seed}"
+        result = run_benchmark(config, run_dir)
+    print(f"run {result['status']}: {run_dir}/result.json")
+    for metric, summary in result["summary"].items():
+        parts = ", ".join(f"{k}={v:.4f}" for k, v in summary.items() if v is not None)
+        print(f"  {metric}: {parts}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from cifc_bench.data import resolve_data_dir
+    from cifc_bench.protocol import ProtocolError, load_protocol
+
+    spec = load_protocol(args.protocol)
+    root = resolve_data_dir(spec.dataset, args.data_dir)
+    problems = spec.check_data(root, verify_checksums=not args.no_checksums)
+    if problems:
+        raise ProtocolError(f"protocol {spec.name!r} with data {root}: {len(problems)} problem(s):\n  - "
+                            + "\n  - ".join(problems))
+    seq = spec.bind(root, check=False)
+    n_images = sum(len(c.image_paths()) for c in seq.concepts)
+    print(f"protocol {seq.name} v{seq.version}: OK, {len(seq.tasks)} tasks, {n_images} reference images, "
+          f"{len(seq.multi_concept_prompts)} multi-concept prompts (data: {root})")
+    for t in seq.tasks:
+        for c in t.concepts:
+            print(f"  task {t.index + 1:>2}: {c.name:<14} {c.kind:<6} {c.token_string:<28} "
+                  f"{len(c.image_paths())} images, {len(c.eval_prompts)} '{c.prompt_set}' prompts")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from cifc_bench.data import fetch
+    from cifc_bench.protocol import load_protocol
+
+    spec = load_protocol(args.dataset)
+    if spec.checksum_file is None:
+        raise CLIError(f"protocol {args.dataset!r} publishes no checksums, so its data cannot be fetched and verified")
+    path = fetch(spec.dataset, args.to, spec.checksum_file, url=args.url)
+    print(f"{spec.dataset}: verified copy at {path}")
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from cifc_bench.leaderboard import leaderboard_tables, render
+
+    tables, skipped, n = leaderboard_tables(
+        args.protocol, args.results, args.include_failed, args.include_dirty,
+        tuple(args.metric or ("ia", "ta")), references=not args.no_reference,
+    )
+    sys.stdout.write(render(tables, args.format))
+    print(f"{n} run(s) from {args.results}; {len(skipped)} left out", file=sys.stderr)
+    for line in skipped:
+        print(f"  left out: {line}", file=sys.stderr)
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from cifc_bench.registry import METHODS, PROTOCOLS, list_plugins
+
+    for name, ep in list_plugins(METHODS if args.what == "methods" else PROTOCOLS).items():
+        print(f"{name:<20} {ep.value}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "data": cmd_data, "leaderboard": cmd_leaderboard, "ls": cmd_ls}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except _user_errors() as err:
+        print(f"cifc-bench {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

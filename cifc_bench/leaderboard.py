@@ -1,0 +1,139 @@
+"""Leaderboard tables: mean ± std over seeds per method, per-concept final scores plus summaries.
+
+Runs are found by scanning for ``result.json``; failed runs and runs from a dirty source tree are left out
+unless asked for. A protocol may carry the paper's reported numbers, shown as clearly labelled reference
+rows. Scores are shown ×100, like the CIDM tables::
+
+    tables = leaderboard_tables("cifc10", Path("results"))
+    print(render(tables, "md"))
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cifc_bench.metrics import DIRECTIONS
+from cifc_bench.results import RESULT_FILE, SCHEMA_VERSION
+
+SCALE = 100.0
+SUMMARY_COLUMNS = ("final", "avg_incremental", "forgetting", "forgetting_max", "bwt")
+FORMATS = ("md", "csv", "latex")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    path: Path
+    data: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        info = self.data["run_info"]
+        args = info.get("method_args") or {}
+        return info["method"] + (f" ({', '.join(f'{k}={v}' for k, v in sorted(args.items()))})" if args else "")
+
+
+def find_runs(results_dir: Path, protocol: str, include_failed: bool = False, include_dirty: bool = False):
+    """Result files of ``protocol`` under ``results_dir``, filtered by status and tree cleanliness."""
+    runs, skipped = [], []
+    for path in sorted(Path(results_dir).rglob(RESULT_FILE)):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            skipped.append(f"{path}: unreadable ({err})")
+            continue
+        if data.get("schema_version") != SCHEMA_VERSION or data["run_info"]["protocol"]["name"] != protocol:
+            continue
+        if data.get("status") != "completed" and not include_failed:
+            skipped.append(f"{path}: status {data.get('status')!r} (use --include-failed)")
+            continue
+        if data["run_info"].get("git", {}).get("dirty") and not include_dirty:
+            skipped.append(f"{path}: run from a dirty source tree (use --include-dirty)")
+            continue
+        runs.append(RunRecord(path, data))
+    return runs, skipped
+
+
+def _fmt(values: list[float]) -> str:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return "–"
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.1f}"
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return f"{mean:.1f} ± {std:.1f}"
+
+
+def metric_table(metric: str, runs: list[RunRecord], concepts: list[str], reference: dict[str, Any] | None):
+    """One metric's DataFrame: a row per method (mean ± std over its runs), then the reference rows."""
+    import pandas as pd
+
+    by_label: dict[str, list[RunRecord]] = {}
+    for r in runs:
+        if metric in r.data["matrices"]:
+            by_label.setdefault(r.label, []).append(r)
+    rows, sort_keys = [], []
+    for label, group in by_label.items():
+        row: dict[str, Any] = {"method": label, "seeds": len(group), "storage": group[0].data["run_info"].get("storage")}
+        for i, name in enumerate(concepts):
+            row[name] = _fmt([_scaled(r.data["matrices"][metric][-1][i]) for r in group])
+        for key in SUMMARY_COLUMNS:
+            row[key] = _fmt([_scaled(r.data["summary"].get(metric, {}).get(key)) for r in group])
+        finals = [_scaled(r.data["summary"].get(metric, {}).get("final")) for r in group]
+        finals = [f for f in finals if f is not None]
+        sort_keys.append(sum(finals) / len(finals) if finals else -math.inf)
+        rows.append(row)
+    sign = -1 if DIRECTIONS["final"] == "higher" else 1
+    rows = [row for _, row in sorted(zip(sort_keys, rows, strict=True), key=lambda kv: sign * kv[0])]
+    for label, values in (reference or {}).items():
+        row = {"method": label, "seeds": 1, "storage": "reported"}
+        row.update({name: f"{v:.1f}" for name, v in zip(concepts, values[: len(concepts)], strict=False)})
+        row["final"] = f"{values[len(concepts)]:.1f}" if len(values) > len(concepts) else "–"
+        rows.append(row)
+    columns = ["method", "seeds", "storage", *concepts, *SUMMARY_COLUMNS]
+    return pd.DataFrame(rows, columns=columns).fillna("–")
+
+
+def _scaled(v):
+    return None if v is None else v * SCALE
+
+
+def reference_rows(reference_results: dict[str, Any], metric: str, backbone: str = "SD-1.5") -> dict[str, list[float]]:
+    """The paper's reported rows for ``metric``, labelled so nobody mistakes them for runs of this suite."""
+    rows = reference_results.get("backbones", {}).get(backbone, {}).get(metric, {})
+    return {f"[paper] {name} ({backbone}, reported)": values for name, values in rows.items()}
+
+
+def leaderboard_tables(protocol: str, results_dir: Path, include_failed: bool = False, include_dirty: bool = False,
+                       metrics: tuple[str, ...] = ("ia", "ta"), references: bool = True):
+    """{metric: DataFrame} for ``protocol``, plus the list of skipped result files with reasons."""
+    from cifc_bench.protocol import load_protocol
+
+    spec = load_protocol(protocol)
+    concepts = [c["name"] for c in spec.raw["concepts"]]
+    runs, skipped = find_runs(results_dir, spec.name, include_failed, include_dirty)
+    ref = spec.raw.get("reference_results", {}) if references else {}
+    tables = {m: metric_table(m, runs, concepts, reference_rows(ref, m) if ref else None) for m in metrics}
+    return tables, skipped, len(runs)
+
+
+def render(tables: dict[str, Any], fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise ValueError(f"--format {fmt!r}: use one of {FORMATS}")
+    if fmt == "csv":  # one machine-readable table, the metric as a column
+        import pandas as pd
+
+        frames = [df.assign(metric=metric) for metric, df in tables.items()]
+        return pd.concat(frames, ignore_index=True).to_csv(index=False)
+    parts = []
+    for metric, df in tables.items():
+        title = f"{metric.upper()} (x100; per-concept columns are the final model's scores)"
+        if fmt == "md":
+            parts.append(f"### {title}\n\n" + df.to_markdown(index=False))
+        else:
+            parts.append(df.to_latex(index=False, caption=title, label=f"tab:{metric}", escape=True))
+    return "\n\n".join(parts) + "\n"
