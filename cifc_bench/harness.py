@@ -35,7 +35,7 @@ from cifc_bench.results import (
     read_result,
     write_json_atomic,
 )
-from cifc_bench.seeding import image_seed, train_seed
+from cifc_bench.seeding import derive_seed, image_seed, train_seed
 
 METRICS = ("ia", "ta")
 
@@ -97,9 +97,12 @@ def load_context(config: RunConfig, run_dir: Path) -> RunContext:
         )
     bundle = load_bundle(config.model, config.device)
     scorer = load_scorer(config.scorer, config.device)
+    import torch
+
+    torch.manual_seed(derive_seed("method-init", config.seed))  # adapters initialised at construction
     try:
         method = method_cls(bundle, **config.method_args)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
         raise ConfigError(f"method {config.method!r} rejected its arguments {config.method_args}: {err}") from err
     return RunContext(config=config, sequence=sequence, method=method, scorer=scorer, run_dir=Path(run_dir))
 

@@ -34,8 +34,8 @@ class SequentialFinetune(Method):
     storage = "single-model"
 
     def __init__(self, bundle, rank: int = 4, lr: float = 1e-4, embedding_lr: float = 1e-3,
-                 targets: str = "cross-attn", **hparams) -> None:
-        super().__init__(bundle, rank=rank, lr=lr, embedding_lr=embedding_lr, targets=targets, **hparams)
+                 targets: str = "cross-attn") -> None:
+        super().__init__(bundle, rank=rank, lr=lr, embedding_lr=embedding_lr, targets=targets)
         from peft import LoraConfig
 
         if targets not in TARGETS:

@@ -13,6 +13,9 @@ from cifc_bench.sampling import generate_batched
 class ZeroShot(Method):
     storage = "none"
 
+    def __init__(self, bundle) -> None:  # no hyper-parameters: a typo in --method-args must not pass silently
+        super().__init__(bundle)
+
     def learn_task(self, task, budget) -> None:
         """Nothing to learn: the base model stays as it is."""
 

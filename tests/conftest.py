@@ -1,0 +1,41 @@
+"""Shared fixtures. Tests never touch the network: the hub is forced offline and caches are per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("CIFC_BENCH_PROGRESS", "0")
+
+SHARED_CIFC10 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifc10"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Built-in models and scorers are created once per session in a private cache, never in the user's."""
+    if "CIFC_BENCH_CACHE" not in os.environ or not os.environ.get("CIFC_BENCH_TEST_KEEP_CACHE"):
+        os.environ["CIFC_BENCH_CACHE"] = str(tmp_path_factory.mktemp("cifc-cache"))
+    os.environ.pop("CIFC_BENCH_DATA", None)
+    yield
+
+
+@pytest.fixture(scope="session")
+def cifc10_dir() -> Path:
+    """The CIFC10 release beside the checkout; tests that need it skip with the reason when it is absent."""
+    env = os.environ.get("CIFC10_TEST_DATA")
+    path = Path(env) if env else SHARED_CIFC10
+    if not (path / "images").is_dir():
+        pytest.skip(f"CIFC10 data not found at {path} (set CIFC10_TEST_DATA to a copy of the release)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_protocol(tmp_path_factory) -> Path:
+    from cifc_bench.testing import make_tiny_protocol
+
+    return make_tiny_protocol(tmp_path_factory.mktemp("proto"), n_concepts=3)

@@ -1,0 +1,119 @@
+"""The continual loop: full matrices, schedules, the image cache, and kill-safe resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cifc_bench.harness import run_benchmark
+from cifc_bench.results import ConfigError
+from cifc_bench.testing import tiny_run_config
+
+
+def test_each_task_schedule_fills_the_lower_triangle(tmp_path, tiny_protocol):
+    result = run_benchmark(tiny_run_config(tiny_protocol), tmp_path / "run")
+    assert result["status"] == "completed"
+    for metric in ("ia", "ta"):
+        R = result["matrices"][metric]
+        assert len(R) == 3 and all(len(row) == 3 for row in R)
+        for j in range(3):
+            for i in range(3):
+                assert (R[j][i] is None) == (i > j)
+        assert set(result["summary"][metric]) == {"final", "avg_incremental", "forgetting", "forgetting_max", "bwt"}
+        assert result["summary"][metric]["forgetting"] == pytest.approx(
+            sum(R[i][i] - R[-1][i] for i in range(2)) / 2)
+    assert [t["index"] for t in result["tasks"]] == [0, 1, 2]
+    assert all(t["trainable_params"] > 0 and t["stored_params"] > 0 and t["peak_rss_mb"] > 0 for t in result["tasks"])
+    on_disk = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert on_disk["matrices"] == result["matrices"]
+    assert on_disk["run_info"]["git"].keys() == {"sha", "dirty"}
+    assert on_disk["run_info"]["packages"]["torch"]
+    # 2 prompts x 1 image per concept, for every concept seen, after every task
+    assert len(list((tmp_path / "run" / "images").rglob("*.png"))) == 2 * (1 + 2 + 3)
+
+
+def test_final_schedule_evaluates_only_after_the_last_task(tmp_path, tiny_protocol):
+    result = run_benchmark(tiny_run_config(tiny_protocol, eval_schedule="final", method="base"), tmp_path / "run")
+    R = result["matrices"]["ia"]
+    assert all(v is None for row in R[:-1] for v in row) and all(v is not None for v in R[-1])
+    assert result["summary"]["ia"]["forgetting"] is None and result["summary"]["ia"]["final"] is not None
+
+
+def test_base_method_has_exactly_zero_forgetting(tmp_path, tiny_protocol):
+    result = run_benchmark(tiny_run_config(tiny_protocol, method="base"), tmp_path / "run")
+    assert result["summary"]["ia"]["forgetting"] == 0.0
+    assert result["tasks"][0]["stored_params"] == 0
+
+
+def test_rescoring_reuses_cached_images(tmp_path, tiny_protocol):
+    from cifc_bench.harness import evaluate_concept, load_context
+
+    ctx = load_context(tiny_run_config(tiny_protocol, method="base"), tmp_path / "run")
+    concept = ctx.sequence.concepts[0]
+    ctx.method.learn_task(ctx.sequence.tasks[0], None)
+    first = evaluate_concept(ctx, 0, concept, {})
+
+    def fail(*args, **kwargs):
+        raise AssertionError("generate() was called although every image is cached")
+
+    ctx.method.generate = fail
+    assert evaluate_concept(ctx, 0, concept, {}) == first
+
+
+def test_an_existing_run_is_never_overwritten(tmp_path, tiny_protocol):
+    run_benchmark(tiny_run_config(tiny_protocol, method="base"), tmp_path / "run")
+    with pytest.raises(ConfigError, match="already holds a run; continue it with --resume"):
+        run_benchmark(tiny_run_config(tiny_protocol, method="base"), tmp_path / "run")
+
+
+def test_resume_refuses_changed_settings(tmp_path, tiny_protocol):
+    run_benchmark(tiny_run_config(tiny_protocol, method="base"), tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"steps \(run: 2, now: 5\)"):
+        run_benchmark(None, tmp_path / "run", resume=True, given={"steps": 5})
+
+
+def test_bad_method_args_are_reported(tmp_path, tiny_protocol):
+    with pytest.raises(ConfigError, match=r"method .finetune. rejected its arguments \{.rank.: .big.\}"):
+        run_benchmark(tiny_run_config(tiny_protocol, method_args={"rank": "big"}), tmp_path / "run")
+
+
+def _cli_run(args, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "cifc_bench.cli", "run", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_sigkill_mid_task_then_resume_gives_the_uninterrupted_numbers(tmp_path, tiny_protocol):
+    data_dir = tiny_protocol.with_name("tiny-data")
+    common = ["--method", "finetune", "--protocol", str(tiny_protocol), "--data-dir", str(data_dir),
+              "--steps", "40", "--device", "cpu"]
+    full = _cli_run([*common, "--out", str(tmp_path / "full")])
+    killed = _cli_run([*common, "--out", str(tmp_path / "killed")])
+    result_file = tmp_path / "killed" / "result.json"
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill as soon as task 1 has finished, i.e. during task 2's training
+        if result_file.exists() and len(json.loads(result_file.read_text())["tasks"]) >= 1:
+            break
+        assert killed.poll() is None, killed.communicate()[1][-2000:]
+        time.sleep(0.05)
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    partial = json.loads(result_file.read_text())
+    assert partial["status"] == "running" and 1 <= len(partial["tasks"]) < 3  # killed mid-run, file intact
+    resumed = subprocess.run([sys.executable, "-m", "cifc_bench.cli", "run", "--resume", str(tmp_path / "killed")],
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert full.wait() == 0, full.communicate()[1][-2000:]
+    a = json.loads((tmp_path / "full" / "result.json").read_text())
+    b = json.loads(result_file.read_text())
+    assert b["status"] == "completed"
+    assert a["matrices"] == b["matrices"]
+    assert a["summary"] == b["summary"]
+
+
+def test_unknown_method_args_are_rejected_not_ignored(tmp_path, tiny_protocol):
+    with pytest.raises(ConfigError, match="unexpected keyword argument 'rnak'"):
+        run_benchmark(tiny_run_config(tiny_protocol, method_args={"rnak": 8}), tmp_path / "run")

@@ -1,0 +1,55 @@
+"""Model bundles load through from_pretrained, offline; missing models fail with a clear message."""
+
+import pytest
+
+from cifc_bench.models import ModelLoadError, load_bundle, save_tiny_random
+
+
+def test_tiny_random_is_saved_then_loaded_through_from_pretrained(tmp_path):
+    import torch
+
+    path = save_tiny_random(tmp_path / "tiny")
+    assert {p.name for p in path.iterdir()} >= {"tokenizer", "text_encoder", "unet", "scheduler", "vae", "model_index.json"}
+    a, b = load_bundle(str(path)), load_bundle(str(path))
+    assert a.source == str(path) and len(a.tokenizer) == 49408
+    assert a.tokenizer("a <dog1>").input_ids == b.tokenizer("a <dog1>").input_ids
+    for pa, pb in zip(a.unet.parameters(), b.unet.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    assert not any(p.requires_grad for p in a.unet.parameters())  # bundles arrive frozen
+
+
+def test_tiny_random_is_reproducible_from_its_seed(tmp_path):
+    import torch
+
+    a, b = load_bundle(str(save_tiny_random(tmp_path / "a"))), load_bundle(str(save_tiny_random(tmp_path / "b")))
+    assert all(torch.equal(x, y) for x, y in zip(a.unet.state_dict().values(), b.unet.state_dict().values(), strict=True))
+
+
+def test_missing_hub_model_offline_says_what_to_do():
+    with pytest.raises(ModelLoadError) as info:
+        load_bundle("someone/not-a-cached-model")
+    msg = str(info.value)
+    assert "HF_HUB_OFFLINE is set" in msg and "--model PATH" in msg and "tiny-random" in msg
+
+
+def test_missing_scorer_weights_offline_says_what_to_do():
+    from cifc_bench.scoring import ScorerLoadError, load_scorer
+
+    with pytest.raises(ScorerLoadError, match="run once with network access"):
+        load_scorer("clip-vit-b32")
+    with pytest.raises(ScorerLoadError, match="unknown scorer 'clip'"):
+        load_scorer("clip")
+
+
+def test_tiny_scorer_uses_clip_preprocessing_and_normalised_features():
+    import numpy as np
+    from PIL import Image
+
+    from cifc_bench.scoring import load_scorer
+
+    scorer = load_scorer("tiny-random")
+    steps = [type(t).__name__ for t in scorer.preprocess.transforms]
+    assert steps[:2] == ["Resize", "CenterCrop"] and "bicubic" in str(scorer.preprocess.transforms[0]).lower()
+    feats = scorer.encode_images([Image.new("RGB", (40, 60), "red"), Image.new("RGB", (64, 64), "blue")])
+    assert np.allclose(np.linalg.norm(feats, axis=1), 1.0)
+    assert np.allclose(np.linalg.norm(scorer.encode_texts(["a dog", "a cat"]), axis=1), 1.0)

@@ -1,0 +1,136 @@
+"""Protocol loading and validation: every kind of bad input fails with the file, field and value named."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cifc_bench.cli import main
+from cifc_bench.protocol import ProtocolError, load_protocol
+from cifc_bench.testing import make_tiny_protocol
+
+
+def test_cifc10_matches_the_release_definition():
+    spec = load_protocol("cifc10")
+    names = [c["name"] for c in spec.raw["concepts"]]
+    assert names == ["dog", "duck_toy", "cat", "backpack", "teddybear", "painting", "dog2", "drawing", "cat2",
+                     "ink_painting"]
+    duck = spec.raw["concepts"][1]
+    assert duck["placeholders"] == ["<duck1>", "<duck2>", "<duck3>"] and duck["initializers"] == [0.012, "duck", "toy"]
+    assert duck["eval_replacement"] == "yellow rubber <duck1> <duck2> <duck3>" and duck["class_word"] == "duck toy"
+    assert [c["prompt_set"] for c in spec.raw["concepts"]] == ["pet", "plushy", "pet", "plushy", "plushy", "style",
+                                                                 "pet", "style", "pet", "style"]
+    assert all(len(v) == 20 for v in spec.raw["prompt_sets"].values())
+    ref = spec.raw["reference_results"]["backbones"]["SD-1.5"]
+    assert ref["ia"]["CIDM"][-1] == 78.0 and ref["ta"]["Finetuning"][0] == 64.4
+
+
+def test_cifc10_prompt_sets_equal_the_release_files(cifc10_dir):
+    spec = load_protocol("cifc10")
+    for name, prompts in spec.raw["prompt_sets"].items():
+        lines = [ln.strip() for ln in (cifc10_dir / "evaluation_prompts" / f"test_{name}.txt").read_text().splitlines()]
+        assert prompts == [ln for ln in lines if ln]
+
+
+def test_cifc10_binds_and_validates(cifc10_dir, capsys):
+    seq = load_protocol("cifc10").bind(cifc10_dir)
+    assert len(seq.tasks) == 10
+    duck = seq.concept("duck_toy")
+    assert duck.eval_prompts[0] == "A yellow rubber <duck1> <duck2> <duck3>, in the ocean"
+    assert duck.to_class_words(duck.eval_prompts[10]) == "A yellow rubber duck toy on a table"
+    assert len(duck.image_paths()) == 4 and seq.concept("teddybear").image_paths()[0].suffix == ".jpg"
+    assert main(["validate", "--protocol", "cifc10", "--data-dir", str(cifc10_dir)]) == 0
+    assert "10 tasks" in capsys.readouterr().out
+
+
+@pytest.fixture
+def damaged_cifc10(cifc10_dir, tmp_path):
+    copy = tmp_path / "cifc10"
+    shutil.copytree(cifc10_dir, copy)
+    return copy
+
+
+def test_missing_image_is_named(damaged_cifc10, capsys):
+    (damaged_cifc10 / "images" / "cat" / "03.jpg").unlink()
+    assert main(["validate", "--protocol", "cifc10", "--data-dir", str(damaged_cifc10)]) == 2
+    err = capsys.readouterr().err
+    assert "missing file" in err and "images/cat/03.jpg" in err
+    assert "image 03.jpg" not in err  # the caption check is about images that exist
+
+
+def test_corrupt_image_is_named(damaged_cifc10, capsys):
+    (damaged_cifc10 / "images" / "dog" / "00.jpg").write_bytes(b"not a jpeg")
+    assert main(["validate", "--protocol", "cifc10", "--data-dir", str(damaged_cifc10)]) == 2
+    err = capsys.readouterr().err
+    assert "images/dog/00.jpg is not a readable image" in err
+    assert "differs from its checksum" in err
+
+
+def test_empty_and_missing_folders_are_named(damaged_cifc10, capsys):
+    for p in (damaged_cifc10 / "images" / "drawing").iterdir():
+        p.unlink()
+    shutil.rmtree(damaged_cifc10 / "images" / "cat2")
+    assert main(["validate", "--protocol", "cifc10", "--data-dir", str(damaged_cifc10), "--no-checksums"]) == 2
+    err = capsys.readouterr().err
+    assert "images/drawing (field 'images') holds no images" in err
+    assert "images/cat2 (field 'images') does not exist" in err
+
+
+def test_wrong_data_dir_is_explained(tmp_path, capsys):
+    assert main(["validate", "--protocol", "cifc10", "--data-dir", str(tmp_path)]) == 2
+    assert f"--data-dir {tmp_path} holds no 'cifc10' data" in capsys.readouterr().err
+
+
+def _edit(tmp_path: Path, mutate) -> Path:
+    path = make_tiny_protocol(tmp_path, n_concepts=3)
+    raw = yaml.safe_load(path.read_text())
+    mutate(raw)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda r: r["concepts"][1].update(prompt_set="pets"), ["concepts[1].prompt_set", "'pets'", "unknown prompt set"]),
+    (lambda r: r["concepts"][2].update(placeholders=["<t0a>", "<t2b>"]),
+     ["concepts[2].placeholders", "'<t0a>'", "already used by concept 'thing0'"]),
+    (lambda r: r["concepts"][0].update(kind="person"), ["concepts[0].kind", "'person'", "object"]),
+    (lambda r: r["concepts"][0].update(initializers=[0.01]), ["concepts[0].initializers", "one initializer"]),
+    (lambda r: r["concepts"][0].pop("class_word"), ["concepts[0]", "missing field(s) ['class_word']"]),
+    (lambda r: r["concepts"][0].update(colour="red"), ["unknown field(s) ['colour']"]),
+    (lambda r: r["concepts"][1].update(name="thing0"), ["concepts[1].name", "'thing0'", "unique"]),
+    (lambda r: r["concepts"][0].update(eval_replacement="a thing"), ["concepts[0].eval_replacement", "'<t0a> <t0b>'"]),
+    (lambda r: r["prompt_sets"]["object"].append("a prompt without the mark"), ["prompt_sets.object[3]", "<TOK>"]),
+    (lambda r: r["multi_concept_prompts"][0].update(concepts=["thing0", "ghost"]), ["'ghost'", "unknown concept"]),
+    (lambda r: r["multi_concept_prompts"][0].update(boxes=[[0.5, 0, 0.2, 1], [0, 0, 1, 1]]), ["boxes", "0 <= y0 < y1"]),
+    (lambda r: r.pop("version"), ["missing required top-level field 'version'"]),
+])
+def test_schema_errors_name_field_and_value(tmp_path, mutate, expected):
+    path = _edit(tmp_path, mutate)
+    with pytest.raises(ProtocolError) as info:
+        load_protocol(str(path))
+    message = str(info.value)
+    assert str(path) in message
+    for fragment in expected:
+        assert fragment in message
+
+
+def test_missing_caption_is_named(tmp_path):
+    path = make_tiny_protocol(tmp_path, n_concepts=2)
+    (tmp_path / "tiny-data" / "caption" / "thing1" / "02.txt").unlink()
+    with pytest.raises(ProtocolError, match=r"image 02.png has no caption .*caption/thing1/02.txt"):
+        load_protocol(str(path)).bind(tmp_path / "tiny-data")
+
+
+def test_unknown_protocol_name_suggests_the_close_one():
+    from cifc_bench.registry import PluginError
+
+    with pytest.raises(PluginError, match="Did you mean 'cifc10'"):
+        load_protocol("cifc-10")
+
+
+def test_invalid_yaml_is_reported(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ProtocolError, match="not valid YAML"):
+        load_protocol(str(bad))
