@@ -95,7 +95,7 @@ def metric_table(metric: str, runs: list[RunRecord], concepts: list[str], refere
         row["final"] = f"{values[len(concepts)]:.1f}" if len(values) > len(concepts) else "–"
         rows.append(row)
     columns = ["method", "seeds", "storage", *concepts, *SUMMARY_COLUMNS]
-    return pd.DataFrame(rows, columns=columns).fillna("–")
+    return pd.DataFrame(rows, columns=columns, dtype=object).fillna("–")
 
 
 def _scaled(v):
@@ -133,7 +133,7 @@ def render(tables: dict[str, Any], fmt: str) -> str:
     for metric, df in tables.items():
         title = f"{metric.upper()} (x100; per-concept columns are the final model's scores)"
         if fmt == "md":
-            parts.append(f"### {title}\n\n" + df.to_markdown(index=False))
+            parts.append(f"### {title}\n\n" + df.to_markdown(index=False, disable_numparse=True))
         else:
             parts.append(df.to_latex(index=False, caption=title, label=f"tab:{metric}", escape=True))
     return "\n\n".join(parts) + "\n"

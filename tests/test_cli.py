@@ -1,0 +1,34 @@
+"""The cifc10 smoke command of the core issue, end to end through the console entry point."""
+
+import json
+import subprocess
+import sys
+
+from cifc_bench.cli import main
+
+
+def test_cifc10_smoke_run_writes_full_matrices(cifc10_dir, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "cifc_bench.cli", "run", "--method", "finetune", "--protocol", "cifc10",
+           "--model", "tiny-random", "--scorer", "tiny-random", "--data-dir", str(cifc10_dir), "--steps", "2",
+           "--prompts-per-concept", "2", "--images-per-prompt", "1", "--resolution", "32",
+           "--inference-steps", "4", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    assert result["status"] == "completed" and result["run_info"]["protocol"]["name"] == "cifc10"
+    for metric in ("ia", "ta"):
+        R = result["matrices"][metric]
+        assert len(R) == 10
+        assert all((R[j][i] is None) == (i > j) for j in range(10) for i in range(10))
+        assert result["summary"][metric]["forgetting"] is not None
+    assert "ia: final=" in proc.stdout
+
+
+def test_run_reports_bad_flags_clearly(tmp_path, capsys):
+    assert main(["run", "--resolution", "30", "--out", str(tmp_path / "x")]) == 2
+    assert "--resolution 30: give a multiple of 8" in capsys.readouterr().err
+    assert main(["run", "--method-args", "rank", "--out", str(tmp_path / "y")]) == 2
+    assert "--method-args 'rank': write KEY=VALUE" in capsys.readouterr().err
+    assert main(["run", "--resume", str(tmp_path / "nothing")]) == 2
+    assert "nothing a cifc-bench run directory?" in capsys.readouterr().err

@@ -1,0 +1,76 @@
+"""Leaderboard: mean ± std over seeds, filtering, reference rows and the three output formats."""
+
+import copy
+import json
+
+import pytest
+
+from cifc_bench.cli import main
+from cifc_bench.harness import run_benchmark
+from cifc_bench.leaderboard import leaderboard_tables, render
+from cifc_bench.testing import tiny_run_config
+
+
+@pytest.fixture(scope="module")
+def results_dir(tmp_path_factory, tiny_protocol):
+    """One real run, copied into several seeds with edited scores so the aggregates are hand-checkable."""
+    root = tmp_path_factory.mktemp("results")
+    real = run_benchmark(tiny_run_config(tiny_protocol, method="base"), root / "tiny" / "base" / "real")
+    for seed, final in ((1, 0.5), (2, 0.7)):
+        r = copy.deepcopy(real)
+        r["run_info"]["method"], r["run_info"]["seed"] = "fake", seed
+        r["run_info"]["git"]["dirty"] = False
+        r["matrices"]["ia"][-1] = [final, final, final]
+        r["summary"]["ia"]["final"] = final
+        (root / "tiny" / "fake" / f"s{seed}").mkdir(parents=True)
+        (root / "tiny" / "fake" / f"s{seed}" / "result.json").write_text(json.dumps(r))
+    failed = copy.deepcopy(real)
+    failed["status"], failed["run_info"]["method"] = "failed", "broken"
+    (root / "tiny" / "broken").mkdir(parents=True)
+    (root / "tiny" / "broken" / "result.json").write_text(json.dumps(failed))
+    dirty = copy.deepcopy(real)
+    dirty["run_info"]["method"], dirty["run_info"]["git"]["dirty"] = "dirtyrun", True
+    (root / "tiny" / "dirty").mkdir(parents=True)
+    (root / "tiny" / "dirty" / "result.json").write_text(json.dumps(dirty))
+    return root
+
+
+def test_mean_and_std_over_seeds(results_dir, tiny_protocol):
+    tables, skipped, n = leaderboard_tables(str(tiny_protocol), results_dir, include_dirty=True)
+    ia = tables["ia"].set_index("method")
+    assert ia.loc["fake", "seeds"] == 2
+    assert ia.loc["fake", "thing0"] == "60.0 ± 14.1"  # mean(50, 70), sample std 14.14
+    assert ia.loc["fake", "final"] == "60.0 ± 14.1"
+    assert "broken" not in ia.index and any("status 'failed'" in s for s in skipped)
+
+
+def test_dirty_and_failed_runs_are_left_out_unless_asked(results_dir, tiny_protocol):
+    tables, skipped, _ = leaderboard_tables(str(tiny_protocol), results_dir)
+    assert "dirtyrun" not in set(tables["ia"]["method"])
+    assert any("dirty source tree" in s for s in skipped)
+    tables, _, _ = leaderboard_tables(str(tiny_protocol), results_dir, include_failed=True, include_dirty=True)
+    assert {"dirtyrun", "broken", "fake"} <= set(tables["ia"]["method"])
+
+
+def test_rows_are_sorted_by_the_metric_direction(results_dir, tiny_protocol):
+    tables, _, _ = leaderboard_tables(str(tiny_protocol), results_dir, include_dirty=True)
+    finals = [float(v.split(" ")[0]) for v in tables["ia"]["final"]]
+    assert finals == sorted(finals, reverse=True)  # higher is better for IA
+
+
+def test_cifc10_reference_rows_in_all_formats(tmp_path, capsys):
+    for fmt, marker in (("md", "| [paper] CIDM (SD-1.5, reported)"), ("csv", "\"[paper] CIDM (SD-1.5, reported)\",1,"),
+                        ("latex", r"\begin{tabular}")):
+        assert main(["leaderboard", "--protocol", "cifc10", "--results", str(tmp_path), "--format", fmt]) == 0
+        out = capsys.readouterr().out
+        assert marker in out
+        assert "78.0" in out and "74.8" in out  # CIDM's reported IA and TA averages
+        assert "[paper] LoRA-M (SD-1.5, reported)" in out  # IA table only
+    tables, _, _ = leaderboard_tables("cifc10", tmp_path)
+    cidm = tables["ia"].set_index("method").loc["[paper] CIDM (SD-1.5, reported)"]
+    assert cidm["dog"] == "83.6" and cidm["ink_painting"] == "75.9" and cidm["final"] == "78.0"
+
+
+def test_render_rejects_unknown_format():
+    with pytest.raises(ValueError, match="--format 'html'"):
+        render({}, "html")
