@@ -89,7 +89,7 @@ def _cli_run(args, **kwargs):
 def test_sigkill_mid_task_then_resume_gives_the_uninterrupted_numbers(tmp_path, tiny_protocol):
     data_dir = tiny_protocol.with_name("tiny-data")
     common = ["--method", "finetune", "--protocol", str(tiny_protocol), "--data-dir", str(data_dir),
-              "--steps", "40", "--device", "cpu"]
+              "--steps", "15", "--device", "cpu"]
     full = _cli_run([*common, "--out", str(tmp_path / "full")])
     killed = _cli_run([*common, "--out", str(tmp_path / "killed")])
     result_file = tmp_path / "killed" / "result.json"
