@@ -96,6 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--include-dirty", action="store_true", help="include runs made from an uncommitted source tree")
     lb.add_argument("--no-reference", action="store_true", help="hide the paper's reported rows")
 
+    sy = sub.add_parser("synth", help="the embedded synthetic world: pretrain and check its models")
+    ssub = sy.add_subparsers(dest="synth_command", required=True)
+    sp = ssub.add_parser("pretrain", help="train the synthetic base model and scorer from a seed")
+    sp.add_argument("--out", type=Path, help="output folder (default: the package's committed weights folder)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--unet-steps", type=int, help="base-model training steps (default: the committed recipe's)")
+    sp.add_argument("--scorer-steps", type=int, help="scorer training steps (default: the committed recipe's)")
+    sc = ssub.add_parser("check", help="measure the base model's gates: context_acc and class_acc")
+    sc.add_argument("--prompts", type=int, default=200, help="held-out prompts to generate")
+    sc.add_argument("--grid", type=Path, help="also save a PNG grid of generated samples here")
+    sc.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
+
     ls = sub.add_parser("ls", help="list registered plugins")
     ls.add_argument("what", choices=("methods", "protocols"))
     return p
@@ -152,11 +164,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from cifc_bench.data import resolve_data_dir
     from cifc_bench.protocol import ProtocolError, load_protocol
 
     spec = load_protocol(args.protocol)
-    root = resolve_data_dir(spec.dataset, args.data_dir)
+    root = spec.data_root(args.data_dir)
     problems = spec.check_data(root, verify_checksums=not args.no_checksums)
     if problems:
         raise ProtocolError(f"protocol {spec.name!r} with data {root}: {len(problems)} problem(s):\n  - "
@@ -198,6 +209,42 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synth(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    if args.synth_command == "pretrain":
+        from cifc_bench.synth import weights_dir
+        from cifc_bench.synth.pretrain import PretrainConfig, pretrain
+
+        overrides = {k: v for k, v in (("unet_steps", args.unet_steps), ("scorer_steps", args.scorer_steps)) if v}
+        cfg = dataclasses.replace(PretrainConfig(seed=args.seed), **overrides)
+        out = args.out or weights_dir()
+        report = pretrain(cfg, out)
+        print(f"pretrained into {out}: {report['total_bytes'] / 2**20:.1f} MiB, "
+              f"scorer {report['scorer']['seconds']:.0f}s, base model {report['base']['seconds']:.0f}s")
+        return 0
+    from cifc_bench.models import load_bundle
+    from cifc_bench.scoring import load_scorer
+    from cifc_bench.synth.checks import base_model_report
+
+    report = base_model_report(load_bundle("synth"), load_scorer("synth"), n_prompts=args.prompts)
+    numbers = {k: v for k, v in report.items() if k not in ("images", "class_images")}
+    print(json.dumps(numbers, indent=1))
+    if args.json:
+        from cifc_bench.results import write_json_atomic
+
+        write_json_atomic(args.json, numbers)
+    if args.grid:
+        import numpy as np
+        from PIL import Image
+
+        ims = [np.asarray(im) for im in report["images"][:64]]
+        rows = [np.concatenate(ims[r * 8 : r * 8 + 8], axis=1) for r in range(len(ims) // 8)]
+        Image.fromarray(np.concatenate(rows, axis=0)).resize((8 * 128, len(rows) * 128), Image.NEAREST).save(args.grid)
+    return 0
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
     from cifc_bench.registry import METHODS, PROTOCOLS, list_plugins
 
@@ -206,7 +253,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "data": cmd_data, "leaderboard": cmd_leaderboard, "ls": cmd_ls}
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "data": cmd_data, "leaderboard": cmd_leaderboard, "ls": cmd_ls,
+            "synth": cmd_synth}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -38,6 +38,8 @@ from cifc_bench.results import (
 from cifc_bench.seeding import derive_seed, image_seed, train_seed
 
 METRICS = ("ia", "ta")
+#: Metrics a protocol may add under ``defaults.metrics``: functions of (images, scorer-facing prompts).
+EXTRA_METRICS = {"context_acc": "cifc_bench.synth.checks:context_accuracy"}
 
 
 @dataclass
@@ -49,6 +51,7 @@ class RunContext:
     method: Method
     scorer: Any
     run_dir: Path
+    metrics: tuple[str, ...] = METRICS
 
     @property
     def settings(self) -> GenerationSettings:
@@ -79,7 +82,6 @@ def concept_requests(protocol: str, concept: Concept, prompts_per_concept: int, 
 
 def load_context(config: RunConfig, run_dir: Path) -> RunContext:
     """Bind the protocol to its data and load model, scorer and method for ``config``."""
-    from cifc_bench.data import resolve_data_dir
     from cifc_bench.models import load_bundle
     from cifc_bench.protocol import load_protocol
     from cifc_bench.registry import load_method
@@ -88,8 +90,7 @@ def load_context(config: RunConfig, run_dir: Path) -> RunContext:
     method_cls = load_method(config.method)  # cheap, and a typo should not wait for data checks
     spec = load_protocol(config.protocol)
     config = config.resolved(dict(spec.defaults))
-    root = resolve_data_dir(spec.dataset, config.data_dir) if spec.generator is None else _generated_data(spec, config)
-    sequence = spec.bind(root)
+    sequence = spec.bind(spec.data_root(config.data_dir))
     if config.prompts_per_concept > min(len(c.eval_prompts) for c in sequence.concepts):
         raise ConfigError(
             f"--prompts-per-concept {config.prompts_per_concept} exceeds the smallest prompt set of "
@@ -104,13 +105,13 @@ def load_context(config: RunConfig, run_dir: Path) -> RunContext:
         method = method_cls(bundle, **config.method_args)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"method {config.method!r} rejected its arguments {config.method_args}: {err}") from err
-    return RunContext(config=config, sequence=sequence, method=method, scorer=scorer, run_dir=Path(run_dir))
-
-
-def _generated_data(spec, config: RunConfig) -> Path:
-    from cifc_bench.registry import import_object
-
-    return Path(import_object(spec.generator)(config.data_dir))
+    metrics = tuple(spec.defaults.get("metrics", METRICS))
+    unknown = [m for m in metrics if m not in METRICS and m not in EXTRA_METRICS]
+    if unknown:
+        raise ConfigError(f"{spec.path}: defaults.metrics names unknown metric(s) {unknown}; "
+                          f"known: {[*METRICS, *EXTRA_METRICS]}")
+    return RunContext(config=config, sequence=sequence, method=method, scorer=scorer, run_dir=Path(run_dir),
+                      metrics=metrics)
 
 
 def new_result(ctx: RunContext) -> dict[str, Any]:
@@ -134,7 +135,7 @@ def new_result(ctx: RunContext) -> dict[str, Any]:
             "started": now(),
         },
         "concepts": [c.name for c in seq.concepts],
-        "matrices": {m: [row[:] for row in empty] for m in METRICS},
+        "matrices": {m: [row[:] for row in empty] for m in ctx.metrics},
         "summary": {},
         "tasks": [],
         "error": None,
@@ -258,9 +259,16 @@ def evaluate_concept(ctx: RunContext, j: int, concept: Concept, references: dict
     generated = [load_rgb(folder / name) for _, name in pairs]
     if concept.name not in references:
         references[concept.name] = ctx.scorer.encode_images([load_rgb(p) for p in list_images(concept.image_dir)])
+    class_prompts = [concept.to_class_words(r.prompt) for r, _ in pairs]
     feats = ctx.scorer.encode_images(generated)
-    texts = ctx.scorer.encode_texts([concept.to_class_words(r.prompt) for r, _ in pairs])
-    return {
+    texts = ctx.scorer.encode_texts(class_prompts)
+    scores = {
         "ia": metrics.image_alignment(feats, references[concept.name]),
         "ta": float(metrics.text_alignment_per_image(feats, texts).mean()),
     }
+    for name in ctx.metrics:
+        if name in EXTRA_METRICS:
+            from cifc_bench.registry import import_object
+
+            scores[name] = float(import_object(EXTRA_METRICS[name])(generated, class_prompts))
+    return {k: (None if math.isnan(v) else v) for k, v in scores.items()}

@@ -97,8 +97,10 @@ def load_bundle(spec: str = DEFAULT_MODEL, device: str = "cpu") -> ModelBundle:
 
 
 def _builtin_bundles() -> dict[str, Any]:
-    """Named bundles shipped by the project besides tiny-random (the synthetic world adds one)."""
-    return {}
+    """Named bundles shipped inside the package, as functions returning their folder."""
+    from cifc_bench.synth import weights_dir
+
+    return {"synth": lambda: weights_dir() / "base"}
 
 
 def _from_pretrained(spec: str) -> ModelBundle:
@@ -108,12 +110,15 @@ def _from_pretrained(spec: str) -> ModelBundle:
     local = Path(spec).expanduser()
     source = str(local) if local.exists() else spec
     has_vae = (local / "vae").exists() if local.exists() else True
+    import torch
+
     try:
         tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")
-        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder")
-        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet")
+        # weights may be stored in half precision; methods train and sample in float32
+        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=torch.float32)
+        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=torch.float32)
         scheduler = DPMSolverMultistepScheduler.from_pretrained(source, subfolder="scheduler")
-        vae = AutoencoderKL.from_pretrained(source, subfolder="vae") if has_vae else None
+        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=torch.float32) if has_vae else None
     except (OSError, ValueError) as err:
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
         hint = (

@@ -26,7 +26,7 @@ from cifc_bench.registry import PROTOCOLS, list_plugins, unknown_name_error
 KINDS = ("object", "style")
 CONCEPT_FIELDS = {
     "name", "class_word", "kind", "placeholders", "initializers", "images", "captions", "caption_phrase",
-    "prompt_set", "eval_replacement",
+    "prompt_set", "eval_replacement", "synth",
 }
 
 
@@ -66,6 +66,16 @@ class ProtocolSpec:
     def generator(self) -> str | None:
         """Entry ``package.module:function`` that writes this protocol's data when it is generated, not fetched."""
         return self.raw.get("data", {}).get("generator")
+
+    def data_root(self, cli_dir: str | Path | None = None) -> Path:
+        """The data folder: rendered by the protocol's generator, or looked up (--data-dir, env, cache)."""
+        if self.generator:
+            from cifc_bench.registry import import_object
+
+            return Path(import_object(self.generator)(cli_dir))
+        from cifc_bench.data import resolve_data_dir
+
+        return resolve_data_dir(self.dataset, cli_dir)
 
     def _err(self, field: str, value: Any, fix: str) -> ProtocolError:
         return ProtocolError(f"{self.path}: field {field!r} has bad value {value!r}: {fix}")

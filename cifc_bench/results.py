@@ -45,7 +45,7 @@ class RunConfig:
     guidance_scale: float | None = None
     negative_prompt: str | None = None
     eval_schedule: str = "each-task"
-    eval_batch_size: int = 8
+    eval_batch_size: int | None = None
     seed: int = 0
     device: str = "cpu"
 
@@ -53,7 +53,7 @@ class RunConfig:
         if self.eval_schedule not in EVAL_SCHEDULES:
             raise ConfigError(f"eval_schedule={self.eval_schedule!r}: use one of {EVAL_SCHEDULES}")
         for name in ("steps", "batch_size", "prompts_per_concept", "images_per_prompt", "resolution",
-                     "num_inference_steps"):
+                     "num_inference_steps", "eval_batch_size"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < (0 if name == "steps" else 1)):
                 raise ConfigError(f"--{name.replace('_', '-')} {value!r}: give a whole number "
@@ -62,7 +62,11 @@ class RunConfig:
             raise ConfigError(f"--resolution {self.resolution}: give a multiple of 8 (e.g. 32, 256, 512)")
 
     def resolved(self, defaults: dict[str, Any]) -> RunConfig:
-        """Fill unset fields from the protocol's ``defaults`` (then from SD-1.5-style fallbacks)."""
+        """Fill unset fields from the protocol's ``defaults`` (then from SD-1.5-style fallbacks).
+
+        ``defaults.method_args.<method>`` holds backbone-specific hyper-parameters (a 32-pixel model wants other
+        learning rates than SD-1.5); arguments given for the run override them key by key.
+        """
         fallback = {
             "steps": defaults.get("train_steps", 800), "batch_size": defaults.get("train_batch_size", 2),
             "prompts_per_concept": defaults.get("prompts_per_concept", 20),
@@ -72,8 +76,12 @@ class RunConfig:
             "guidance_scale": defaults.get("guidance_scale", 7.5),
             "negative_prompt": defaults.get("negative_prompt", ""),
             "model": defaults.get("model"), "scorer": defaults.get("scorer"),
+            "eval_batch_size": defaults.get("eval_batch_size", 8),
         }
-        updates = {k: v for k, v in fallback.items() if getattr(self, k) is None}
+        updates: dict[str, Any] = {k: v for k, v in fallback.items() if getattr(self, k) is None}
+        protocol_args = (defaults.get("method_args") or {}).get(self.method, {})
+        if protocol_args:
+            updates["method_args"] = {**protocol_args, **self.method_args}
         return dataclasses.replace(self, **updates)
 
     def to_dict(self) -> dict[str, Any]:

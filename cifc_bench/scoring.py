@@ -78,6 +78,11 @@ def load_scorer(spec: str = DEFAULT_SCORER, device: str = "cpu") -> Scorer:
 
     if spec == TINY_RANDOM:
         arch, pretrained = _TINY_ARCH, str(_tiny_random_weights())
+    elif spec == "synth":  # the synthetic world's contrastive scorer, trained by `cifc-bench synth pretrain`
+        from cifc_bench.synth import weights_dir
+        from cifc_bench.synth.pretrain import scorer_model
+
+        arch, pretrained = scorer_model(), str(weights_dir() / "scorer.pt")
     elif spec in NAMED:
         arch, pretrained = NAMED[spec]
     elif spec.startswith("open_clip:") and spec.count(":") == 2:
@@ -85,7 +90,7 @@ def load_scorer(spec: str = DEFAULT_SCORER, device: str = "cpu") -> Scorer:
     else:
         raise ScorerLoadError(
             f"unknown scorer {spec!r}; use {DEFAULT_SCORER!r} (the paper's CLIP ViT-B/32), {TINY_RANDOM!r} "
-            "for smoke runs, or 'open_clip:ARCH:PRETRAINED' (e.g. open_clip:ViT-B-32:openai)"
+            "for smoke runs, 'synth' for the synthetic world, or 'open_clip:ARCH:PRETRAINED' (e.g. open_clip:ViT-B-32:openai)"
         )
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained, device=device)

@@ -1,0 +1,298 @@
+"""The procedural world of the synthetic tier: 32×32 scenes of one patterned object on a named background.
+
+Everything is a pure function of a :class:`Scene` and a seed, so the world, its captions and its exact checks
+are reproducible::
+
+    scene = Scene(shape="ball", fill="red", pattern="stripes", pattern_color="blue", position="left",
+                  background="gray")
+    pixels = render(scene, seed=0)          # uint8 (32, 32, 3)
+    caption(scene)                          # "a red ball with blue stripes on the left, on a gray background"
+
+Personal concepts add an identity *mark* (a small dot in a fixed corner of the object) and a fixed fill /
+pattern combination that pretraining never shows; personal styles are palette remaps plus a texture that
+pretraining never shows.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+SIZE = 32
+
+COLORS = {
+    "red": (215, 40, 40), "green": (40, 170, 60), "blue": (45, 85, 225), "yellow": (240, 215, 40),
+    "purple": (145, 55, 200), "orange": (245, 135, 25), "cyan": (40, 205, 215), "pink": (245, 130, 190),
+}
+BACKGROUNDS = {  # name -> mean colour; grass and water are textured
+    "black": (10, 10, 10), "gray": (125, 125, 125), "white": (240, 240, 240), "brown": (105, 65, 35),
+    "grass": (55, 120, 45), "water": (40, 80, 150),
+}
+SHAPES = ("ball", "box", "ring", "kite", "cross")
+PATTERNS = ("solid", "stripes", "dots", "checker", "zigzag")
+POSITIONS = {"center": (16, 16), "left": (16, 10), "right": (16, 22), "top": (10, 16), "bottom": (22, 16)}
+SIZES = {"small": 4.5, "large": 6.5}
+STYLES = ("plain", "mosaic", "sketch")  # styles the base model learns from words
+MARK_CORNERS = {"top-right": (-1, 1), "bottom-left": (1, -1), "top-left": (-1, -1), "bottom-right": (1, 1)}
+
+
+@dataclass(frozen=True)
+class Scene:
+    shape: str
+    fill: str
+    pattern: str = "solid"
+    pattern_color: str | None = None
+    size: str = "large"
+    position: str = "center"
+    background: str = "gray"
+    style: str = "plain"
+    mark: tuple[str, str] | None = None  # (colour, corner): personal identities only
+    personal_style: str | None = None  # a key of PERSONAL_STYLES: personal style concepts only
+
+
+def _shape_mask(shape: str, dy: np.ndarray, dx: np.ndarray, r: float) -> np.ndarray:
+    dist = np.sqrt(dy**2 + dx**2)
+    if shape == "ball":
+        return dist <= r
+    if shape == "box":
+        return np.maximum(abs(dy), abs(dx)) <= r * 0.85
+    if shape == "ring":
+        return (dist <= r) & (dist >= r * 0.5)
+    if shape == "kite":
+        return abs(dy) + abs(dx) <= r * 1.2
+    if shape == "cross":
+        arm = r * 0.38
+        return ((abs(dx) <= arm) & (abs(dy) <= r)) | ((abs(dy) <= arm) & (abs(dx) <= r))
+    raise ValueError(f"unknown shape {shape!r}; known: {SHAPES}")
+
+
+def _pattern_mask(pattern: str, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+    if pattern == "solid":
+        return np.zeros_like(yy, dtype=bool)
+    if pattern == "stripes":
+        return (yy // 2) % 2 == 0
+    if pattern == "dots":
+        return (yy % 3 == 0) & (xx % 3 == 0)
+    if pattern == "checker":
+        return (yy // 2 + xx // 2) % 2 == 0
+    if pattern == "zigzag":
+        return ((xx + np.abs((yy % 6) - 3)) // 2) % 3 == 0
+    raise ValueError(f"unknown pattern {pattern!r}; known: {PATTERNS}")
+
+
+def _background(name: str, rng: np.random.Generator) -> np.ndarray:
+    base = np.array(BACKGROUNDS[name], dtype=np.float32)
+    img = np.broadcast_to(base, (SIZE, SIZE, 3)).copy()
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    if name == "grass":  # vertical blades
+        img += ((xx + rng.integers(0, 3)) % 3 == 0)[..., None] * np.array([-20, 35, -10])
+    elif name == "water":  # horizontal waves
+        img += (np.sin(yy * 1.2 + xx * 0.3 + rng.uniform(0, 6)) > 0.6)[..., None] * np.array([25, 40, 60])
+    return img
+
+
+def _style(img: np.ndarray, style: str, background: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    if style == "plain":
+        return img
+    if style == "mosaic":
+        blocks = img.reshape(SIZE // 4, 4, SIZE // 4, 4, 3).mean(axis=(1, 3))
+        return np.repeat(np.repeat(blocks, 4, axis=0), 4, axis=1)
+    if style == "sketch":  # grey pencil outline of the object on a grey version of the background
+        inner = mask.copy()
+        inner[1:-1, 1:-1] = mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
+        edge = mask & ~inner
+        grey = background.mean(axis=-1, keepdims=True).repeat(3, axis=-1)
+        ink = 20.0 if grey.mean() > 90 else 230.0
+        grey[edge] = ink
+        return grey
+    raise ValueError(f"unknown style {style!r}; known: {STYLES}")
+
+
+def _personal_style(img: np.ndarray, name: str) -> np.ndarray:
+    """Personal styles: a palette remap plus a texture that no pretraining image has."""
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    if name == "neon":  # rotated channels, brightened, dark scanlines every third row
+        out = img[..., [2, 0, 1]] * 0.8 + 50
+        out[yy % 3 == 0] *= 0.35
+    elif name == "sepia":  # sepia tone with a diagonal hatch
+        lum = img.mean(axis=-1, keepdims=True)
+        out = lum * np.array([1.15, 0.9, 0.6])
+        out[(xx + yy) % 4 == 0] *= 0.55
+    elif name == "poster":  # two levels per channel, swapped red/green, bright grid
+        out = np.where(img > 110, 235.0, 25.0)[..., [1, 0, 2]]
+        out[(yy % 8 == 0) | (xx % 8 == 0)] = (250, 250, 120)
+    else:
+        raise ValueError(f"unknown personal style {name!r}; known: {sorted(PERSONAL_STYLES)}")
+    return out
+
+
+PERSONAL_STYLES = {"neon": "neon", "sepia": "sepia", "poster": "poster"}
+
+
+def _draw_object(img: np.ndarray, scene: Scene, rng: np.random.Generator) -> np.ndarray:
+    """Paint the object of ``scene`` into ``img``; returns its mask."""
+    cy, cx = POSITIONS[scene.position]
+    cy, cx = cy + int(rng.integers(-1, 2)), cx + int(rng.integers(-1, 2))
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    r = SIZES[scene.size]
+    mask = _shape_mask(scene.shape, (yy - cy).astype(np.float32), (xx - cx).astype(np.float32), r)
+    img[mask] = COLORS[scene.fill]
+    if scene.pattern != "solid":
+        img[mask & _pattern_mask(scene.pattern, yy - cy, xx - cx)] = COLORS[scene.pattern_color or "white"]
+    if scene.mark is not None:
+        colour, corner = scene.mark
+        sy, sx = MARK_CORNERS[corner]
+        my, mx = cy + int(sy * r * 0.45), cx + int(sx * r * 0.45)
+        img[my - 1 : my + 1, mx - 1 : mx + 1] = COLORS[colour] if colour in COLORS else BACKGROUNDS[colour]
+    return mask
+
+
+def render(scene: Scene, seed: int = 0) -> np.ndarray:
+    """Draw ``scene`` with a little seeded jitter (±1 px position, background texture phase)."""
+    return render_many([scene], seed)
+
+
+def render_many(scenes: list[Scene], seed: int = 0) -> np.ndarray:
+    """Several objects on the first scene's background, in its style (multi-concept images)."""
+    rng = np.random.default_rng(seed)
+    first = scenes[0]
+    background = _background(first.background, rng)
+    img = background.copy()
+    mask = np.zeros((SIZE, SIZE), dtype=bool)
+    for scene in scenes:
+        mask |= _draw_object(img, scene, rng)
+    img = _style(img, first.style, background, mask)
+    if first.personal_style:
+        img = _personal_style(img, first.personal_style)
+    return np.clip(img, 0, 255).round().astype(np.uint8)
+
+
+def caption_many(scenes: list[Scene], rng: np.random.Generator | None = None, keep: float = 1.0,
+                 subjects: list[str] | None = None) -> str:
+    """"a red ball on the left and a blue box on the right, on a gray background"."""
+    rng = rng or np.random.default_rng(0)
+    subjects = subjects or [None] * len(scenes)
+    parts = []
+    for scene, subject in zip(scenes, subjects, strict=True):
+        text = caption(replace(scene, style="plain"), rng, keep=1.0, subject=subject)
+        parts.append(text.split(", on a ")[0])
+    text = " and ".join(parts)
+    if keep >= 1.0 or rng.random() < keep:
+        text += f", on a {scenes[0].background} background"
+    return text
+
+
+def caption(scene: Scene, rng: np.random.Generator | None = None, keep: float = 1.0, subject: str | None = None) -> str:
+    """Describe ``scene``; with ``keep`` < 1 each optional attribute is dropped with probability 1 - keep."""
+    rng = rng or np.random.default_rng(0)
+
+    def has() -> bool:
+        return keep >= 1.0 or rng.random() < keep
+
+    if subject is None:
+        words = []
+        if has():
+            words.append(scene.size)
+        words += [scene.fill, scene.shape]
+        subject = " ".join(words)
+        if scene.pattern != "solid" and has():
+            subject += f" with {scene.pattern_color} {scene.pattern}"
+    text = f"a {subject}"
+    if has():
+        text += f" on the {scene.position}"
+    if has():
+        text += f", on a {scene.background} background"
+    if scene.style != "plain":
+        text = f"a {scene.style} of {text}"
+    return text
+
+
+def random_scene(rng: np.random.Generator, exclude: set[tuple] = frozenset()) -> Scene:
+    """A pretraining scene: any class, colours, pattern, place and known style, never a personal identity."""
+    while True:
+        fill, pcolor = rng.choice(list(COLORS), size=2, replace=False)
+        scene = Scene(
+            shape=str(rng.choice(SHAPES)), fill=str(fill), pattern=str(rng.choice(PATTERNS)),
+            pattern_color=str(pcolor), size=str(rng.choice(list(SIZES))), position=str(rng.choice(list(POSITIONS))),
+            background=str(rng.choice(list(BACKGROUNDS))), style=str(rng.choice(STYLES, p=[0.7, 0.15, 0.15])),
+        )
+        if scene.pattern == "solid":
+            scene = replace(scene, pattern_color=None)
+        if identity(scene) not in exclude:
+            return scene
+
+
+def identity(scene: Scene) -> tuple:
+    """What makes a personal object itself: class, fill, pattern and pattern colour."""
+    return (scene.shape, scene.fill, scene.pattern, scene.pattern_color)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Exact checks, possible only because the world is procedural.
+
+_POSITION_RE = re.compile(r"on the (center|left|right|top|bottom)")
+_BACKGROUND_RE = re.compile(r"on an? (\w+) background")
+_STYLE_RE = re.compile(r"^an? (mosaic|sketch) of ")
+
+
+def prompt_context(prompt: str) -> dict[str, str]:
+    """The attributes a prompt asks for that can be checked exactly: background, position, style."""
+    out = {}
+    if m := _POSITION_RE.search(prompt):
+        out["position"] = m.group(1)
+    if (m := _BACKGROUND_RE.search(prompt)) and m.group(1) in BACKGROUNDS:
+        out["background"] = m.group(1)
+    if m := _STYLE_RE.search(prompt.strip().lower()):
+        out["style"] = m.group(1)
+    if " and a" in prompt:  # two objects: their joint centroid says nothing about either position
+        out.pop("position", None)
+    if out.get("style") == "sketch":  # a sketch greys the whole picture: its background colour is not drawn
+        out.pop("background", None)
+    return out
+
+
+def detect_background(img: np.ndarray) -> str:
+    """Nearest named background to the median colour of the 2-pixel border."""
+    px = np.asarray(img, dtype=np.float32)
+    border = np.concatenate([px[:2].reshape(-1, 3), px[-2:].reshape(-1, 3), px[:, :2].reshape(-1, 3),
+                             px[:, -2:].reshape(-1, 3)])
+    med = np.median(border, axis=0)
+    return min(BACKGROUNDS, key=lambda n: float(np.sum((med - np.array(BACKGROUNDS[n])) ** 2)))
+
+
+def detect_position(img: np.ndarray) -> str | None:
+    """Nearest anchor to the centroid of pixels far from the border's median colour (None: nothing drawn)."""
+    px = np.asarray(img, dtype=np.float32)
+    border = np.concatenate([px[:2].reshape(-1, 3), px[-2:].reshape(-1, 3)])
+    diff = np.abs(px - np.median(border, axis=0)).sum(-1)
+    fg = diff > max(90.0, float(np.percentile(np.abs(border - np.median(border, axis=0)).sum(-1), 95)) + 40)
+    if fg.sum() < 4:
+        return None
+    ys, xs = np.nonzero(fg)
+    cy, cx = ys.mean(), xs.mean()
+    return min(POSITIONS, key=lambda n: (POSITIONS[n][0] - cy) ** 2 + (POSITIONS[n][1] - cx) ** 2)
+
+
+def detect_style(img: np.ndarray) -> str:
+    """sketch: no coloured pixel at all; mosaic: nearly constant 4×4 blocks; else plain."""
+    px = np.asarray(img, dtype=np.float32)
+    saturation = float(np.percentile(px.max(-1) - px.min(-1), 98))
+    if saturation < 25:
+        return "sketch"
+    # a mosaic changes colour only across 4-pixel block boundaries; a plain picture changes anywhere
+    dx = np.abs(np.diff(px, axis=1)).sum(-1)
+    dy = np.abs(np.diff(px, axis=0)).sum(-1)
+    boundary = (np.arange(SIZE - 1) % 4) == 3
+    across = dx[:, boundary].mean() + dy[boundary, :].mean()
+    within = dx[:, ~boundary].mean() + dy[~boundary, :].mean()
+    return "mosaic" if within < 0.35 * across else "plain"
+
+
+def check_context(img: np.ndarray, prompt: str) -> tuple[int, int]:
+    """(attributes satisfied, attributes asked) for one image and its prompt."""
+    wanted = prompt_context(prompt)
+    detectors = {"background": detect_background, "position": detect_position, "style": detect_style}
+    ok = sum(detectors[k](img) == v for k, v in wanted.items())
+    return ok, len(wanted)
