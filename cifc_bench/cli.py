@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="train a method on a protocol's task stream and evaluate it")
     r.add_argument("--method", help="registered method name or package.module:Class (default: finetune)")
-    r.add_argument("--protocol", help="protocol name or YAML path (default: cifc10)")
+    r.add_argument("--protocol", help="protocol name or YAML path (default: synth10, the embedded CPU world)")
     r.add_argument("--method-args", nargs="*", default=[], metavar="KEY=VALUE", help="method hyper-parameters")
     r.add_argument("--config", type=Path, help="YAML file with run settings; command-line flags override it")
     r.add_argument("--data-dir", help="dataset folder (else $CIFC_BENCH_DATA, else the user cache)")
@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--prompts", type=int, default=200, help="held-out prompts to generate")
     sc.add_argument("--grid", type=Path, help="also save a PNG grid of generated samples here")
     sc.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
+    sg = ssub.add_parser("gates", help="learning margin and forgetting of a method's synth10 runs versus base")
+    sg.add_argument("--method", default="finetune")
+    sg.add_argument("--results", type=Path, default=Path("results"))
+    sg.add_argument("--include-dirty", action="store_true")
 
     ls = sub.add_parser("ls", help="list registered plugins")
     ls.add_argument("what", choices=("methods", "protocols"))
@@ -223,6 +227,14 @@ def cmd_synth(args: argparse.Namespace) -> int:
         report = pretrain(cfg, out)
         print(f"pretrained into {out}: {report['total_bytes'] / 2**20:.1f} MiB, "
               f"scorer {report['scorer']['seconds']:.0f}s, base model {report['base']['seconds']:.0f}s")
+        return 0
+    if args.synth_command == "gates":
+        from cifc_bench.synth.gates import gate_report
+
+        try:
+            print(json.dumps(gate_report(args.results, args.method, include_dirty=args.include_dirty), indent=1))
+        except ValueError as err:
+            raise CLIError(str(err)) from err
         return 0
     from cifc_bench.models import load_bundle
     from cifc_bench.scoring import load_scorer

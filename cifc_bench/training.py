@@ -8,7 +8,7 @@ placeholders, wrapped in a random object or style template.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -77,55 +77,75 @@ def concept_dataset(concept: Concept):
     return Dataset.from_dict({"image": paths, "caption": captions}).cast_column("image", Image(mode="RGB"))
 
 
+def default_augment(image, resolution: int):
+    """Resize the short side, random square crop; the whole canvas is valid (mask of ones)."""
+    from torchvision import transforms
+
+    t = transforms.Compose([
+        transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BILINEAR),
+        transforms.RandomCrop(resolution),
+        transforms.ToTensor(),
+        transforms.Normalize([0.5], [0.5]),
+    ])
+    return t(image), torch.ones(1, resolution, resolution)
+
+
 @dataclass
 class ConceptBatches:
-    """An endless, seeded stream of augmented training batches for one concept (no other task's data)."""
+    """An endless, seeded stream of augmented training batches for one concept (no other task's data).
+
+    Yields (pixels [B,3,R,R] in [-1,1], valid-region masks [B,1,R,R], prompts). ``augment`` maps a PIL image
+    and the resolution to (pixels, mask); its randomness comes from torch's global RNG, seeded per task.
+    """
 
     concept: Concept
     resolution: int
     batch_size: int
     seed: int
+    augment: Callable = default_augment
 
     def __post_init__(self) -> None:
-        from torchvision import transforms
-
         self._data = concept_dataset(self.concept)
         self._rng = random.Random(self.seed)
         self._gen = torch.Generator().manual_seed(self.seed)
-        self._transform = transforms.Compose([
-            transforms.Resize(self.resolution, interpolation=transforms.InterpolationMode.BILINEAR),
-            transforms.RandomCrop(self.resolution),
-            transforms.ToTensor(),
-            transforms.Normalize([0.5], [0.5]),
-        ])
 
     def __iter__(self):
         n = len(self._data)
         while True:
             order = torch.randperm(n, generator=self._gen).tolist()
             for start in range(0, n - n % self.batch_size or n, self.batch_size):
-                idx = order[start : start + self.batch_size]
-                rows = [self._data[i] for i in idx]
-                # torchvision's random ops draw from torch's global RNG, which the harness seeds per task
-                pixels = torch.stack([self._transform(r["image"]) for r in rows])
+                rows = [self._data[i] for i in order[start : start + self.batch_size]]
+                pairs = [self.augment(r["image"], self.resolution) for r in rows]
                 prompts = [training_prompt(self.concept, r["caption"], self._rng) for r in rows]
-                yield pixels, prompts
+                yield torch.stack([p for p, _ in pairs]), torch.stack([m for _, m in pairs]), prompts
 
 
 def diffusion_loss(bundle, noise_scheduler, pixels: torch.Tensor, prompt_embeds: torch.Tensor, unet=None,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
-    """The epsilon-prediction MSE of SD training on one batch (VAE latents, random timesteps)."""
+                   generator: torch.Generator | None = None, mask: torch.Tensor | None = None,
+                   noise_offset: float = 0.0) -> torch.Tensor:
+    """The epsilon-prediction loss of SD training on one batch (VAE latents, random timesteps).
+
+    Plain MSE by default. With ``mask`` (valid-image regions at pixel resolution) it is CIDM's masked loss:
+    mean over the batch of Σ_{c,h,w} M·(ε̂−ε)² / Σ_{h,w} M, i.e. channels summed, pixels averaged.
+    ``noise_offset`` adds a per-channel constant to the noise (ε + offset·ξ, ξ of shape [B, C, 1, 1]).
+    """
     unet = unet or bundle.unet
     latents = pixels.to(bundle.device)
     if bundle.vae is not None:
         with torch.no_grad():
             latents = bundle.vae.encode(latents).latent_dist.sample(generator) * bundle.vae.config.scaling_factor
     noise = torch.randn(latents.shape, generator=generator).to(latents)
+    if noise_offset:
+        noise = noise + noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=generator).to(latents)
     t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
     t = t.to(latents.device)
     noisy = noise_scheduler.add_noise(latents, noise, t)
     pred = unet(noisy, t, encoder_hidden_states=prompt_embeds).sample
-    return F.mse_loss(pred.float(), noise.float())
+    if mask is None:
+        return F.mse_loss(pred.float(), noise.float())
+    m = F.interpolate(mask.to(latents), size=latents.shape[-2:], mode="nearest")
+    per_sample = (m * (pred.float() - noise.float()) ** 2).sum(dim=(1, 2, 3)) / m.sum(dim=(1, 2, 3)).clamp(min=1)
+    return per_sample.mean()
 
 
 def restore_rows(weight: torch.Tensor, original: torch.Tensor, keep_ids: Sequence[int]) -> None:

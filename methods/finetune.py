@@ -75,7 +75,7 @@ class SequentialFinetune(Method):
                    for k, c in enumerate(task.concepts)]
         bundle.unet.train()
         for step in progress(range(budget.steps), desc=f"train {task.name}", leave=False):
-            pixels, prompts = next(streams[step % len(streams)])
+            pixels, _, prompts = next(streams[step % len(streams)])
             embeds = encode_prompts(bundle, prompts)
             loss = diffusion_loss(bundle, noise_scheduler, pixels, embeds, generator=gen)
             optimizer.zero_grad(set_to_none=True)

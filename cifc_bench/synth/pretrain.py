@@ -28,16 +28,19 @@ SCORER_ARCH = "cifc-synth-clip"
 SCORER_CFG = {
     "embed_dim": 64,
     "vision_cfg": {"image_size": 32, "layers": 3, "width": 96, "patch_size": 4, "head_width": 32},
-    "text_cfg": {"context_length": TEXT_LENGTH, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2},
+    "text_cfg": {"context_length": TEXT_LENGTH, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 2},
 }
 SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon")
+# pixel space with a cosine schedule: DDIM must clip its x0 estimate, or the first steps explode
+SAMPLER = dict(SCHEDULE, clip_sample=True, timestep_spacing="trailing", set_alpha_to_one=False)
+MIN_SNR_GAMMA = 5.0
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
     seed: int = 0
-    unet_steps: int = 3000
-    scorer_steps: int = 1500
+    unet_steps: int = 3200
+    scorer_steps: int = 1200
     batch_size: int = 32
     scorer_batch_size: int = 128
     lr: float = 1e-3
@@ -84,7 +87,7 @@ def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
 
 def build_base_model(seed: int):
     """Tokenizer, text encoder, UNet and scheduler of the synthetic base model, freshly initialised."""
-    from diffusers import DPMSolverMultistepScheduler, UNet2DConditionModel
+    from diffusers import DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from cifc_bench.tokenizer import build_clip_tokenizer
@@ -103,7 +106,7 @@ def build_base_model(seed: int):
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=64, attention_head_dim=8, norm_num_groups=8,
     )
-    return tokenizer, text_encoder, unet, DPMSolverMultistepScheduler(**SCHEDULE)
+    return tokenizer, text_encoder, unet, DDIMScheduler(**SAMPLER)
 
 
 def pretrain_base(cfg: PretrainConfig, out: Path) -> dict:
@@ -115,6 +118,7 @@ def pretrain_base(cfg: PretrainConfig, out: Path) -> dict:
 
     tokenizer, text_encoder, unet, scheduler = build_base_model(cfg.seed)
     noise_scheduler = DDPMScheduler(**SCHEDULE)
+    alphas = noise_scheduler.alphas_cumprod
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     lr_schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=max(cfg.unet_steps, 1),
@@ -132,7 +136,10 @@ def pretrain_base(cfg: PretrainConfig, out: Path) -> dict:
         noise = torch.randn(pixels.shape, generator=gen)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(batch),), generator=gen)
         pred = unet(noise_scheduler.add_noise(pixels, noise, t), t, encoder_hidden_states=text_encoder(ids)[0]).sample
-        loss = F.mse_loss(pred, noise)
+        # Min-SNR-5 weighting (Hang et al. 2023): same optimum, several times faster convergence
+        snr = alphas[t] / (1 - alphas[t])
+        weight = torch.clamp(snr, max=MIN_SNR_GAMMA) / snr
+        loss = (weight * F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

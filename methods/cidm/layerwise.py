@@ -1,0 +1,198 @@
+"""Layer-wise concept tokens (ED-LoRA style, spec §B.1) and the per-task LoRA on cross-attention.
+
+Every placeholder gets one token per cross-attention layer. A prompt becomes L prompts, each with the layer's
+tokens, and layer l's cross-attention reads only its own encoding: the UNet receives a 4-D context
+``[batch, L, tokens, dim]`` and :class:`LayerwiseAttnProcessor` picks slice l.
+
+The LoRA is a small module of our own rather than a peft adapter because CIDM needs what peft does not offer:
+many frozen task adapters per layer plus a per-sample merged weight (EWA merges per prompt, so samples in
+one batch carry different weights). The merged forward costs one batched matmul, the same as the base layer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+def cross_attention_layers(unet) -> list[tuple[str, nn.Module]]:
+    """The UNet's cross-attention modules in the spec's order: down blocks, mid block, up blocks."""
+    found = [(n, m) for n, m in unet.named_modules() if n.endswith("attn2")]
+    rank = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
+    return sorted(found, key=lambda nm: rank[nm[0].split(".")[0]])
+
+
+def layer_token(placeholder: str, layer: int) -> str:
+    return f"{placeholder[:-1]}_l{layer}>" if placeholder.endswith(">") else f"{placeholder}_l{layer}"
+
+
+def bind_layerwise(prompts: list[str], placeholders: list[str], n_layers: int) -> list[str]:
+    """L copies of each prompt, copy l with every placeholder replaced by its layer-l token (b-major order)."""
+    out = []
+    for p in prompts:
+        for layer in range(n_layers):
+            text = p
+            for ph in sorted(placeholders, key=len, reverse=True):  # <dog10> before <dog1>
+                text = text.replace(ph, layer_token(ph, layer))
+            out.append(text)
+    return out
+
+
+def encode_layerwise(bundle, prompts: list[str], placeholders: list[str], n_layers: int) -> torch.Tensor:
+    """``[B, L, T, d]`` text-encoder states of the layer-wise bound prompts."""
+    from cifc_bench.sampling import encode_prompts
+
+    states = encode_prompts(bundle, bind_layerwise(prompts, placeholders, n_layers))
+    return states.view(len(prompts), n_layers, *states.shape[1:])
+
+
+class LayerwiseAttnProcessor:
+    """Cross-attention that reads its layer's slice of a 4-D context, with optional regional attention.
+
+    ``regions`` (set by CCS) is a list of (context ``[B, L, T, d]``, box) pairs: queries inside a box attend to
+    that region's prompt instead of the global one, overlapping boxes averaged (spec §B.4). ``record`` collects
+    attention probabilities for the training-time attention regulariser.
+    """
+
+    def __init__(self, index: int, sigmoid: bool = False) -> None:
+        self.index = index
+        self.sigmoid = sigmoid
+        self.regions: list[tuple[torch.Tensor, tuple[float, float, float, float]]] | None = None
+        self.record: list[torch.Tensor] | None = None
+        # the release's per-call mixture: a function of this layer's context giving [N, g] branch weights
+        self.per_call = None
+        self.loras: list[TaskLoRALinear] = []
+
+    def _attend(self, attn, query: torch.Tensor, context: torch.Tensor, keep_probs: bool) -> torch.Tensor:
+        key, value = attn.to_k(context), attn.to_v(context)
+        b, n, _ = query.shape
+        heads = attn.heads
+        q = query.view(b, n, heads, -1).transpose(1, 2)
+        k = key.view(b, key.shape[1], heads, -1).transpose(1, 2)
+        v = value.view(b, value.shape[1], heads, -1).transpose(1, 2)
+        logits = q @ k.transpose(-1, -2) * attn.scale
+        probs = torch.sigmoid(logits) if self.sigmoid else logits.softmax(-1)
+        if keep_probs and self.record is not None:
+            self.record.append(probs.mean(1))  # [b, n, tokens], averaged over heads
+        return (probs @ v).transpose(1, 2).reshape(b, n, -1)
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        if encoder_hidden_states is None:
+            raise ValueError("LayerwiseAttnProcessor is for cross-attention (attn2) only")
+        context = encoder_hidden_states[:, self.index] if encoder_hidden_states.ndim == 4 else encoder_hidden_states
+        if self.per_call is not None:
+            weights = self.per_call(context)
+            for m in self.loras:
+                m.branch_weights = weights
+        query = attn.to_q(hidden_states)
+        out = self._attend(attn, query, context, keep_probs=True)
+        if self.regions:
+            out = self._regional(attn, query, out)
+        out = attn.to_out[0](out)
+        return attn.to_out[1](out)
+
+    def _regional(self, attn, query: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Layer-wise regional cross-attention: inside each box, attend to the box's own layer-wise prompt."""
+        n = query.shape[1]
+        side = int(math.isqrt(n))
+        total = torch.zeros_like(out)
+        count = torch.zeros(1, n, 1, device=out.device, dtype=out.dtype)
+        for context, box in self.regions:
+            ctx = context[:, self.index] if context.ndim == 4 else context
+            mask = box_mask(box, side, side, out.device).view(1, n, 1).to(out.dtype)
+            total = total + self._attend(attn, query, ctx.to(query.dtype), keep_probs=False) * mask
+            count = count + mask
+        inside = count > 0
+        return torch.where(inside, total / count.clamp(min=1), out)
+
+
+def box_mask(box, height: int, width: int, device=None) -> torch.Tensor:
+    """A ``[height, width]`` 0/1 mask of a normalised (y0, x0, y1, x1) box, at least one cell large."""
+    y0, x0, y1, x1 = box
+    r0, r1 = int(math.floor(y0 * height)), max(int(math.ceil(y1 * height)), int(math.floor(y0 * height)) + 1)
+    c0, c1 = int(math.floor(x0 * width)), max(int(math.ceil(x1 * width)), int(math.floor(x0 * width)) + 1)
+    mask = torch.zeros(height, width, device=device)
+    mask[r0:r1, c0:c1] = 1.0
+    return mask
+
+
+class TaskLoRALinear(nn.Module):
+    """A frozen linear layer with one trainable task LoRA and any number of frozen earlier-task LoRAs.
+
+    Notation as in the spec: ``up`` is A (out × r), ``down`` is B (r × in), ΔW = A·B.
+    - training: y = W0 x + A_g B_g x (scale 1, the current task only: every task starts from the base);
+    - merged: y = (W0 + ΔŴ_b) x with a per-sample weight set by :meth:`set_merged` (EWA, once per prompt);
+    - branches: y = W0 x + Σ_i w_{b,i} A_i B_i x, recomputing the mixture on every call (the naive form).
+    """
+
+    def __init__(self, base: nn.Linear, rank: int) -> None:
+        super().__init__()
+        self.base = base
+        self.rank = rank
+        self.up = nn.Parameter(torch.zeros(base.out_features, rank))
+        self.down = nn.Parameter(torch.empty(rank, base.in_features))
+        nn.init.kaiming_uniform_(self.down, a=math.sqrt(5))
+        self.active = False
+        self.ups: list[torch.Tensor] = []
+        self.downs: list[torch.Tensor] = []
+        self.merged: torch.Tensor | None = None  # [N, out, in] per-sample full weights
+        self.branch_weights: torch.Tensor | None = None  # [N, g] for the naive mixture
+
+    def reset_task(self) -> None:
+        with torch.no_grad():
+            self.up.zero_()
+            nn.init.kaiming_uniform_(self.down, a=math.sqrt(5))
+
+    def store_task(self) -> None:
+        self.ups.append(self.up.detach().clone())
+        self.downs.append(self.down.detach().clone())
+
+    def delta(self, i: int) -> torch.Tensor:
+        return self.ups[i] @ self.downs[i]
+
+    def set_merged(self, weights: torch.Tensor | None, alpha: float) -> None:
+        """``weights`` [N, g]: per-sample task weights; builds W0 + α Σ_i w_i ΔW_i once for the whole sampling."""
+        if weights is None:
+            self.merged = None
+            return
+        deltas = torch.stack([self.delta(i) for i in range(len(self.ups))])  # [g, out, in]
+        self.merged = self.base.weight.unsqueeze(0) + alpha * torch.einsum("ng,goi->noi", weights.to(deltas), deltas)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.merged is not None:
+            y = torch.bmm(x, self.merged.transpose(1, 2))
+            return y + self.base.bias if self.base.bias is not None else y
+        y = self.base(x)
+        if self.active:
+            y = y + (x @ self.down.t()) @ self.up.t()
+        if self.branch_weights is not None:
+            for i in range(len(self.ups)):
+                branch = (x @ self.downs[i].t()) @ self.ups[i].t()
+                y = y + self.branch_weights[:, i].view(-1, *([1] * (x.ndim - 1))) * branch
+        return y
+
+
+def install(unet, rank: int, sigmoid: bool = False) -> tuple[list[LayerwiseAttnProcessor], list[list[TaskLoRALinear]]]:
+    """Put layer-wise processors and task LoRAs on every cross-attention layer; returns both, per layer."""
+    processors, loras = [], []
+    for index, (_, attn) in enumerate(cross_attention_layers(unet)):
+        proc = LayerwiseAttnProcessor(index, sigmoid=sigmoid)
+        attn.set_processor(proc)
+        processors.append(proc)
+        layer = []
+        for name in TARGETS:
+            parent, attr = (attn.to_out, "0") if name == "to_out.0" else (attn, name)
+            base = parent[0] if attr == "0" else getattr(parent, attr)
+            wrapped = TaskLoRALinear(base, rank).to(base.weight.device)
+            if attr == "0":
+                parent[0] = wrapped
+            else:
+                setattr(parent, attr, wrapped)
+            layer.append(wrapped)
+        proc.loras = layer
+        loras.append(layer)
+    return processors, loras

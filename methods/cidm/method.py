@@ -1,0 +1,452 @@
+"""CIDM (Dong et al., NeurIPS 2024) as a method plugin. Spec: docs/cidm-spec.md §B, §C, §G.
+
+Learning task g (every task starts from the base weights):
+1. each placeholder gets L layer-wise tokens (L = the UNet's cross-attention count, 16 for SD-1.5), initialised
+   from the protocol (random σ or a class word); layer l's cross-attention reads only its own prompt encoding;
+2. a rank-4 LoRA on q/k/v/out of every cross-attention layer (none on the text encoder) and the new token
+   rows are trained with the diffusion loss plus the concept consolidation loss (``variant``, see
+   :mod:`.consolidation`), switched by ``tsp`` (task-specific R1) and ``tsh`` (task-shared R2 / enhance);
+3. the task learner (LoRA + layer-wise embeddings) is stored; earlier tasks stay frozen.
+
+Generating: elastic weight aggregation (:mod:`.ewa`, ``ewa`` switch; off = uniform merge) gives per-prompt,
+per-layer task weights, computed once per prompt; the merged per-prompt LoRA (W0 + α Σ ω_i ΔW_i) then makes
+sampling cost what the base model costs. Multi-concept requests with boxes use context-controllable synthesis:
+layer-wise regional cross-attention and region noise estimation. Eq. 5 is read as the spec recommends (§G.19):
+
+    E* = α E + (1 − α) [ Σ_u m_u E_u / max(1, Σ_u m_u) + (1 − ∪_u m_u) E ],   α = 0.1,
+
+so outside every box the estimate equals the global one, and overlapping boxes average. The paper's literal
+form would scale everything outside the boxes by α; we treat that as a typo, as the spec does.
+
+Release-only training extras (``extras``, on by default for ``variant=release``): noise offset 0.01, the
+valid-region-masked loss with the release's resize-and-paste augmentation, the cross-attention regulariser
+(weight 0.01, first two placeholders) and the embedding-norm freeze (threshold 0.55).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from cifc_bench.api import Method
+from cifc_bench.progress import progress
+from cifc_bench.training import ConceptBatches, default_augment
+
+from .consolidation import SharedSubspace, enhance, orthogonality
+from .ewa import ewa_weights, uniform_weights
+from .layerwise import box_mask, encode_layerwise, install, layer_token
+
+VARIANTS = ("paper", "release")
+
+
+def paste_augment(image, resolution: int):
+    """The release's HumanResizeCropFinalV3 (spec D.4): resize, maybe crop, paste on a black canvas + mask."""
+    from torchvision.transforms import functional as TF
+
+    w, h = image.size
+    scale = resolution / min(w, h)
+    image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))))
+    w, h = image.size
+    if torch.rand(()) < 0.5:
+        if h > w:  # portrait: top-anchored crop of a random height between w and h
+            crop_h = int(torch.randint(w, h + 1, ()))
+            image = image.crop((0, 0, w, crop_h))
+        else:
+            x0 = int(torch.randint(0, w - resolution + 1, ()))
+            y0 = int(torch.randint(0, h - resolution + 1, ()))
+            image = image.crop((x0, y0, x0 + resolution, y0 + resolution))
+    w, h = image.size
+    scale = min(1.0, resolution / max(w, h))
+    image = image.resize((max(1, int(w * scale)), max(1, int(h * scale))))
+    w, h = image.size
+    top, left = int(torch.randint(0, resolution - h + 1, ())), int(torch.randint(0, resolution - w + 1, ()))
+    canvas = torch.zeros(3, resolution, resolution)
+    canvas[:, top : top + h, left : left + w] = TF.to_tensor(image)
+    mask = torch.zeros(1, resolution, resolution)
+    mask[:, top : top + h, left : left + w] = 1.0
+    return canvas * 2 - 1, mask
+
+
+class CIDM(Method):
+    storage = "per-task-adapters"
+
+    def __init__(self, bundle, variant: str = "paper", rank: int = 4, lr: float = 1e-4, style_lr: float | None = None,
+                 embedding_lr: float = 1e-3, gamma1: float = 0.1, gamma2: float | None = None, tsp: bool = True,
+                 tsh: bool = True, ewa: bool = True, alpha: float = 0.8, ccs_alpha: float = 0.1,
+                 sigmoid_attention: bool = False, extras: bool | None = None, noise_offset: float = 0.01,
+                 attn_reg_weight: float = 0.01, emb_norm_threshold: float = 0.55, merge: str = "prompt") -> None:
+        if variant not in VARIANTS:
+            raise ValueError(f"variant={variant!r}: use one of {VARIANTS}")
+        extras = (variant == "release") if extras is None else bool(extras)
+        gamma2 = (1.0 if variant == "paper" else 0.1) if gamma2 is None else float(gamma2)
+        super().__init__(bundle, variant=variant, rank=rank, lr=lr, style_lr=style_lr, embedding_lr=embedding_lr,
+                         gamma1=gamma1, gamma2=gamma2, tsp=tsp, tsh=tsh, ewa=ewa, alpha=alpha, ccs_alpha=ccs_alpha,
+                         sigmoid_attention=sigmoid_attention, extras=extras, noise_offset=noise_offset,
+                         attn_reg_weight=attn_reg_weight, emb_norm_threshold=emb_norm_threshold, merge=merge)
+        if merge not in ("prompt", "call"):
+            raise ValueError(f"merge={merge!r}: use 'prompt' (merged once per prompt) or 'call' (the release's "
+                             "per-call mixture of task branches, slower)")
+        self.merge = merge
+        self.variant, self.rank = variant, int(rank)
+        self.lr, self.style_lr, self.embedding_lr = float(lr), style_lr, float(embedding_lr)
+        self.gamma1, self.gamma2 = float(gamma1), gamma2
+        self.tsp, self.tsh, self.use_ewa = bool(tsp), bool(tsh), bool(ewa)
+        self.alpha, self.ccs_alpha, self.extras = float(alpha), float(ccs_alpha), extras
+        self.noise_offset, self.attn_reg_weight = float(noise_offset), float(attn_reg_weight)
+        self.emb_norm_threshold = float(emb_norm_threshold)
+        self.processors, self.loras = install(bundle.unet, self.rank, sigmoid=bool(sigmoid_attention))
+        self.n_layers = len(self.processors)
+        self.task_placeholders: list[list[str]] = []  # per learned task, in order
+        self.shared = SharedSubspace([tuple(m.base.weight.shape) for m in self.modules]) if variant == "paper" else None
+        if self.shared is not None:
+            self.shared.to(bundle.device)
+        self._trainable = 0
+
+    @property
+    def modules(self):
+        return [m for layer in self.loras for m in layer]
+
+    @property
+    def placeholders(self) -> list[str]:
+        return [p for task in self.task_placeholders for p in task]
+
+    # ------------------------------------------------------------------ learning
+    def _add_tokens(self, concept, gen: torch.Generator) -> list[int]:
+        tok, enc = self.bundle.tokenizer, self.bundle.text_encoder
+        names = [layer_token(p, layer) for p in concept.placeholders for layer in range(self.n_layers)]
+        clashes = [n for n in names if n in tok.get_vocab()]
+        if clashes:
+            raise ValueError(f"layer-wise tokens {clashes[:3]} of concept {concept.name!r} already exist")
+        tok.add_tokens(names)
+        enc.resize_token_embeddings(len(tok), mean_resizing=False)
+        emb = enc.get_input_embeddings().weight
+        ids = tok.convert_tokens_to_ids(names)
+        with torch.no_grad():
+            for k, init in enumerate(concept.initializers):
+                if isinstance(init, str):
+                    vec = emb[tok(init, add_special_tokens=False).input_ids].mean(0)
+                else:
+                    vec = torch.randn(emb.shape[1], generator=gen).to(emb) * float(init)
+                for layer in range(self.n_layers):
+                    emb[ids[k * self.n_layers + layer]] = vec
+        return ids
+
+    def learn_task(self, task, budget) -> None:
+        from diffusers import DDPMScheduler
+
+        bundle = self.bundle
+        gen = torch.Generator().manual_seed(budget.seed)
+        new_ids: list[int] = []
+        placeholders: list[str] = []
+        for concept in task.concepts:
+            new_ids += self._add_tokens(concept, gen)
+            placeholders += list(concept.placeholders)
+        old = len(self.task_placeholders)
+        for m in self.modules:
+            m.reset_task()
+            m.active = True
+            m.up.requires_grad_(True)
+            m.down.requires_grad_(True)
+        if self.shared is not None and old > 0:
+            self.shared.add_task()  # H_g = I for the new task, trained in step 2
+        emb = bundle.text_encoder.get_input_embeddings().weight
+        snapshot = emb.detach().clone()
+        emb.requires_grad_(True)
+        is_style = any(c.kind == "style" for c in task.concepts)
+        lora_lr = float(self.style_lr) if (is_style and self.style_lr is not None) else self.lr
+        lora_params = [p for m in self.modules for p in (m.up, m.down)]
+        optimizer = torch.optim.AdamW([{"params": lora_params, "lr": lora_lr},
+                                       {"params": [emb], "lr": self.embedding_lr}], weight_decay=0.01)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 - s / max(budget.steps, 1))
+        self._trainable = sum(p.numel() for p in lora_params) + len(new_ids) * emb.shape[1]
+        noise_scheduler = DDPMScheduler.from_config(bundle.scheduler.config)
+        augment = paste_augment if self.extras else default_augment
+        streams = [iter(ConceptBatches(c, budget.resolution, budget.batch_size, budget.seed + k, augment))
+                   for k, c in enumerate(task.concepts)]
+        first_ids = [bundle.tokenizer.convert_tokens_to_ids(layer_token(p, 0)) for p in placeholders[:2]]
+        frozen_embeddings = False
+        bundle.unet.train()
+        for step in progress(range(budget.steps), desc=f"train {task.name}", leave=False):
+            pixels, masks, prompts = next(streams[step % len(streams)])
+            record = self.extras and self.attn_reg_weight > 0
+            for proc in self.processors:
+                proc.record = [] if record else None
+            cond = encode_layerwise(bundle, prompts, placeholders, self.n_layers)
+            loss = self._diffusion_loss(noise_scheduler, pixels, masks, cond, gen)
+            if record:
+                loss = loss + self.attn_reg_weight * self._attention_reg(prompts, placeholders, first_ids, masks)
+            loss = loss + self._consolidation(old)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            keep = [] if frozen_embeddings else new_ids
+            with torch.no_grad():
+                rows = torch.ones(emb.shape[0], dtype=torch.bool, device=emb.device)
+                rows[keep] = False
+                emb[rows] = snapshot[rows]
+            if self.extras and not frozen_embeddings and emb[new_ids].norm(dim=-1).mean() >= self.emb_norm_threshold:
+                frozen_embeddings, snapshot = True, emb.detach().clone()  # the release's embedding-norm freeze
+            if self.shared is not None and self.tsh and old > 0:
+                self.shared.descend(self._deltas(include_current=True), lr=lora_lr)
+        for proc in self.processors:
+            proc.record = None
+        bundle.unet.eval()
+        emb.requires_grad_(False)
+        for m in self.modules:
+            m.store_task()
+            m.active = False
+            m.up.requires_grad_(False)
+            m.down.requires_grad_(False)
+        if self.shared is not None and old == 0:
+            self.shared.add_task([m.delta(0) for m in self.modules])  # W* = ΔW_1, H_1 = I
+        self.task_placeholders.append(placeholders)
+
+    def _diffusion_loss(self, noise_scheduler, pixels, masks, cond, gen):
+        from cifc_bench.training import diffusion_loss
+
+        return diffusion_loss(self.bundle, noise_scheduler, pixels, cond, generator=gen,
+                              mask=masks if self.extras else None,
+                              noise_offset=self.noise_offset if self.extras else 0.0)
+
+    def _deltas(self, include_current: bool) -> list[list[torch.Tensor]]:
+        out = []
+        for m in self.modules:
+            per_task = [m.delta(i) for i in range(len(m.ups))]
+            if include_current:
+                per_task.append(m.up @ m.down)
+            out.append(per_task)
+        return out
+
+    def _consolidation(self, old_tasks: int) -> torch.Tensor:
+        """γ1 R1 (+ the task-shared term) for tasks after the first; zero for the first task."""
+        zero = self.modules[0].up.new_zeros(())
+        if old_tasks == 0:
+            return zero
+        ups = [m.up for m in self.modules]
+        loss = zero
+        if self.tsp:
+            loss = loss + self.gamma1 * orthogonality(ups, [m.ups for m in self.modules])
+        if self.tsh:
+            if self.variant == "release":
+                loss = loss + self.gamma2 * enhance(ups)
+            else:
+                loss = loss + self.gamma2 * self.shared.r2(self._deltas(include_current=True))
+        return loss
+
+    def _attention_reg(self, prompts, placeholders, first_ids, masks) -> torch.Tensor:
+        """The release's cross-attention regulariser (spec §B.5.1) on the first two placeholders."""
+        tok = self.bundle.tokenizer
+        bound = [p for p in prompts]
+        for ph in placeholders:
+            bound = [b.replace(ph, layer_token(ph, 0)) for b in bound]
+        ids = tok(bound, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                  return_tensors="pt").input_ids
+        by_res: dict[int, list[torch.Tensor]] = {}
+        for proc in self.processors:
+            for probs in proc.record or []:
+                by_res.setdefault(probs.shape[1], []).append(probs[: len(prompts)])
+        total = masks.new_zeros(())
+        for n, maps in by_res.items():
+            side = int(n**0.5)
+            mean_map = torch.stack(maps).mean(0)  # [B, n, T]
+            g = F.interpolate(masks, size=(side, side), mode="nearest").flatten(1)  # [B, n]
+            for b in range(len(prompts)):
+                pos = [int((ids[b] == t).nonzero()[0]) for t in first_ids if (ids[b] == t).any()]
+                if len(pos) < 2:
+                    continue
+                a_adj, a_subj = (mean_map[b, :, pos[0]], mean_map[b, :, pos[1]])
+                a_adj, a_subj = a_adj / a_adj.max().clamp(min=1e-8), a_subj / a_subj.max().clamp(min=1e-8)
+                outside = g[b] == 0
+                total = total + F.mse_loss(a_subj, g[b])
+                if outside.any():
+                    total = total + a_adj[outside].mean()
+        return total
+
+    # ------------------------------------------------------------------ generating
+    def concept_encoding(self) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """K^l for the string of all placeholders in task order, and each task's token positions (BOS = 0)."""
+        phs = self.placeholders
+        K = encode_layerwise(self.bundle, [" ".join(phs)], phs, self.n_layers)[0]
+        ranges, start = [], 1
+        for task in self.task_placeholders:
+            ranges.append((start, start + len(task)))
+            start += len(task)
+        return K, ranges
+
+    def task_weights(self, cond: torch.Tensor) -> torch.Tensor:
+        """Per-prompt, per-layer EWA weights [B, L, g] (uniform when ``ewa`` is off)."""
+        g = len(self.task_placeholders)
+        if not self.use_ewa:
+            return uniform_weights(cond.shape[0], self.n_layers, g, cond)
+        K, ranges = self.concept_encoding()
+        return ewa_weights(cond, K, ranges, self.variant)
+
+    def set_merged(self, weights: torch.Tensor | None) -> None:
+        """Install per-sample merged weights for a CFG batch [uncond; cond]: the uncond half reuses cond's.
+
+        With ``merge='call'`` nothing is merged: every cross-attention call recomputes the layer's EWA
+        weights from its context and sums the task branches, as the release does (the benchmark's baseline).
+        """
+        if self.merge == "call":
+            self._set_per_call(weights is not None)
+            return
+        for layer, modules in enumerate(self.loras):
+            w = None if weights is None else torch.cat([weights[:, layer], weights[:, layer]])
+            for m in modules:
+                m.set_merged(w, self.alpha)
+
+    def _set_per_call(self, on: bool) -> None:
+        K, ranges = self.concept_encoding() if on else (None, None)
+        for proc in self.processors:
+            if not on:
+                proc.per_call = None
+                for m in proc.loras:
+                    m.branch_weights = None
+                continue
+
+            def weights_for(context, layer=proc.index):
+                half = context.shape[0] // 2
+                if self.use_ewa:
+                    w = ewa_weights(context[half:, None], K[layer : layer + 1], ranges, self.variant)[:, 0]
+                else:
+                    w = context.new_full((half, len(ranges)), 1.0 / len(ranges))
+                return self.alpha * torch.cat([w, w])
+
+            proc.per_call = weights_for
+
+    @torch.no_grad()
+    def generate(self, requests, settings):
+        from cifc_bench.sampling import sample
+
+        images = [None] * len(requests)
+        plain = [k for k, r in enumerate(requests) if not r.boxes]
+        for start in range(0, len(plain), settings.batch_size):
+            idx = plain[start : start + settings.batch_size]
+            prompts = [requests[k].prompt for k in idx]
+            cond = encode_layerwise(self.bundle, prompts, self.placeholders, self.n_layers)
+            uncond = encode_layerwise(self.bundle, [settings.negative_prompt] * len(idx), self.placeholders,
+                                      self.n_layers)
+            if self.task_placeholders:
+                self.set_merged(self.task_weights(cond))
+            try:
+                out = sample(self.bundle, cond, uncond, [requests[k].seed for k in idx], settings)
+            finally:
+                self.set_merged(None)
+            for k, im in zip(idx, out, strict=True):
+                images[k] = im
+        for k, r in enumerate(requests):
+            if r.boxes:
+                images[k] = self.generate_regions(r, settings)
+        return images
+
+    def generate_regions(self, request, settings):
+        """Context-controllable synthesis for one prompt with one box per concept (U + 2 passes per step)."""
+        from cifc_bench.sampling import decode, initial_latents
+
+        bundle, phs, L = self.bundle, self.placeholders, self.n_layers
+        cond = encode_layerwise(bundle, [request.prompt], phs, L)
+        uncond = encode_layerwise(bundle, [settings.negative_prompt], phs, L)
+        # region u's prompt, for the CFG batch [uncond; cond]: the unconditional half keeps the empty prompt
+        regions = [(torch.cat([uncond, encode_layerwise(bundle, [f"a {c.eval_replacement}"], phs, L)]), box.as_tuple())
+                   for c, box in zip(request.concepts, request.boxes, strict=True)]
+        weights = self.task_weights(cond) if self.task_placeholders else None
+        scheduler = type(bundle.scheduler).from_config(bundle.scheduler.config)
+        scheduler.set_timesteps(settings.num_inference_steps, device=bundle.device)
+        latents = initial_latents(bundle, [request.seed], settings.resolution) * scheduler.init_noise_sigma
+        h, w = latents.shape[-2:]
+        masks = [box_mask(box, h, w, latents.device) for _, box in regions]
+
+        def guided(model_in, t, region=None):
+            for proc in self.processors:
+                proc.regions = [region] if region is not None else None
+            try:
+                both = bundle.unet(torch.cat([model_in, model_in]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
+            finally:
+                for proc in self.processors:
+                    proc.regions = None
+            eps_u, eps_c = both.chunk(2)
+            return eps_u + settings.guidance_scale * (eps_c - eps_u)
+
+        if weights is not None:
+            self.set_merged(weights)
+        try:
+            for t in scheduler.timesteps:
+                model_in = scheduler.scale_model_input(latents, t)
+                eps = guided(model_in, t)
+                regional = [guided(model_in, t, region) for region in regions]
+                eps = combine_region_noise(eps, regional, masks, self.ccs_alpha)
+                latents = scheduler.step(eps, t, latents).prev_sample
+        finally:
+            self.set_merged(None)
+        return decode(bundle, latents)[0]
+
+    # ------------------------------------------------------------------ state
+    def trainable_parameters(self) -> int:
+        return self._trainable
+
+    def state_dict(self):
+        state = {}
+        emb = self.bundle.text_encoder.get_input_embeddings().weight
+        tok = self.bundle.tokenizer
+        for i, phs in enumerate(self.task_placeholders):
+            for p in phs:
+                ids = tok.convert_tokens_to_ids([layer_token(p, layer) for layer in range(self.n_layers)])
+                state[f"task{i}.tokens.{p}"] = emb[ids].detach().clone()
+            for k, m in enumerate(self.modules):
+                state[f"task{i}.lora{k}.up"] = m.ups[i]
+                state[f"task{i}.lora{k}.down"] = m.downs[i]
+        if self.shared is not None and self.shared.n_tasks:
+            for k, w in enumerate(self.shared.w_star):
+                state[f"shared.w_star{k}"] = w.detach()
+                for i, h in enumerate(self.shared.h[k]):
+                    state[f"shared.h{k}.task{i}"] = h.detach()
+        return state
+
+    def stored_parameters(self) -> int:
+        """The task learners (LoRA + layer-wise embeddings); W* and H are consolidation state, not per task."""
+        return sum(int(v.numel()) for k, v in self.state_dict().items() if not k.startswith("shared."))
+
+    def load_state_dict(self, state, tasks_done) -> None:
+        gen = torch.Generator().manual_seed(0)
+        emb = self.bundle.text_encoder.get_input_embeddings().weight
+        tok = self.bundle.tokenizer
+        for i, task in enumerate(tasks_done):
+            phs = [p for c in task.concepts for p in c.placeholders]
+            if i >= len(self.task_placeholders):
+                for c in task.concepts:
+                    self._add_tokens(c, gen)
+                self.task_placeholders.append(phs)
+                for m in self.modules:
+                    m.ups.append(None)
+                    m.downs.append(None)
+            emb = self.bundle.text_encoder.get_input_embeddings().weight
+            with torch.no_grad():
+                for p in phs:
+                    ids = tok.convert_tokens_to_ids([layer_token(p, layer) for layer in range(self.n_layers)])
+                    emb[ids] = state[f"task{i}.tokens.{p}"].to(emb)
+            for k, m in enumerate(self.modules):
+                m.ups[i] = state[f"task{i}.lora{k}.up"].to(m.up)
+                m.downs[i] = state[f"task{i}.lora{k}.down"].to(m.down)
+        if self.shared is not None and any(k.startswith("shared.") for k in state):
+            while self.shared.n_tasks < len(tasks_done):
+                self.shared.add_task()
+            with torch.no_grad():
+                for k, w in enumerate(self.shared.w_star):
+                    w.copy_(state[f"shared.w_star{k}"])
+                    for i, h in enumerate(self.shared.h[k]):
+                        h.copy_(state[f"shared.h{k}.task{i}"])
+
+
+def combine_region_noise(eps: torch.Tensor, regional: list[torch.Tensor], masks: list[torch.Tensor],
+                         alpha: float) -> torch.Tensor:
+    """E* = αE + (1−α)[Σ_u m_u E_u / max(1, Σ_u m_u) + (1 − ∪m) E]: equal to E outside every box."""
+    if not regional:
+        return eps
+    count = torch.stack(masks).sum(0)
+    inside = sum(m * e for m, e in zip(masks, regional, strict=True)) / count.clamp(min=1)
+    # outside the union the formula reduces to E; torch.where keeps it bit-exact there
+    return torch.where(count > 0, alpha * eps + (1 - alpha) * inside, eps)
+
+
+__all__ = ["CIDM", "combine_region_noise", "paste_augment"]

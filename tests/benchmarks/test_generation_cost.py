@@ -1,0 +1,80 @@
+"""Generation cost on tiny models: base model vs CIDM with 10 stored tasks vs the release's per-call mixture.
+
+Run with timing: ``pytest tests/benchmarks --benchmark-enable``. Each CIDM benchmark records its mean time
+as a ratio to the base model's in ``extra_info['ratio_to_base']`` (shown in the JSON report and printed).
+Without ``--benchmark-enable`` (the default test run) every benchmark runs once, as a smoke test.
+"""
+
+import pytest
+import torch
+
+from cifc_bench.api import Concept, GenerationRequest, GenerationSettings
+
+N_TASKS = 10
+SETTINGS = GenerationSettings(resolution=32, num_inference_steps=10, guidance_scale=7.5, batch_size=8)
+_means: dict[str, float] = {}
+
+
+def _concept(i: int) -> Concept:
+    return Concept(name=f"c{i}", placeholders=(f"<c{i}a>", f"<c{i}b>"), initializers=(0.01, "dog"), class_word="dog",
+                   kind="object", image_dir=None, caption_dir=None, prompt_set="x", eval_replacement=f"<c{i}a> <c{i}b>",
+                   eval_prompts=())
+
+
+def _cidm(merge: str):
+    from cifc_bench.methods.cidm import CIDM
+
+    from cifc_bench.models import load_bundle
+
+    torch.manual_seed(0)
+    method = CIDM(load_bundle("tiny-random"), merge=merge)
+    gen = torch.Generator().manual_seed(0)
+    for i in range(N_TASKS):  # 10 stored task learners with non-trivial LoRAs (training is not what we time)
+        c = _concept(i)
+        method._add_tokens(c, gen)
+        for m in method.modules:
+            m.reset_task()
+            with torch.no_grad():
+                m.up.normal_(0, 0.02, generator=gen)
+            m.store_task()
+        method.task_placeholders.append(list(c.placeholders))
+    return method
+
+
+REQUESTS = [GenerationRequest(prompt=f"a photo of a <c{i}a> <c{i}b> on the beach", seed=i) for i in range(8)]
+
+
+def _record(benchmark, name):
+    if benchmark.stats is not None:
+        _means[name] = benchmark.stats.stats.mean
+        if name != "base" and "base" in _means:
+            benchmark.extra_info["ratio_to_base"] = _means[name] / _means["base"]
+            print(f"\n{name}: {_means[name] / _means['base']:.3f} x base")
+
+
+@pytest.mark.benchmark(group="generation-10-tasks")
+def test_base_model_generation(benchmark):
+    from cifc_bench.models import load_bundle
+    from cifc_bench.sampling import generate_batched
+
+    bundle = load_bundle("tiny-random")
+    prompts = [r.prompt.replace("<", "").replace(">", "") for r in REQUESTS]
+    images = benchmark(generate_batched, bundle, prompts, [r.seed for r in REQUESTS], SETTINGS)
+    assert len(images) == 8
+    _record(benchmark, "base")
+
+
+@pytest.mark.benchmark(group="generation-10-tasks")
+def test_cidm_merged_per_prompt(benchmark):
+    method = _cidm("prompt")
+    images = benchmark(method.generate, REQUESTS, SETTINGS)
+    assert len(images) == 8
+    _record(benchmark, "cidm-merged")
+
+
+@pytest.mark.benchmark(group="generation-10-tasks")
+def test_naive_per_call_mixture_of_10_branches(benchmark):
+    method = _cidm("call")
+    images = benchmark(method.generate, REQUESTS, SETTINGS)
+    assert len(images) == 8
+    _record(benchmark, "per-call-mixture")

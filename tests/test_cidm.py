@@ -1,0 +1,144 @@
+"""CIDM's parts on small hand-computed cases, and the real SD-1.5 architecture with random weights."""
+
+import math
+
+import pytest
+import torch
+from cifc_bench.methods.cidm.consolidation import SharedSubspace, enhance, orthogonality
+from cifc_bench.methods.cidm.ewa import ewa_weights
+from cifc_bench.methods.cidm.layerwise import TaskLoRALinear, bind_layerwise, box_mask, layer_token
+from cifc_bench.methods.cidm.method import combine_region_noise
+
+
+def test_r1_on_constructed_matrices():
+    a_g = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    a_1 = torch.tensor([[0.0, 1.0], [1.0, 0.0]])  # a_g a_1ᵀ = [[0, 1], [2, 0]] -> mean |.| = 3/4
+    a_2 = torch.tensor([[1.0, 1.0], [0.0, 0.0]])  # a_g a_2ᵀ = [[1, 0], [2, 0]] -> 3/4
+    assert float(orthogonality([a_g], [[a_1, a_2]])) == pytest.approx(0.75)
+    orth = torch.tensor([[0.0, 0.0], [0.0, 0.0]])
+    assert float(orthogonality([orth], [[a_1]])) == 0.0
+    assert float(enhance([torch.ones(3, 2), torch.zeros(3, 2)])) == pytest.approx(0.5)
+
+
+def test_two_step_r2_update_decreases_r2():
+    torch.manual_seed(0)
+    shared = SharedSubspace([(6, 5), (4, 3)])
+    first = [torch.randn(6, 5), torch.randn(4, 3)]
+    shared.add_task(first)  # W* = ΔW_1, H_1 = I
+    shared.add_task()  # H_2 = I
+    deltas = [[first[0], torch.randn(6, 5)], [first[1], torch.randn(4, 3)]]
+    before = float(shared.r2(deltas))
+    for _ in range(5):
+        shared.descend(deltas, lr=0.05)
+    after = float(shared.r2(deltas))
+    assert after < before
+    # the task-1 term starts at zero (W* = ΔW_1, H_1 = I): R2 comes from the new task only
+    assert float(((deltas[0][0] - shared.h[0][0].detach() @ shared.w_star[0].detach()) ** 2).mean()) < 1.0
+
+
+def test_ewa_weights_paper_variant_on_constructed_embeddings():
+    # one layer, prompt tokens e1 and 2*e2; task 0's token = e1, task 1's tokens = e2 and 3*e2 (mean 2*e2)
+    e1, e2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    prompt = torch.stack([e1, 2 * e2]).view(1, 1, 2, 2)
+    concepts = torch.stack([torch.zeros(2), e1, e2, 3 * e2]).view(1, 4, 2)  # position 0 = BOS
+    w = ewa_weights(prompt, concepts, [(1, 2), (2, 4)], "paper")[0, 0]
+    m = torch.tensor([1.0, 4.0])  # max dot: task 0 -> <e1,e1>=1; task 1 -> <2e2, 2e2>=4
+    expected = m**2 / (m**2).norm()
+    assert torch.allclose(w, expected)
+    assert float(w.sum()) > 1.0  # L2 normalisation: weights need not sum to 1
+
+
+def test_ewa_weights_release_variant_on_constructed_embeddings():
+    e1, e2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    diag = torch.tensor([1.0, 1.0]) / math.sqrt(2)
+    prompt = torch.stack([e1, e1]).view(1, 1, 2, 2)
+    concepts = torch.stack([torch.zeros(2), e1, diag, e2]).view(1, 4, 2)
+    w = ewa_weights(prompt, concepts, [(1, 2), (2, 4)], "release")[0, 0]
+    s = torch.tensor([1.0, (1 / math.sqrt(2) + 0.0) / 2])  # max cosine per concept position, then task mean
+    assert torch.allclose(w, s**4 / (s**4).sum())
+    assert float(w.sum()) == pytest.approx(1.0)
+
+
+def test_merged_per_prompt_forward_equals_branch_sum_forward():
+    torch.manual_seed(0)
+    layer = TaskLoRALinear(torch.nn.Linear(6, 5), rank=2)
+    for _ in range(3):
+        layer.reset_task()
+        with torch.no_grad():
+            layer.up.normal_()
+        layer.store_task()
+    x = torch.randn(4, 7, 6)
+    weights = torch.rand(4, 3)
+    alpha = 0.8
+    layer.set_merged(weights, alpha)
+    merged = layer(x)
+    layer.set_merged(None, alpha)
+    layer.branch_weights = alpha * weights
+    branches = layer(x)
+    layer.branch_weights = None
+    assert torch.allclose(merged, branches, atol=1e-5)
+    manual = layer.base(x) + sum(alpha * weights[:, i, None, None] * (x @ layer.delta(i).t()) for i in range(3))
+    assert torch.allclose(merged, manual, atol=1e-5)
+
+
+def test_ccs_keeps_the_global_estimate_outside_every_box():
+    torch.manual_seed(0)
+    eps = torch.randn(1, 4, 8, 8)
+    regional = [torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)]
+    masks = [box_mask((0.0, 0.0, 0.5, 0.5), 8, 8), box_mask((0.25, 0.25, 0.75, 0.75), 8, 8)]
+    out = combine_region_noise(eps, regional, masks, alpha=0.1)
+    outside = (masks[0] + masks[1]) == 0
+    assert torch.equal(out[..., outside], eps[..., outside])
+    only_first = (masks[0] == 1) & (masks[1] == 0)
+    assert torch.allclose(out[..., only_first], (0.1 * eps + 0.9 * regional[0])[..., only_first])
+    both = (masks[0] == 1) & (masks[1] == 1)  # overlaps average the regional estimates
+    assert torch.allclose(out[..., both], (0.1 * eps + 0.9 * (regional[0] + regional[1]) / 2)[..., both])
+
+
+def test_layerwise_binding():
+    assert layer_token("<dog1>", 3) == "<dog1_l3>"
+    assert bind_layerwise(["a <dog1> <dog10>"], ["<dog1>", "<dog10>"], 2) == [
+        "a <dog1_l0> <dog10_l0>", "a <dog1_l1> <dog10_l1>"]
+
+
+SD15_UNET = dict(
+    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32,
+)
+
+
+def test_sd15_architecture_gets_16_layerwise_tokens_and_64_lora_modules():
+    """The real SD-1.5 UNet config (stable-diffusion-v1-5 unet/config.json) with random weights."""
+    from cifc_bench.methods.cidm import CIDM
+    from diffusers import UNet2DConditionModel
+
+    from cifc_bench.api import Concept, Task
+    from cifc_bench.models import ModelBundle, load_bundle
+
+    tiny = load_bundle("tiny-random")
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**SD15_UNET).requires_grad_(False)
+    assert sum(p.numel() for p in unet.parameters()) > 850e6
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
+                                        num_hidden_layers=1, max_position_embeddings=77, vocab_size=49408))
+    bundle = ModelBundle("sd15-random", tiny.tokenizer, text, unet, tiny.scheduler)
+    method = CIDM(bundle)
+    assert method.n_layers == 16
+    assert len(method.modules) == 64
+    wrapped = {n for n, m in unet.named_modules() if type(m).__name__ == "TaskLoRALinear"}
+    assert all(".attn2." in n and n.rsplit(".", 1)[-1] in ("to_q", "to_k", "to_v") or n.endswith("attn2.to_out.0")
+               for n in wrapped) and len(wrapped) == 64
+    lora_params = sum(m.up.numel() + m.down.numel() for m in method.modules)
+    assert lora_params == 397_824  # 24C + 6144 per module over widths 5x320, 5x640, 6x1280: ~0.40 M
+    concept = Concept(name="dog", placeholders=("<dog1>", "<dog2>"), initializers=(0.013, "dog"), class_word="dog",
+                      kind="object", image_dir=None, caption_dir=None, prompt_set="pet", eval_replacement="<dog1> <dog2>",
+                      eval_prompts=())
+    ids = method._add_tokens(concept, torch.Generator().manual_seed(0))
+    assert len(ids) == 2 * 16
+    emb = text.get_input_embeddings().weight
+    assert torch.equal(emb[ids[16]], emb[ids[31]])  # all layer copies start from the same vector
+    assert Task(0, (concept,)).name == "dog"

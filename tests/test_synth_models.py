@@ -1,0 +1,69 @@
+"""The synthetic tier's pretrained models: offline loading, reproducible pretraining, gate measurement."""
+
+import hashlib
+import json
+import subprocess
+import sys
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+
+from cifc_bench.synth import weights_dir
+from cifc_bench.synth.pretrain import PretrainConfig, pretrain
+
+
+def test_committed_weights_load_offline_through_the_bundle_code():
+    from cifc_bench.models import load_bundle
+    from cifc_bench.scoring import load_scorer
+
+    bundle = load_bundle("synth")
+    assert bundle.vae is None and bundle.unet.config.in_channels == 3  # pixel space, 32x32
+    assert bundle.unet.dtype.is_floating_point and str(bundle.unet.dtype) == "torch.float32"
+    assert len(bundle.tokenizer) == 49408 and bundle.tokenizer.model_max_length == 32
+    scorer = load_scorer("synth")
+    feats = scorer.encode_texts(["a red ball on the left, on a gray background"])
+    assert feats.shape == (1, 64) and np.isclose(np.linalg.norm(feats), 1.0)
+
+
+def test_committed_weights_match_their_manifest_and_size_budget():
+    manifest = json.loads((weights_dir() / "manifest.json").read_text())
+    assert manifest["config"] == asdict(PretrainConfig())  # `cifc-bench synth pretrain` defaults = this recipe
+    for rel, digest in manifest["files"].items():
+        assert hashlib.sha256((weights_dir() / rel).read_bytes()).hexdigest() == digest, rel
+    assert manifest["total_bytes"] <= 20 * 2**20
+
+
+def test_pretraining_is_reproducible_from_the_seed(tmp_path):
+    cfg = PretrainConfig(unet_steps=2, scorer_steps=2, batch_size=4, scorer_batch_size=8)
+    a = pretrain(cfg, tmp_path / "a")
+    b = pretrain(cfg, tmp_path / "b")
+    assert a["files"] == b["files"]
+    c = pretrain(PretrainConfig(seed=1, unet_steps=2, scorer_steps=2, batch_size=4, scorer_batch_size=8), tmp_path / "c")
+    assert c["files"]["base/unet/diffusion_pytorch_model.safetensors"] != a["files"]["base/unet/diffusion_pytorch_model.safetensors"]
+
+
+def test_gate_measurement_runs_and_is_bounded():
+    from cifc_bench.api import GenerationSettings
+    from cifc_bench.models import load_bundle
+    from cifc_bench.scoring import load_scorer
+    from cifc_bench.synth.checks import base_model_report
+
+    report = base_model_report(load_bundle("synth"), load_scorer("synth"), n_prompts=6, images_per_class=2,
+                               settings=GenerationSettings(resolution=32, num_inference_steps=2, guidance_scale=3.0))
+    assert 0.0 <= report["context_acc"] <= 1.0 and 0.0 <= report["class_acc"] <= 1.0
+    assert report["n_prompts"] == 6 and len(report["class_images"]) == 10
+
+
+@pytest.mark.parametrize("method", ["base", "finetune"])
+def test_shortened_synth10_run_is_the_default_protocol(tmp_path, method):
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "cifc_bench.cli", "run", "--method", method, "--steps", "2",
+                           "--prompts-per-concept", "2", "--images-per-prompt", "1", "--inference-steps", "2",
+                           "--out", str(out), "--device", "cpu"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    assert result["run_info"]["protocol"]["name"] == "synth10"
+    assert result["run_info"]["model"] == "synth" and result["run_info"]["scorer"] == "synth"
+    assert set(result["matrices"]) == {"ia", "ta", "context_acc"}
+    assert all(v is not None for v in result["matrices"]["context_acc"][-1])
