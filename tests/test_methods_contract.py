@@ -42,7 +42,10 @@ def test_method_contract(name, sequence):
     # a fresh instance restored from the state dict generates the same images
     state = method.state_dict()
     assert all(isinstance(v, torch.Tensor) for v in state.values())
-    assert method.stored_parameters() == sum(v.numel() for v in state.values())
+    # what is stored per task is part of the state (CIDM's W*/H consolidation state is not per task)
+    assert 0 <= method.stored_parameters() <= sum(v.numel() for v in state.values())
+    if cls.storage == "none":
+        assert method.stored_parameters() == 0
     torch.manual_seed(123)
     restored = cls(load_bundle("tiny-random"), **TINY_ARGS.get(name, {}))
     restored.load_state_dict(state, sequence.tasks[:2])

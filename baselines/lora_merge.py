@@ -1,0 +1,128 @@
+"""``lora-m``: LoRA Merge, the CIDM paper's ablation "Baseline" (its Table 4 row equals Table 1's LoRA-M).
+
+Adaptation to the concept stream: every task trains its own LoRA (peft adapter ``task<i>``, rank 4 on the
+cross-attention q/k/v/out, like CIDM) from the base weights, plus the concept's new token rows; nothing of
+earlier tasks changes, so training itself cannot forget. Generation merges all adapters learned so far in
+weight space, ΔW = Σ_i w_i ΔW_i (peft/diffusers ``set_adapters`` with weights), uniform w_i = 1/t by default
+or ``weights=sum`` for w_i = 1. Storage: one adapter per task (``per-task-adapters``); no replay.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cifc_bench.api import Method
+from cifc_bench.progress import progress
+from cifc_bench.sampling import encode_prompts, generate_batched
+from cifc_bench.training import (
+    ConceptBatches,
+    add_placeholder_tokens,
+    count_parameters,
+    diffusion_loss,
+    restore_rows,
+)
+
+CROSS_ATTN = r".*attn2\.(to_q|to_k|to_v|to_out\.0)"
+
+
+class LoRAMerge(Method):
+    storage = "per-task-adapters"
+
+    def __init__(self, bundle, rank: int = 4, lr: float = 1e-4, embedding_lr: float = 1e-3,
+                 weights: str = "uniform") -> None:
+        super().__init__(bundle, rank=rank, lr=lr, embedding_lr=embedding_lr, weights=weights)
+        if weights not in ("uniform", "sum"):
+            raise ValueError(f"weights={weights!r}: use 'uniform' (1/t each) or 'sum' (1 each)")
+        self.rank, self.lr, self.embedding_lr, self.weights = int(rank), float(lr), float(embedding_lr), weights
+        self.adapters: list[str] = []
+        self.token_ids: dict[str, list[int]] = {}
+        self._trainable = 0
+
+    def _new_adapter(self) -> str:
+        from peft import LoraConfig
+
+        name = f"task{len(self.adapters)}"
+        self.bundle.unet.add_adapter(
+            LoraConfig(r=self.rank, lora_alpha=self.rank, target_modules=CROSS_ATTN, init_lora_weights="gaussian"),
+            adapter_name=name,
+        )
+        return name
+
+    def learn_task(self, task, budget) -> None:
+        from diffusers import DDPMScheduler
+
+        bundle, unet = self.bundle, self.bundle.unet
+        gen = torch.Generator().manual_seed(budget.seed)
+        name = self._new_adapter()
+        unet.set_adapters([name])  # every task trains from the base weights
+        new_ids = []
+        for c in task.concepts:
+            self.token_ids[c.name] = add_placeholder_tokens(bundle, c, gen)
+            new_ids += self.token_ids[c.name]
+        lora = [p for n, p in unet.named_parameters() if f"lora_A.{name}." in n or f"lora_B.{name}." in n]
+        for p in lora:
+            p.requires_grad_(True)
+        emb = bundle.text_encoder.get_input_embeddings().weight
+        original = emb.detach().clone()
+        emb.requires_grad_(True)
+        optimizer = torch.optim.AdamW([{"params": lora, "lr": self.lr}, {"params": [emb], "lr": self.embedding_lr}],
+                                      weight_decay=0.01)
+        self._trainable = count_parameters(lora) + len(new_ids) * emb.shape[1]
+        noise_scheduler = DDPMScheduler.from_config(bundle.scheduler.config)
+        streams = [iter(ConceptBatches(c, budget.resolution, budget.batch_size, budget.seed + k))
+                   for k, c in enumerate(task.concepts)]
+        unet.train()
+        for step in progress(range(budget.steps), desc=f"train {task.name}", leave=False):
+            pixels, _, prompts = next(streams[step % len(streams)])
+            loss = diffusion_loss(bundle, noise_scheduler, pixels, encode_prompts(bundle, prompts), generator=gen)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            restore_rows(emb, original, new_ids)
+        unet.eval()
+        emb.requires_grad_(False)
+        for p in lora:
+            p.requires_grad_(False)
+        self.adapters.append(name)
+
+    def merge_weights(self) -> list[float]:
+        t = len(self.adapters)
+        return [1.0 / t] * t if self.weights == "uniform" else [1.0] * t
+
+    def generate(self, requests, settings):
+        if self.adapters:
+            self.bundle.unet.set_adapters(self.adapters, weights=self.merge_weights())
+        return generate_batched(self.bundle, [r.prompt for r in requests], [r.seed for r in requests], settings)
+
+    def trainable_parameters(self) -> int:
+        return self._trainable
+
+    def state_dict(self):
+        from peft.utils import get_peft_model_state_dict
+
+        state = {}
+        for name in self.adapters:
+            for k, v in get_peft_model_state_dict(self.bundle.unet, adapter_name=name).items():
+                state[f"{name}.{k}"] = v.detach().clone()
+        emb = self.bundle.text_encoder.get_input_embeddings().weight
+        for concept, ids in self.token_ids.items():
+            state[f"tokens.{concept}"] = emb[ids].detach().clone()
+        return state
+
+    def load_state_dict(self, state, tasks_done) -> None:
+        from peft.utils import set_peft_model_state_dict
+
+        for task in tasks_done[len(self.adapters):]:
+            name = self._new_adapter()
+            prefix = f"{name}."
+            set_peft_model_state_dict(self.bundle.unet, {k[len(prefix):]: v for k, v in state.items()
+                                                         if k.startswith(prefix)}, adapter_name=name)
+            for c in task.concepts:
+                self.token_ids[c.name] = add_placeholder_tokens(self.bundle, c)
+            self.adapters.append(name)
+        emb = self.bundle.text_encoder.get_input_embeddings().weight
+        with torch.no_grad():
+            for concept, ids in self.token_ids.items():
+                emb[ids] = state[f"tokens.{concept}"].to(emb)
+        for p in self.bundle.unet.parameters():
+            p.requires_grad_(False)
