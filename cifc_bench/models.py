@@ -117,7 +117,7 @@ def _from_pretrained(spec: str) -> ModelBundle:
         # weights may be stored in half precision; methods train and sample in float32
         text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=torch.float32)
         unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=torch.float32)
-        scheduler = DPMSolverMultistepScheduler.from_pretrained(source, subfolder="scheduler")
+        scheduler = _load_scheduler(source, DPMSolverMultistepScheduler)
         vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=torch.float32) if has_vae else None
     except (OSError, ValueError) as err:
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
@@ -133,6 +133,18 @@ def _from_pretrained(spec: str) -> ModelBundle:
         name=spec, tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, scheduler=scheduler, vae=vae,
         source=source,
     )
+
+
+def _load_scheduler(source: str, evaluation_default):
+    """The bundle's own sampler class, except SD-1.x's PNDM default, which becomes DPM-Solver++ (the sampler
+    of the CIDM evaluation). A pixel-space bundle saves DDIM with x0 clipping and must keep it."""
+    import diffusers
+
+    config = evaluation_default.load_config(source, subfolder="scheduler")
+    cls = getattr(diffusers, config.get("_class_name", ""), None)
+    if cls is None or config.get("_class_name") == "PNDMScheduler":
+        cls = evaluation_default
+    return cls.from_config(config)
 
 
 def tiny_random_path() -> Path:

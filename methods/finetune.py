@@ -49,7 +49,7 @@ class SequentialFinetune(Method):
         self._trainable = 0
 
     def _lora_params(self):
-        return [p for n, p in self.bundle.unet.named_parameters() if "lora_" in n]
+        return [p for n, p in self.bundle.unet.named_parameters() if "lora_" in n and f".{ADAPTER}." in n]
 
     def learn_task(self, task, budget) -> None:
         from diffusers import DDPMScheduler
@@ -73,19 +73,32 @@ class SequentialFinetune(Method):
         noise_scheduler = DDPMScheduler.from_config(bundle.scheduler.config)
         streams = [iter(ConceptBatches(c, budget.resolution, budget.batch_size, budget.seed + k))
                    for k, c in enumerate(task.concepts)]
+        self.before_task()
         bundle.unet.train()
         for step in progress(range(budget.steps), desc=f"train {task.name}", leave=False):
             pixels, _, prompts = next(streams[step % len(streams)])
             embeds = encode_prompts(bundle, prompts)
             loss = diffusion_loss(bundle, noise_scheduler, pixels, embeds, generator=gen)
+            loss = loss + self.regularizer(pixels, embeds, noise_scheduler, gen)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             restore_rows(emb, original, new_ids)
         bundle.unet.eval()
+        self.after_task(task, budget, streams, noise_scheduler)
         emb.requires_grad_(False)
         for p in lora:
             p.requires_grad_(False)
+
+    def regularizer(self, pixels, embeds, noise_scheduler, generator) -> torch.Tensor:
+        """Extra loss term of a regularised variant (EWC, LwF); plain fine-tuning has none."""
+        return torch.zeros(())
+
+    def before_task(self) -> None:
+        """Called before a task's optimisation starts (LwF snapshots the previous model here)."""
+
+    def after_task(self, task, budget, streams, noise_scheduler) -> None:
+        """Called after a task's optimisation, with its data streams (EWC estimates its Fisher here)."""
 
     def generate(self, requests, settings):
         return generate_batched(self.bundle, [r.prompt for r in requests], [r.seed for r in requests], settings)

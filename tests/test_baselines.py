@@ -58,3 +58,65 @@ def test_lora_m_merges_adapters_with_uniform_weights(tiny_protocol):
         assert layer.scaling["task0"] == layer.scaling["task1"] == 0.5
         delta = sum(0.5 * layer.lora_B[n](layer.lora_A[n](x)) for n in ("task0", "task1"))
     assert torch.allclose(merged, base + delta, atol=1e-6)
+
+
+def test_ewc_fisher_is_non_negative_and_matches_brute_force():
+    from cifc_bench.baselines.ewc import fisher_diagonal
+
+    torch.manual_seed(0)
+    w = torch.randn(3, requires_grad=True)
+    samples = [(torch.randn(3), torch.randn(())) for _ in range(6)]
+    fisher = fisher_diagonal(lambda s: (w @ s[0] - s[1]) ** 2, [w], samples)[0]
+    # brute force: the squared analytic gradient 2 (w·x − y) x, averaged over samples
+    expected = torch.stack([(2 * (w @ x - y) * x) ** 2 for x, y in samples]).mean(0)
+    assert torch.allclose(fisher, expected.detach(), atol=1e-6)
+    assert (fisher >= 0).all()
+
+
+def test_ewc_fisher_on_a_tiny_diffusion_model(tiny_protocol):
+    from cifc_bench.baselines.ewc import EWC
+
+    method = _trained(EWC, tiny_protocol, fisher_samples=2)
+    assert method.fisher is not None and len(method.fisher) == len(method._lora_params())
+    assert all((f >= 0).all() for f in method.fisher)
+    assert all(abs(float(f.mean()) - 1.0) < 1e-4 for f in method.fisher if float(f.sum()) > 0)  # normalised
+    # the penalty is zero at the anchor and grows away from it
+    assert float(method.regularizer(None, None, None, None)) == 0.0
+    with torch.no_grad():
+        method._lora_params()[0].add_(0.1)
+    assert float(method.regularizer(None, None, None, None)) > 0.0
+
+
+def test_c_lora_penalty_is_zero_without_a_past_update():
+    from cifc_bench.baselines.c_lora import self_regularization
+
+    current = [torch.randn(4, 3), torch.randn(2, 2)]
+    assert float(self_regularization([None, None], current)) == 0.0
+    past = [torch.zeros(4, 3), None]
+    assert float(self_regularization(past, current)) == 0.0
+    past = [torch.ones(4, 3), None]
+    assert float(self_regularization(past, current)) == float((current[0] ** 2).sum())
+
+
+def test_c_lora_merges_each_task_into_kv_weights_only(tiny_protocol):
+    from cifc_bench.baselines.c_lora import CLoRA
+
+    from cifc_bench.models import load_bundle
+
+    before = {n: p.detach().clone() for n, p in load_bundle("tiny-random").unet.named_parameters()}
+    method = _trained(CLoRA, tiny_protocol)
+    after = dict(method.bundle.unet.named_parameters())
+    changed = {n for n, p in before.items() if not torch.equal(p, after[n])}
+    assert changed and all(n.endswith(("attn2.to_k.weight", "attn2.to_v.weight")) for n in changed)
+    assert not any("lora" in n for n in after)  # adapters are merged and dropped after each task
+    for n in method.layers:
+        assert torch.allclose(after[n + ".weight"] - before[n + ".weight"], method.past[n], atol=1e-6)
+
+
+def test_lwf_distills_from_the_previous_model(tiny_protocol):
+    from cifc_bench.baselines.lwf import LwF
+
+    method = _trained(LwF, tiny_protocol)
+    assert method.tasks_seen == 2 and "previous" in method.bundle.unet.peft_config
+    teacher = [p for n, p in method.bundle.unet.named_parameters() if ".previous." in n]
+    assert teacher and not any(p.requires_grad for p in teacher)

@@ -1,0 +1,135 @@
+"""``c-lora``: C-LoRA, "Continual Diffusion" (Smith et al., TMLR 2024). No official code exists; this follows
+the paper's abstract and baselines-and-metrics §1.6.
+
+Adaptation to the concept stream: each task trains a fresh rank-4 LoRA on the cross-attention **K and V**
+projections only, plus its concept's token rows. The LoRA is self-regularised against the accumulated past
+update: λ Σ_m ‖(Σ_{τ<t} ΔW_τ^m) ⊙ ΔW_t^m‖², which discourages rewriting weight entries earlier concepts
+already changed. After the task its ΔW_t is merged into the (otherwise frozen) weights and added to the
+accumulated update. Custom tokens are randomly initialised (the paper's setting; ``class_word_init=true``
+uses the protocol's initialisers instead). Storage: one model plus the accumulated update; no replay.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cifc_bench.api import Method
+from cifc_bench.progress import progress
+from cifc_bench.sampling import encode_prompts, generate_batched
+from cifc_bench.training import (
+    ConceptBatches,
+    add_placeholder_tokens,
+    count_parameters,
+    diffusion_loss,
+    restore_rows,
+)
+
+KV = r".*attn2\.(to_k|to_v)"
+
+
+def self_regularization(past: list[torch.Tensor | None], current: list[torch.Tensor]) -> torch.Tensor:
+    """Σ_m ‖past_m ⊙ current_m‖²; zero where there is no past update."""
+    terms = [((p * c) ** 2).sum() for p, c in zip(past, current, strict=True) if p is not None]
+    return torch.stack(terms).sum() if terms else current[0].new_zeros(())
+
+
+class CLoRA(Method):
+    storage = "single-model"
+
+    def __init__(self, bundle, rank: int = 4, lr: float = 1e-4, embedding_lr: float = 1e-3, reg_lambda: float = 1e6,
+                 class_word_init: bool = False) -> None:
+        super().__init__(bundle, rank=rank, lr=lr, embedding_lr=embedding_lr, reg_lambda=reg_lambda,
+                         class_word_init=class_word_init)
+        self.rank, self.lr, self.embedding_lr = int(rank), float(lr), float(embedding_lr)
+        self.reg_lambda, self.class_word_init = float(reg_lambda), bool(class_word_init)
+        self.layers = {n: m for n, m in bundle.unet.named_modules() if n.endswith(("attn2.to_k", "attn2.to_v"))}
+        self.past: dict[str, torch.Tensor] = {}
+        self.token_ids: dict[str, list[int]] = {}
+        self._tasks = 0
+        self._trainable = 0
+
+    def _concept(self, concept):
+        if self.class_word_init:
+            return concept
+        import dataclasses
+
+        return dataclasses.replace(concept, initializers=tuple(0.01 for _ in concept.placeholders))
+
+    def learn_task(self, task, budget) -> None:
+        from diffusers import DDPMScheduler
+        from peft import LoraConfig
+
+        bundle, unet = self.bundle, self.bundle.unet
+        gen = torch.Generator().manual_seed(budget.seed)
+        name = f"task{self._tasks}"
+        unet.add_adapter(LoraConfig(r=self.rank, lora_alpha=self.rank, target_modules=KV, init_lora_weights="gaussian"),
+                         adapter_name=name)
+        unet.set_adapters([name])
+        new_ids = []
+        for c in task.concepts:
+            self.token_ids[c.name] = add_placeholder_tokens(bundle, self._concept(c), gen)
+            new_ids += self.token_ids[c.name]
+        layers = [dict(unet.named_modules())[n] for n in self.layers]
+        lora = [p for m in layers for p in (m.lora_A[name].weight, m.lora_B[name].weight)]
+        for p in lora:
+            p.requires_grad_(True)
+        emb = bundle.text_encoder.get_input_embeddings().weight
+        original = emb.detach().clone()
+        emb.requires_grad_(True)
+        optimizer = torch.optim.AdamW([{"params": lora, "lr": self.lr}, {"params": [emb], "lr": self.embedding_lr}],
+                                      weight_decay=0.01)
+        self._trainable = count_parameters(lora) + len(new_ids) * emb.shape[1]
+        noise_scheduler = DDPMScheduler.from_config(bundle.scheduler.config)
+        streams = [iter(ConceptBatches(c, budget.resolution, budget.batch_size, budget.seed + k))
+                   for k, c in enumerate(task.concepts)]
+        past = [self.past.get(n) for n in self.layers]
+        unet.train()
+        for step in progress(range(budget.steps), desc=f"train {task.name}", leave=False):
+            pixels, _, prompts = next(streams[step % len(streams)])
+            loss = diffusion_loss(bundle, noise_scheduler, pixels, encode_prompts(bundle, prompts), generator=gen)
+            current = [m.lora_B[name].weight @ m.lora_A[name].weight * m.scaling[name] for m in layers]
+            loss = loss + self.reg_lambda * self_regularization(past, current)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            restore_rows(emb, original, new_ids)
+        unet.eval()
+        emb.requires_grad_(False)
+        with torch.no_grad():  # merge ΔW_t into the weights and the accumulated update, then drop the adapter
+            for n, m in zip(self.layers, layers, strict=True):
+                delta = m.lora_B[name].weight @ m.lora_A[name].weight * m.scaling[name]
+                self.past[n] = self.past[n] + delta if n in self.past else delta.clone()
+                m.base_layer.weight += delta
+        unet.delete_adapters(name)
+        self._tasks += 1
+
+    def generate(self, requests, settings):
+        return generate_batched(self.bundle, [r.prompt for r in requests], [r.seed for r in requests], settings)
+
+    def trainable_parameters(self) -> int:
+        return self._trainable
+
+    def state_dict(self):
+        state = {f"past.{n}": v for n, v in self.past.items()}
+        emb = self.bundle.text_encoder.get_input_embeddings().weight
+        state.update({f"tokens.{c}": emb[ids].detach().clone() for c, ids in self.token_ids.items()})
+        return state
+
+    def load_state_dict(self, state, tasks_done) -> None:
+        modules = dict(self.bundle.unet.named_modules())
+        with torch.no_grad():
+            for n in self.layers:
+                if f"past.{n}" in state:
+                    previous = self.past.get(n)
+                    delta = state[f"past.{n}"] - (previous if previous is not None else 0)
+                    modules[n].weight += delta.to(modules[n].weight)
+                    self.past[n] = state[f"past.{n}"].clone()
+        for task in tasks_done:
+            for c in task.concepts:
+                if c.name not in self.token_ids:
+                    self.token_ids[c.name] = add_placeholder_tokens(self.bundle, self._concept(c))
+        emb = self.bundle.text_encoder.get_input_embeddings().weight
+        with torch.no_grad():
+            for c, ids in self.token_ids.items():
+                emb[ids] = state[f"tokens.{c}"].to(emb)
+        self._tasks = len(tasks_done)
