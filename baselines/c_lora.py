@@ -109,8 +109,17 @@ class CLoRA(Method):
     def trainable_parameters(self) -> int:
         return self._trainable
 
+    def stored_parameters(self) -> int:
+        """Beyond the base model: the accumulated K/V update (the merged weights are the model itself)."""
+        return sum(int(v.numel()) for v in self.past.values()) + sum(
+            len(ids) * self.bundle.text_encoder.get_input_embeddings().weight.shape[1] for ids in self.token_ids.values())
+
     def state_dict(self):
+        """The accumulated update (the regulariser's reference) and, for a bit-exact resume, the merged K/V
+        weights themselves (adding the sum back would round differently from the task-by-task merges)."""
+        modules = dict(self.bundle.unet.named_modules())
         state = {f"past.{n}": v for n, v in self.past.items()}
+        state.update({f"weight.{n}": modules[n].weight.detach().clone() for n in self.past})
         emb = self.bundle.text_encoder.get_input_embeddings().weight
         state.update({f"tokens.{c}": emb[ids].detach().clone() for c, ids in self.token_ids.items()})
         return state
@@ -120,9 +129,7 @@ class CLoRA(Method):
         with torch.no_grad():
             for n in self.layers:
                 if f"past.{n}" in state:
-                    previous = self.past.get(n)
-                    delta = state[f"past.{n}"] - (previous if previous is not None else 0)
-                    modules[n].weight += delta.to(modules[n].weight)
+                    modules[n].weight.copy_(state[f"weight.{n}"])
                     self.past[n] = state[f"past.{n}"].clone()
         for task in tasks_done:
             for c in task.concepts:

@@ -73,7 +73,8 @@ class EWC(SequentialFinetune):
             p.requires_grad_(True)
         new = fisher_diagonal(loss_fn, params, samples)
         if self.normalize:
-            new = [f / f.mean().clamp(min=1e-12) for f in new]
+            # Fisher means can be tiny (LoRA A-factors while B is near zero): clamp only to avoid 0/0
+            new = [f / f.mean().clamp(min=torch.finfo(f.dtype).tiny) for f in new]
         self.fisher = new if self.fisher is None else [self.online_gamma * f + n for f, n in zip(self.fisher, new, strict=True)]
         self.anchor = [p.detach().clone() for p in params]
 

@@ -79,7 +79,10 @@ def test_ewc_fisher_on_a_tiny_diffusion_model(tiny_protocol):
     method = _trained(EWC, tiny_protocol, fisher_samples=2)
     assert method.fisher is not None and len(method.fisher) == len(method._lora_params())
     assert all((f >= 0).all() for f in method.fisher)
-    assert all(abs(float(f.mean()) - 1.0) < 1e-4 for f in method.fisher if float(f.sum()) > 0)  # normalised
+    # each task's Fisher is normalised to mean 1 per tensor and γ = 1 sums the tasks: a tensor's mean is the
+    # number of tasks whose loss reached it (1 or 2), never anything else
+    means = [float(f.mean()) for f in method.fisher]
+    assert all(min(abs(m - 1.0), abs(m - 2.0)) < 1e-4 for m in means) and any(abs(m - 2.0) < 1e-4 for m in means)
     # the penalty is zero at the anchor and grows away from it
     assert float(method.regularizer(None, None, None, None)) == 0.0
     with torch.no_grad():
@@ -105,10 +108,10 @@ def test_c_lora_merges_each_task_into_kv_weights_only(tiny_protocol):
 
     before = {n: p.detach().clone() for n, p in load_bundle("tiny-random").unet.named_parameters()}
     method = _trained(CLoRA, tiny_protocol)
-    after = dict(method.bundle.unet.named_parameters())
+    after = {n.replace(".base_layer", ""): p for n, p in method.bundle.unet.named_parameters()}
+    assert not any("lora_" in n for n in after)  # adapters are merged and dropped after each task
     changed = {n for n, p in before.items() if not torch.equal(p, after[n])}
     assert changed and all(n.endswith(("attn2.to_k.weight", "attn2.to_v.weight")) for n in changed)
-    assert not any("lora" in n for n in after)  # adapters are merged and dropped after each task
     for n in method.layers:
         assert torch.allclose(after[n + ".weight"] - before[n + ".weight"], method.past[n], atol=1e-6)
 
