@@ -43,11 +43,22 @@ def bind_layerwise(prompts: list[str], placeholders: list[str], n_layers: int) -
 
 
 def encode_layerwise(bundle, prompts: list[str], placeholders: list[str], n_layers: int) -> torch.Tensor:
-    """``[B, L, T, d]`` text-encoder states of the layer-wise bound prompts."""
+    """``[B, L, T, d]`` text-encoder states of the layer-wise bound prompts.
+
+    A prompt without placeholders (e.g. the negative prompt) is the same in every layer: encoded once, shared.
+    """
     from cifc_bench.sampling import encode_prompts
 
-    states = encode_prompts(bundle, bind_layerwise(prompts, placeholders, n_layers))
-    return states.view(len(prompts), n_layers, *states.shape[1:])
+    bound = [any(ph in p for ph in placeholders) for p in prompts]
+    plain = [p for p, b in zip(prompts, bound, strict=True) if not b]
+    layered = [p for p, b in zip(prompts, bound, strict=True) if b]
+    parts = {}
+    if plain:
+        parts["plain"] = iter(encode_prompts(bundle, plain).unsqueeze(1).expand(-1, n_layers, -1, -1))
+    if layered:
+        states = encode_prompts(bundle, bind_layerwise(layered, placeholders, n_layers))
+        parts["layered"] = iter(states.view(len(layered), n_layers, *states.shape[1:]))
+    return torch.stack([next(parts["layered" if b else "plain"]) for b in bound])
 
 
 class LayerwiseAttnProcessor:
@@ -74,6 +85,9 @@ class LayerwiseAttnProcessor:
         q = query.view(b, n, heads, -1).transpose(1, 2)
         k = key.view(b, key.shape[1], heads, -1).transpose(1, 2)
         v = value.view(b, value.shape[1], heads, -1).transpose(1, 2)
+        if not self.sigmoid and not (keep_probs and self.record is not None):  # the fused kernel, as diffusers
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=attn.scale)
+            return out.transpose(1, 2).reshape(b, n, -1)
         logits = q @ k.transpose(-1, -2) * attn.scale
         probs = torch.sigmoid(logits) if self.sigmoid else logits.softmax(-1)
         if keep_probs and self.record is not None:

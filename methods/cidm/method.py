@@ -265,13 +265,19 @@ class CIDM(Method):
 
     # ------------------------------------------------------------------ generating
     def concept_encoding(self) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        """K^l for the string of all placeholders in task order, and each task's token positions (BOS = 0)."""
+        """K^l for the string of all placeholders in task order, and each task's token positions (BOS = 0).
+
+        Cached until the learned concepts change: it depends on them only."""
         phs = self.placeholders
+        key = (tuple(phs), self.bundle.text_encoder.get_input_embeddings().weight._version)
+        if getattr(self, "_concept_cache", (None,))[0] == key:
+            return self._concept_cache[1]
         K = encode_layerwise(self.bundle, [" ".join(phs)], phs, self.n_layers)[0]
         ranges, start = [], 1
         for task in self.task_placeholders:
             ranges.append((start, start + len(task)))
             start += len(task)
+        self._concept_cache = (key, (K, ranges))
         return K, ranges
 
     def task_weights(self, cond: torch.Tensor) -> torch.Tensor:
