@@ -14,15 +14,8 @@ from __future__ import annotations
 import torch
 
 from cifc_bench.api import Method
-from cifc_bench.progress import progress
-from cifc_bench.sampling import encode_prompts, generate_batched
-from cifc_bench.training import (
-    ConceptBatches,
-    add_placeholder_tokens,
-    count_parameters,
-    diffusion_loss,
-    restore_rows,
-)
+from cifc_bench.sampling import generate_batched
+from cifc_bench.training import add_placeholder_tokens, train_lora_and_tokens
 
 KV = r".*attn2\.(to_k|to_v)"
 
@@ -56,10 +49,9 @@ class CLoRA(Method):
         return dataclasses.replace(concept, initializers=tuple(0.01 for _ in concept.placeholders))
 
     def learn_task(self, task, budget) -> None:
-        from diffusers import DDPMScheduler
         from peft import LoraConfig
 
-        bundle, unet = self.bundle, self.bundle.unet
+        unet = self.bundle.unet
         gen = torch.Generator().manual_seed(budget.seed)
         name = f"task{self._tasks}"
         unet.add_adapter(LoraConfig(r=self.rank, lora_alpha=self.rank, target_modules=KV, init_lora_weights="gaussian"),
@@ -67,34 +59,18 @@ class CLoRA(Method):
         unet.set_adapters([name])
         new_ids = []
         for c in task.concepts:
-            self.token_ids[c.name] = add_placeholder_tokens(bundle, self._concept(c), gen)
+            self.token_ids[c.name] = add_placeholder_tokens(self.bundle, self._concept(c), gen)
             new_ids += self.token_ids[c.name]
         layers = [dict(unet.named_modules())[n] for n in self.layers]
         lora = [p for m in layers for p in (m.lora_A[name].weight, m.lora_B[name].weight)]
-        for p in lora:
-            p.requires_grad_(True)
-        emb = bundle.text_encoder.get_input_embeddings().weight
-        original = emb.detach().clone()
-        emb.requires_grad_(True)
-        optimizer = torch.optim.AdamW([{"params": lora, "lr": self.lr}, {"params": [emb], "lr": self.embedding_lr}],
-                                      weight_decay=0.01)
-        self._trainable = count_parameters(lora) + len(new_ids) * emb.shape[1]
-        noise_scheduler = DDPMScheduler.from_config(bundle.scheduler.config)
-        streams = [iter(ConceptBatches(c, budget.resolution, budget.batch_size, budget.seed + k))
-                   for k, c in enumerate(task.concepts)]
         past = [self.past.get(n) for n in self.layers]
-        unet.train()
-        for step in progress(range(budget.steps), desc=f"train {task.name}", leave=False):
-            pixels, _, prompts = next(streams[step % len(streams)])
-            loss = diffusion_loss(bundle, noise_scheduler, pixels, encode_prompts(bundle, prompts), generator=gen)
+
+        def penalty(pixels, embeds, noise_scheduler, generator):
             current = [m.lora_B[name].weight @ m.lora_A[name].weight * m.scaling[name] for m in layers]
-            loss = loss + self.reg_lambda * self_regularization(past, current)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            restore_rows(emb, original, new_ids)
-        unet.eval()
-        emb.requires_grad_(False)
+            return self.reg_lambda * self_regularization(past, current)
+
+        self._trainable, _, _ = train_lora_and_tokens(self.bundle, task, budget, lora, new_ids, self.lr,
+                                                      self.embedding_lr, gen, extra_loss=penalty)
         with torch.no_grad():  # merge ΔW_t into the weights and the accumulated update, then drop the adapter
             for n, m in zip(self.layers, layers, strict=True):
                 delta = m.lora_B[name].weight @ m.lora_A[name].weight * m.scaling[name]

@@ -12,15 +12,8 @@ from __future__ import annotations
 import torch
 
 from cifc_bench.api import Method
-from cifc_bench.progress import progress
-from cifc_bench.sampling import encode_prompts, generate_batched
-from cifc_bench.training import (
-    ConceptBatches,
-    add_placeholder_tokens,
-    count_parameters,
-    diffusion_loss,
-    restore_rows,
-)
+from cifc_bench.sampling import generate_batched
+from cifc_bench.training import add_placeholder_tokens, train_lora_and_tokens
 
 CROSS_ATTN = r".*attn2\.(to_q|to_k|to_v|to_out\.0)"
 
@@ -49,38 +42,16 @@ class LoRAMerge(Method):
         return name
 
     def learn_task(self, task, budget) -> None:
-        from diffusers import DDPMScheduler
-
-        bundle, unet = self.bundle, self.bundle.unet
         gen = torch.Generator().manual_seed(budget.seed)
         name = self._new_adapter()
-        unet.set_adapters([name])  # every task trains from the base weights
+        self.bundle.unet.set_adapters([name])  # every task trains from the base weights
         new_ids = []
         for c in task.concepts:
-            self.token_ids[c.name] = add_placeholder_tokens(bundle, c, gen)
+            self.token_ids[c.name] = add_placeholder_tokens(self.bundle, c, gen)
             new_ids += self.token_ids[c.name]
-        lora = [p for n, p in unet.named_parameters() if f"lora_A.{name}." in n or f"lora_B.{name}." in n]
-        for p in lora:
-            p.requires_grad_(True)
-        emb = bundle.text_encoder.get_input_embeddings().weight
-        original = emb.detach().clone()
-        emb.requires_grad_(True)
-        optimizer = torch.optim.AdamW([{"params": lora, "lr": self.lr}, {"params": [emb], "lr": self.embedding_lr}],
-                                      weight_decay=0.01)
-        self._trainable = count_parameters(lora) + len(new_ids) * emb.shape[1]
-        noise_scheduler = DDPMScheduler.from_config(bundle.scheduler.config)
-        streams = [iter(ConceptBatches(c, budget.resolution, budget.batch_size, budget.seed + k))
-                   for k, c in enumerate(task.concepts)]
-        unet.train()
-        for step in progress(range(budget.steps), desc=f"train {task.name}", leave=False):
-            pixels, _, prompts = next(streams[step % len(streams)])
-            loss = diffusion_loss(bundle, noise_scheduler, pixels, encode_prompts(bundle, prompts), generator=gen)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            restore_rows(emb, original, new_ids)
-        unet.eval()
-        emb.requires_grad_(False)
+        lora = [p for n, p in self.bundle.unet.named_parameters() if f"lora_A.{name}." in n or f"lora_B.{name}." in n]
+        self._trainable, _, _ = train_lora_and_tokens(self.bundle, task, budget, lora, new_ids, self.lr,
+                                                      self.embedding_lr, gen)
         for p in lora:
             p.requires_grad_(False)
         self.adapters.append(name)

@@ -158,3 +158,41 @@ def restore_rows(weight: torch.Tensor, original: torch.Tensor, keep_ids: Sequenc
 
 def count_parameters(params) -> int:
     return sum(int(p.numel()) for p in params)
+
+
+def train_lora_and_tokens(bundle, task, budget, lora_params, new_ids, lr: float, embedding_lr: float,
+                          generator: torch.Generator, extra_loss=None):
+    """The customisation loop shared by the LoRA methods: AdamW (weight decay 0.01) on ``lora_params`` (``lr``)
+    and the embedding rows ``new_ids`` (``embedding_lr``); loss = diffusion loss on the task's own images
+    + ``extra_loss(pixels, embeds, noise_scheduler, generator)``; every other embedding row is restored after
+    each step. Returns (trainable parameter count, the task's batch streams, the training noise scheduler).
+    """
+    from diffusers import DDPMScheduler
+
+    from cifc_bench.progress import progress
+    from cifc_bench.sampling import encode_prompts
+
+    for p in lora_params:
+        p.requires_grad_(True)
+    emb = bundle.text_encoder.get_input_embeddings().weight
+    original = emb.detach().clone()
+    emb.requires_grad_(True)
+    optimizer = torch.optim.AdamW([{"params": list(lora_params), "lr": lr}, {"params": [emb], "lr": embedding_lr}],
+                                  weight_decay=0.01)
+    noise_scheduler = DDPMScheduler.from_config(bundle.scheduler.config)
+    streams = [iter(ConceptBatches(c, budget.resolution, budget.batch_size, budget.seed + k))
+               for k, c in enumerate(task.concepts)]
+    bundle.unet.train()
+    for step in progress(range(budget.steps), desc=f"train {task.name}", leave=False):
+        pixels, _, prompts = next(streams[step % len(streams)])
+        embeds = encode_prompts(bundle, prompts)
+        loss = diffusion_loss(bundle, noise_scheduler, pixels, embeds, generator=generator)
+        if extra_loss is not None:
+            loss = loss + extra_loss(pixels, embeds, noise_scheduler, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        restore_rows(emb, original, new_ids)
+    bundle.unet.eval()
+    emb.requires_grad_(False)
+    return count_parameters(lora_params) + len(new_ids) * emb.shape[1], streams, noise_scheduler

@@ -13,15 +13,8 @@ from __future__ import annotations
 import torch
 
 from cifc_bench.api import Method
-from cifc_bench.progress import progress
-from cifc_bench.sampling import encode_prompts, generate_batched
-from cifc_bench.training import (
-    ConceptBatches,
-    add_placeholder_tokens,
-    count_parameters,
-    diffusion_loss,
-    restore_rows,
-)
+from cifc_bench.sampling import generate_batched
+from cifc_bench.training import add_placeholder_tokens, train_lora_and_tokens
 
 TARGETS = {
     "cross-attn": r".*attn2\.(to_q|to_k|to_v|to_out\.0)",
@@ -52,41 +45,16 @@ class SequentialFinetune(Method):
         return [p for n, p in self.bundle.unet.named_parameters() if "lora_" in n and f".{ADAPTER}." in n]
 
     def learn_task(self, task, budget) -> None:
-        from diffusers import DDPMScheduler
-
-        bundle = self.bundle
         gen = torch.Generator().manual_seed(budget.seed)
         new_ids = []
         for concept in task.concepts:
-            self.token_ids[concept.name] = add_placeholder_tokens(bundle, concept, gen)
+            self.token_ids[concept.name] = add_placeholder_tokens(self.bundle, concept, gen)
             new_ids += self.token_ids[concept.name]
-        emb = bundle.text_encoder.get_input_embeddings().weight
-        original = emb.detach().clone()
-        lora = self._lora_params()
-        for p in lora:
-            p.requires_grad_(True)
-        emb.requires_grad_(True)
-        optimizer = torch.optim.AdamW(
-            [{"params": lora, "lr": self.lr}, {"params": [emb], "lr": self.embedding_lr}], weight_decay=0.01
-        )
-        self._trainable = count_parameters(lora) + len(new_ids) * emb.shape[1]
-        noise_scheduler = DDPMScheduler.from_config(bundle.scheduler.config)
-        streams = [iter(ConceptBatches(c, budget.resolution, budget.batch_size, budget.seed + k))
-                   for k, c in enumerate(task.concepts)]
         self.before_task()
-        bundle.unet.train()
-        for step in progress(range(budget.steps), desc=f"train {task.name}", leave=False):
-            pixels, _, prompts = next(streams[step % len(streams)])
-            embeds = encode_prompts(bundle, prompts)
-            loss = diffusion_loss(bundle, noise_scheduler, pixels, embeds, generator=gen)
-            loss = loss + self.regularizer(pixels, embeds, noise_scheduler, gen)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            restore_rows(emb, original, new_ids)
-        bundle.unet.eval()
+        lora = self._lora_params()
+        self._trainable, streams, noise_scheduler = train_lora_and_tokens(
+            self.bundle, task, budget, lora, new_ids, self.lr, self.embedding_lr, gen, extra_loss=self.regularizer)
         self.after_task(task, budget, streams, noise_scheduler)
-        emb.requires_grad_(False)
         for p in lora:
             p.requires_grad_(False)
 
