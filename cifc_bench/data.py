@@ -14,12 +14,12 @@ import io
 import os
 import shutil
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from cifc_bench.atomic import atomic_directory
 from cifc_bench.models import cache_dir
 
 DATA_ENV = "CIFC_BENCH_DATA"
@@ -129,9 +129,7 @@ def fetch(dataset: str, to: Path | None, checksum_file: Path, url: str | None = 
             f"'datasets/' folder of {release.homepage} to a directory and pass it with --data-dir DIR "
             f"or {DATA_ENV}=DIR (`cifc-bench validate --protocol {dataset} --data-dir DIR` checks it)."
         ) from err
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-    try:
+    with atomic_directory(target) as tmp:
         _extract(payload, release.member_prefix, tmp)
         problems = verify_checksums(tmp, checksum_file)
         if problems:
@@ -139,11 +137,6 @@ def fetch(dataset: str, to: Path | None, checksum_file: Path, url: str | None = 
                 f"the download from {url} does not match the published checksums: {problems[:5]}"
                 + (f" and {len(problems) - 5} more" if len(problems) > 5 else "")
             )
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -193,13 +193,10 @@ def save_tiny_random(path: Path, seed: int = 0) -> Path:
 def save_bundle_folder(path: Path, tokenizer, text_encoder, unet, scheduler, vae=None) -> None:
     """Write a diffusers-layout folder atomically (a temp folder renamed into place)."""
     import json
-    import shutil
-    import tempfile
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
-    try:
+    from cifc_bench.atomic import atomic_directory
+
+    with atomic_directory(Path(path)) as tmp:
         tokenizer.save_pretrained(tmp / "tokenizer")
         text_encoder.save_pretrained(tmp / "text_encoder")
         unet.save_pretrained(tmp / "unet")
@@ -215,13 +212,3 @@ def save_bundle_folder(path: Path, tokenizer, text_encoder, unet, scheduler, vae
             vae.save_pretrained(tmp / "vae")
             index["vae"] = ["diffusers", "AutoencoderKL"]
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
-        if path.exists():
-            shutil.rmtree(path)
-        try:
-            os.replace(tmp, path)
-        except OSError:
-            if not (path / "model_index.json").exists():  # another process may have won the race
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)

@@ -104,15 +104,16 @@ def load_scorer(spec: str = DEFAULT_SCORER, device: str = "cpu") -> Scorer:
     return Scorer(name=spec, model=model, preprocess=preprocess, tokenizer=open_clip.get_tokenizer(arch), device=device)
 
 
-def _register_tiny_config() -> None:
+def register_open_clip_config(name: str, config: dict) -> str:
+    """Make an open_clip architecture known by ``name`` from a config dict (open_clip reads config files)."""
     import open_clip
 
-    if _TINY_ARCH in open_clip.list_models():
-        return
-    cfg_dir = cache_dir() / "scorers" / "configs"
-    cfg_dir.mkdir(parents=True, exist_ok=True)
-    (cfg_dir / f"{_TINY_ARCH}.json").write_text(json.dumps(_TINY_CFG))
-    open_clip.add_model_config(cfg_dir)
+    if name not in open_clip.list_models():
+        cfg_dir = cache_dir() / "scorers" / "configs"
+        cfg_dir.mkdir(parents=True, exist_ok=True)
+        (cfg_dir / f"{name}.json").write_text(json.dumps(config))
+        open_clip.add_model_config(cfg_dir)
+    return name
 
 
 def _tiny_random_weights(seed: int = 0) -> Path:
@@ -122,7 +123,7 @@ def _tiny_random_weights(seed: int = 0) -> Path:
     import open_clip
     import torch
 
-    _register_tiny_config()
+    register_open_clip_config(_TINY_ARCH, _TINY_CFG)
     path = cache_dir() / "scorers" / f"{_TINY_ARCH}-seed{seed}.pt"
     if not path.exists():
         torch.manual_seed(seed)

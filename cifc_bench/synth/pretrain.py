@@ -157,16 +157,9 @@ def pretrain_base(cfg: PretrainConfig, out: Path) -> dict:
 
 def scorer_model():
     """The open_clip architecture of the synthetic scorer, registered under :data:`SCORER_ARCH`."""
-    import open_clip
+    from cifc_bench.scoring import register_open_clip_config
 
-    from cifc_bench.models import cache_dir
-
-    if SCORER_ARCH not in open_clip.list_models():
-        cfg_dir = cache_dir() / "scorers" / "configs"
-        cfg_dir.mkdir(parents=True, exist_ok=True)
-        (cfg_dir / f"{SCORER_ARCH}.json").write_text(json.dumps(SCORER_CFG))
-        open_clip.add_model_config(cfg_dir)
-    return SCORER_ARCH
+    return register_open_clip_config(SCORER_ARCH, SCORER_CFG)
 
 
 def pretrain_scorer(cfg: PretrainConfig, out: Path) -> dict:

@@ -10,8 +10,6 @@ learned from pixels. Rendering is deterministic and checked against ``protocols/
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,19 +89,12 @@ def write_data(root: Path, protocol: str = PROTOCOL) -> None:
 
 def ensure_data(data_dir: str | os.PathLike | None = None) -> Path:
     """The rendered dataset: ``data_dir`` if given (rendered there when empty), else the user cache."""
+    from cifc_bench.atomic import atomic_directory
     from cifc_bench.models import cache_dir
 
     root = Path(data_dir).expanduser() if data_dir else cache_dir() / "data" / f"{PROTOCOL}-{DATA_VERSION}"
     if (root / "images").is_dir():
         return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}-"))
-    try:
+    with atomic_directory(root, keep=lambda p: (p / "images").is_dir()) as tmp:
         write_data(tmp)
-        if not (root / "images").is_dir():
-            if root.exists():
-                shutil.rmtree(root)
-            os.replace(tmp, root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return root
