@@ -123,7 +123,8 @@ class ConceptBatches:
 def diffusion_loss(bundle, noise_scheduler, pixels: torch.Tensor, prompt_embeds: torch.Tensor, unet=None,
                    generator: torch.Generator | None = None, mask: torch.Tensor | None = None,
                    noise_offset: float = 0.0) -> torch.Tensor:
-    """The epsilon-prediction loss of SD training on one batch (VAE latents, random timesteps).
+    """The denoising loss of SD training on one batch (VAE latents, random timesteps), against the target of the
+    bundle's parameterisation (epsilon for SD-1.5, v for SD-2 and the synthetic base model).
 
     Plain MSE by default. With ``mask`` (valid-image regions at pixel resolution) it is CIDM's masked loss:
     mean over the batch of Σ_{c,h,w} M·(ε̂−ε)² / Σ_{h,w} M, i.e. channels summed, pixels averaged.
@@ -141,11 +142,24 @@ def diffusion_loss(bundle, noise_scheduler, pixels: torch.Tensor, prompt_embeds:
     t = t.to(latents.device)
     noisy = noise_scheduler.add_noise(latents, noise, t)
     pred = unet(noisy, t, encoder_hidden_states=prompt_embeds).sample
+    target = diffusion_target(noise_scheduler, latents, noise, t)
     if mask is None:
-        return F.mse_loss(pred.float(), noise.float())
+        return F.mse_loss(pred.float(), target.float())
     m = F.interpolate(mask.to(latents), size=latents.shape[-2:], mode="nearest")
-    per_sample = (m * (pred.float() - noise.float()) ** 2).sum(dim=(1, 2, 3)) / m.sum(dim=(1, 2, 3)).clamp(min=1)
+    per_sample = (m * (pred.float() - target.float()) ** 2).sum(dim=(1, 2, 3)) / m.sum(dim=(1, 2, 3)).clamp(min=1)
     return per_sample.mean()
+
+
+def diffusion_target(noise_scheduler, clean: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What the UNet should output for ``add_noise(clean, noise, t)`` under the scheduler's ``prediction_type``."""
+    kind = noise_scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return noise_scheduler.get_velocity(clean, noise, t)
+    if kind == "sample":
+        return clean
+    raise ValueError(f"unknown prediction_type {kind!r} in the scheduler config; known: epsilon, v_prediction, sample")
 
 
 def restore_rows(weight: torch.Tensor, original: torch.Tensor, keep_ids: Sequence[int]) -> None:
