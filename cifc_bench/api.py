@@ -16,7 +16,7 @@ import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # keep `cifc-bench ls` free of torch and PIL imports
     import torch
@@ -162,8 +162,9 @@ class Method(abc.ABC):
     """
 
     #: What the method keeps between tasks, for the leaderboard's storage column
-    #: ("none", "single-model", "per-task-adapters", ...). Replay of old data is never allowed.
-    storage: ClassVar[str] = "single-model"
+    #: ("none", "single-model", "per-task-adapters", "per-task-features", ...). A method whose variants store
+    #: different things may set it per instance. Replay of old data is never allowed.
+    storage: str = "single-model"
 
     def __init__(self, bundle: ModelBundle, **hparams: Any) -> None:
         self.bundle = bundle

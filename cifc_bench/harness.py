@@ -125,7 +125,7 @@ def new_result(ctx: RunContext) -> dict[str, Any]:
             "method": ctx.config.method,
             "method_args": ctx.config.method_args,
             "method_class": f"{type(ctx.method).__module__}:{type(ctx.method).__qualname__}",
-            "storage": type(ctx.method).storage,
+            "storage": ctx.method.storage,
             "protocol": {"name": seq.name, "version": seq.version, "file": str(seq.source)},
             "seed": ctx.config.seed,
             "model": ctx.config.model,

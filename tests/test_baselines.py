@@ -123,3 +123,39 @@ def test_lwf_distills_from_the_previous_model(tiny_protocol):
     assert method.tasks_seen == 2 and "previous" in method.bundle.unet.peft_config
     teacher = [p for n, p in method.bundle.unet.named_parameters() if ".previous." in n]
     assert teacher and not any(p.requires_grad for p in teacher)
+
+
+def test_custom_diffusion_closed_form_merge_meets_its_constraints_and_is_optimal():
+    from cifc_bench.baselines.custom_diffusion import closed_form_merge
+
+    g = torch.Generator().manual_seed(0)
+    w0, c = torch.randn(8, 6, generator=g, dtype=torch.float64), torch.randn(3, 6, generator=g, dtype=torch.float64)
+    v, x = torch.randn(8, 3, generator=g, dtype=torch.float64), torch.randn(10, 6, generator=g, dtype=torch.float64)
+    m = x.T @ x
+    w = closed_form_merge(w0, c, v, m, eps=0.0)
+    assert torch.allclose(w @ c.T, v, atol=1e-9)  # every concept's target features map to its own outputs
+    # optimal: moving inside the feasible set (Δ with Δ Cᵀ = 0) never lowers ‖(W − W₀) Xᵀ‖²
+    null = torch.linalg.svd(c).Vh[3:]  # rows orthogonal to C's rows
+    objective = ((w - w0) @ x.T).norm() ** 2
+    for _ in range(5):
+        delta = torch.randn(8, 3, generator=g, dtype=torch.float64) @ null
+        assert ((w + delta - w0) @ x.T).norm() ** 2 >= objective - 1e-9
+    # nothing to change: the targets already map to their values under W₀
+    assert torch.allclose(closed_form_merge(w0, c, w0 @ c.T, m), w0, atol=1e-9)
+
+
+def test_custom_diffusion_merge_keeps_each_concept_constraint_on_a_tiny_model(tiny_protocol):
+    from cifc_bench.baselines.custom_diffusion import CustomDiffusion
+
+    method = _trained(CustomDiffusion, tiny_protocol, variant="merge", lr=1e-2, reg_images=2)
+    assert len(method.targets) == 2
+    for concept, c in method.targets.items():
+        for layer, module in method.layers.items():
+            assert torch.allclose(module.weight.float() @ c.T, method.values[concept][layer], atol=1e-4, rtol=1e-3)
+    changed = [not torch.equal(m.weight, method.base[n]) for n, m in method.layers.items()]
+    assert all(changed)  # K/V moved off the base model, and nothing else did
+    from cifc_bench.models import load_bundle
+
+    fresh = dict(load_bundle("tiny-random").unet.named_parameters())
+    named = dict(method.bundle.unet.named_parameters())
+    assert all(torch.equal(named[n], fresh[n]) for n in named if "attn2.to_k" not in n and "attn2.to_v" not in n)
