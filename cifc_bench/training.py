@@ -175,11 +175,12 @@ def count_parameters(params) -> int:
 
 
 def train_lora_and_tokens(bundle, task, budget, lora_params, new_ids, lr: float, embedding_lr: float,
-                          generator: torch.Generator, extra_loss=None):
+                          generator: torch.Generator, extra_loss=None, encode=None):
     """The customisation loop shared by the LoRA methods: AdamW (weight decay 0.01) on ``lora_params`` (``lr``)
     and the embedding rows ``new_ids`` (``embedding_lr``); loss = diffusion loss on the task's own images
     + ``extra_loss(pixels, embeds, noise_scheduler, generator)``; every other embedding row is restored after
-    each step. Returns (trainable parameter count, the task's batch streams, the training noise scheduler).
+    each step. ``encode(bundle, prompts)`` turns prompts into UNet context (default: plain text-encoder states).
+    Returns (trainable parameter count, the task's batch streams, the training noise scheduler).
     """
     from diffusers import DDPMScheduler
 
@@ -199,7 +200,7 @@ def train_lora_and_tokens(bundle, task, budget, lora_params, new_ids, lr: float,
     bundle.unet.train()
     for step in progress(range(budget.steps), desc=f"train {task.name}", leave=False):
         pixels, _, prompts = next(streams[step % len(streams)])
-        embeds = encode_prompts(bundle, prompts)
+        embeds = (encode or encode_prompts)(bundle, prompts)
         loss = diffusion_loss(bundle, noise_scheduler, pixels, embeds, generator=generator)
         if extra_loss is not None:
             loss = loss + extra_loss(pixels, embeds, noise_scheduler, generator)

@@ -159,3 +159,36 @@ def test_custom_diffusion_merge_keeps_each_concept_constraint_on_a_tiny_model(ti
     fresh = dict(load_bundle("tiny-random").unet.named_parameters())
     named = dict(method.bundle.unet.named_parameters())
     assert all(torch.equal(named[n], fresh[n]) for n in named if "attn2.to_k" not in n and "attn2.to_v" not in n)
+
+
+def test_mix_of_show_fusion_reproduces_each_concepts_outputs_on_its_own_inputs():
+    from cifc_bench.baselines.mix_of_show import fuse
+
+    g = torch.Generator().manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(8, 8, generator=g, dtype=torch.float64))[0]
+    xs = [torch.randn(20, 3, generator=g, dtype=torch.float64) @ basis[:, 3 * i : 3 * i + 3].T for i in range(2)]
+    ws = [torch.randn(5, 8, generator=g, dtype=torch.float64) for _ in range(2)]
+    grams = [x.T @ x for x in xs]
+    fused = fuse(sum(w @ gm for w, gm in zip(ws, grams, strict=True)), sum(grams), eps=1e-9)
+    for w, x in zip(ws, xs, strict=True):  # inputs in separate subspaces: each concept's outputs are kept exactly
+        assert torch.allclose(x @ fused.T, x @ w.T, atol=1e-6)
+    # overlapping inputs: the least-squares optimum, Σ_i (W* − W_i) G_i = 0
+    xs = [torch.randn(20, 8, generator=g, dtype=torch.float64) for _ in range(2)]
+    grams = [x.T @ x for x in xs]
+    fused = fuse(sum(w @ gm for w, gm in zip(ws, grams, strict=True)), sum(grams), eps=0.0)
+    assert torch.allclose(sum((fused - w) @ gm for w, gm in zip(ws, grams, strict=True)), torch.zeros(5, 8, dtype=torch.float64),
+                          atol=1e-8)
+
+
+def test_mix_of_show_fuses_unet_and_text_encoder_layers_on_a_tiny_model(tiny_protocol):
+    from cifc_bench.baselines.mix_of_show import MixOfShow
+
+    method = _trained(MixOfShow, tiny_protocol, lr=1e-2, fusion_prompts=2, fusion_steps=2)
+    names = list(method.sums)
+    assert any(n.startswith("unet.") and ".attn1." in n for n in names)
+    assert any(n.startswith("unet.") and ".attn2." in n for n in names)
+    assert any(n.startswith("text.") for n in names)
+    moved = [not torch.allclose(method.layers[n].weight, method.base[n]) for n in names]
+    assert all(moved)  # every fused layer differs from the base model
+    assert not any("lora_" in n for n, _ in method.bundle.unet.named_parameters())  # adapters fused, then removed
+    assert len(method.placeholders) == sum(len(c.placeholders) for c in method.concepts) > 0
