@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--unet-steps", type=int, help="base-model training steps (default: the committed recipe's)")
     sp.add_argument("--scorer-steps", type=int, help="scorer training steps (default: the committed recipe's)")
+    sp.add_argument("--part", choices=("all", "scorer", "base"), default="all",
+                    help="train only this model (the other's files and manifest entry are kept)")
     sc = ssub.add_parser("check", help="measure the base model's gates: context_acc and class_acc")
     sc.add_argument("--prompts", type=int, default=200, help="held-out prompts to generate")
     sc.add_argument("--grid", type=Path, help="also save a PNG grid of generated samples here")
@@ -224,9 +226,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
         overrides = {k: v for k, v in (("unet_steps", args.unet_steps), ("scorer_steps", args.scorer_steps)) if v}
         cfg = dataclasses.replace(PretrainConfig(seed=args.seed), **overrides)
         out = args.out or weights_dir()
-        report = pretrain(cfg, out)
-        print(f"pretrained into {out}: {report['total_bytes'] / 2**20:.1f} MiB, "
-              f"scorer {report['scorer']['seconds']:.0f}s, base model {report['base']['seconds']:.0f}s")
+        report = pretrain(cfg, out, ("scorer", "base") if args.part == "all" else (args.part,))
+        times = ", ".join(f"{k} {report[k]['seconds']:.0f}s" for k in ("scorer", "base") if k in report)
+        print(f"pretrained into {out}: {report['total_bytes'] / 2**20:.1f} MiB; {times}")
         return 0
     if args.synth_command == "gates":
         from cifc_bench.synth.gates import gate_report

@@ -35,12 +35,48 @@ def test_committed_weights_match_their_manifest_and_size_budget():
 
 
 def test_pretraining_is_reproducible_from_the_seed(tmp_path):
-    cfg = PretrainConfig(unet_steps=2, scorer_steps=2, batch_size=4, scorer_batch_size=8)
+    small = dict(text_steps=2, unet_steps=2, scorer_steps=2, batch_size=4, scorer_batch_size=8, text_batch_size=8)
+    cfg = PretrainConfig(**small)
     a = pretrain(cfg, tmp_path / "a")
-    b = pretrain(cfg, tmp_path / "b")
-    assert a["files"] == b["files"]
-    c = pretrain(PretrainConfig(seed=1, unet_steps=2, scorer_steps=2, batch_size=4, scorer_batch_size=8), tmp_path / "c")
+    b = pretrain(cfg, tmp_path / "b", parts=("base",))  # the parts train from separate streams:
+    b = pretrain(cfg, tmp_path / "b", parts=("scorer",))  # separate calls give the same files as one
+    assert a["files"] == b["files"] and set(b) >= {"scorer", "base"}
+    c = pretrain(PretrainConfig(seed=1, **small), tmp_path / "c")
     assert c["files"]["base/unet/diffusion_pytorch_model.safetensors"] != a["files"]["base/unet/diffusion_pytorch_model.safetensors"]
+
+
+def test_pretraining_rejects_an_unknown_part(tmp_path):
+    with pytest.raises(ValueError, match="unknown pretraining part.*'vae'"):
+        pretrain(PretrainConfig(), tmp_path, parts=("vae",))
+
+
+def test_caption_parser_reads_every_attribute_the_grammar_can_state():
+    from cifc_bench.synth import world
+    from cifc_bench.synth.pretrain import caption_attributes, caption_targets
+
+    scene = world.Scene("kite", "red", "stripes", "blue", "small", "left", "grass", "mosaic")
+    assert caption_attributes(world.caption(scene)) == {
+        "style": "mosaic", "background": "grass", "size0": "small", "fill0": "red", "shape0": "kite",
+        "pattern_color0": "blue", "pattern0": "stripes", "position0": "left"}
+    two = world.caption_many([world.Scene("ball", "red", position="left"), world.Scene("box", "cyan", position="right")])
+    assert caption_attributes(two) == {"background": "gray", "size0": "large", "fill0": "red", "shape0": "ball",
+                                       "position0": "left", "size1": "large", "fill1": "cyan", "shape1": "box",
+                                       "position1": "right"}
+    assert caption_attributes("a ball") == {"shape0": "ball"}
+    assert sum(caption_targets("a ball")) == 1 + world.SHAPES.index("ball")  # every other slot: "not stated"
+
+
+def test_scorer_hard_negatives_differ_only_in_the_object_class():
+    from cifc_bench.synth import world
+    from cifc_bench.synth.pretrain import personal_identities, shape_contrast_pair
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        (img_a, text_a), (img_b, text_b) = shape_contrast_pair(rng, PretrainConfig(), personal_identities())
+        words_a, words_b = text_a.split(), text_b.split()
+        diff = [(x, y) for x, y in zip(words_a, words_b, strict=True) if x != y]
+        assert len(diff) <= 1 and all(x in world.SHAPES and y in world.SHAPES for x, y in diff)
+        assert (img_a != img_b).any() or not diff
 
 
 def test_gate_measurement_runs_and_is_bounded():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,20 +28,25 @@ TEXT_LENGTH = 32
 SCORER_ARCH = "cifc-synth-clip"
 SCORER_CFG = {
     "embed_dim": 64,
-    "vision_cfg": {"image_size": 32, "layers": 3, "width": 96, "patch_size": 4, "head_width": 32},
+    # a small conv tower (open_clip's ModifiedResNet): a ViT of this size stayed blind to object shape
+    "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 16},
     "text_cfg": {"context_length": TEXT_LENGTH, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 2},
 }
-SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon")
+# v-prediction: an epsilon loss hardly rewards getting the picture right at high noise, which is exactly where
+# the prompt decides background, position and style; with epsilon targets the first model learnt to ignore text
+SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
 # pixel space with a cosine schedule: DDIM must clip its x0 estimate, or the first steps explode
 SAMPLER = dict(SCHEDULE, clip_sample=True, timestep_spacing="trailing", set_alpha_to_one=False)
-MIN_SNR_GAMMA = 5.0
+MIN_SNR_GAMMA = 5.0  # clean-image loss weight min(SNR + 1, 5): at least 1 at high noise, capped at low noise
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
     seed: int = 0
-    unet_steps: int = 3200
+    text_steps: int = 1200
+    unet_steps: int = 3000
     scorer_steps: int = 1200
+    text_batch_size: int = 256
     batch_size: int = 32
     scorer_batch_size: int = 128
     lr: float = 1e-3
@@ -63,22 +69,45 @@ def personal_identities() -> set[tuple]:
     return object_identities()
 
 
-def training_example(rng: np.random.Generator, cfg: PretrainConfig, exclude: set[tuple]) -> tuple[np.ndarray, str]:
-    """One (image, caption) pair from the pretraining distribution."""
+def training_scenes(rng: np.random.Generator, cfg: PretrainConfig, exclude: set[tuple]) -> tuple[list, str]:
+    """The scene(s) and caption of one draw from the pretraining distribution (one object, or 15% two)."""
     while True:
         scene = world.random_scene(rng, exclude)
         if not held_out(scene):
             break
-    seed = int(rng.integers(1 << 31))
     if rng.random() < cfg.two_object_fraction:
         other = world.random_scene(rng, exclude)
         a = world.replace(scene, size="small", position="left", style="plain")
         b = world.replace(other, size="small", position="right", style="plain", background=scene.background)
-        return world.render_many([a, b], seed), world.caption_many([a, b], rng, cfg.caption_keep)
+        return [a, b], world.caption_many([a, b], rng, cfg.caption_keep)
     text = world.caption(scene, rng, cfg.caption_keep)
-    if scene.style == "plain" and rng.random() < 0.1:
-        text = "a picture of " + text
-    return world.render(scene, seed), text
+    return [scene], ("a picture of " + text if scene.style == "plain" and rng.random() < 0.1 else text)
+
+
+def training_example(rng: np.random.Generator, cfg: PretrainConfig, exclude: set[tuple]) -> tuple[np.ndarray, str]:
+    """One (image, caption) pair from the pretraining distribution."""
+    scenes, text = training_scenes(rng, cfg, exclude)
+    return world.render_many(scenes, int(rng.integers(1 << 31))), text
+
+
+def shape_contrast_pair(rng: np.random.Generator, cfg: PretrainConfig, exclude: set[tuple]):
+    """Two examples that differ only in the object's class (same caption drops, same jitter): hard negatives
+    that make the scorer see shape, which colour-dominated random batches barely reward."""
+    scenes, _ = training_scenes(rng, cfg, exclude)
+    first = scenes[0]
+    shape = str(rng.choice([s for s in world.SHAPES if s != first.shape]))
+    other = [world.replace(first, shape=shape), *scenes[1:]]
+    if world.identity(other[0]) in exclude:
+        other = scenes  # a personal identity is never shown: fall back to a plain repeat
+    seed, caption_seed = int(rng.integers(1 << 31)), int(rng.integers(1 << 31))
+
+    def example(sc):
+        crng = np.random.default_rng(caption_seed)
+        if len(sc) > 1:
+            return world.render_many(sc, seed), world.caption_many(sc, crng, cfg.caption_keep)
+        return world.render_many(sc, seed), world.caption(sc[0], crng, cfg.caption_keep)
+
+    return example(scenes), example(other)
 
 
 def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
@@ -109,21 +138,107 @@ def build_base_model(seed: int):
     return tokenizer, text_encoder, unet, DDIMScheduler(**SAMPLER)
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Stage 1: the text encoder. A CLIP text transformer trained from scratch *together with* the UNet stays
+# uninformative and the UNet learns to ignore it (measured: prompt-shuffled captions gave the same loss). SD-1.5
+# instead conditions on a frozen encoder pretrained elsewhere; here the encoder is pretrained text-only to parse
+# the world's captions, then frozen.
+
+SLOTS = {  # attribute -> its values; class 0 of every slot means "the caption does not say"
+    "shape": world.SHAPES, "fill": tuple(world.COLORS), "pattern": world.PATTERNS,
+    "pattern_color": tuple(world.COLORS), "size": tuple(world.SIZES), "position": tuple(world.POSITIONS),
+}
+GLOBAL_SLOTS = {"background": tuple(world.BACKGROUNDS), "style": ("mosaic", "sketch")}
+_OBJECT_RE = re.compile(r"^(?:(small|large) )?(?:(\w+) )?(\w+)(?: with (\w+) (\w+))?(?: on the (\w+))?$")
+
+
+def caption_attributes(text: str) -> dict[str, str]:
+    """What a caption of the world's grammar states, e.g. {"shape0": "ball", "fill0": "red", "background": ...}."""
+    out: dict[str, str] = {}
+    if m := re.match(r"^an? (mosaic|sketch) of (.*)$", text):
+        out["style"], text = m.group(1), m.group(2)
+    text = text.removeprefix("a picture of ")
+    if m := re.search(r", on an? (\w+) background$", text):
+        out["background"], text = m.group(1), text[: m.start()]
+    for k, part in enumerate(text.removeprefix("a ").split(" and a ")[:2]):
+        if m := _OBJECT_RE.match(part):
+            size, fill, shape, pcolor, pattern, position = m.groups()
+            for key, value in (("size", size), ("fill", fill), ("shape", shape), ("pattern_color", pcolor),
+                               ("pattern", pattern), ("position", position)):
+                if value is not None:
+                    out[f"{key}{k}"] = value
+    return out
+
+
+def _slot_table() -> list[tuple[str, tuple[str, ...]]]:
+    return [(f"{k}{i}", v) for i in range(2) for k, v in SLOTS.items()] + list(GLOBAL_SLOTS.items())
+
+
+def caption_targets(text: str) -> list[int]:
+    """One class index per slot of :func:`_slot_table` (0: not stated)."""
+    attrs = caption_attributes(text)
+    return [values.index(attrs[slot]) + 1 if attrs.get(slot) in values else 0 for slot, values in _slot_table()]
+
+
+def pretrain_text_encoder(cfg: PretrainConfig, tokenizer, text_encoder) -> dict:
+    """Text-only: from the end-of-text state, classify every attribute the caption states; from every word's
+    state, name the word (so per-token states, which cross-attention reads, keep their identity)."""
+    slots = _slot_table()
+    width = text_encoder.config.hidden_size
+    heads = torch.nn.ModuleList(torch.nn.Linear(width, len(v) + 1) for _, v in slots)
+    vocab = sorted({i for w in world.vocabulary() for i in tokenizer(w, add_special_tokens=False).input_ids})
+    lookup = torch.full((len(tokenizer),), -100, dtype=torch.long)
+    lookup[vocab] = torch.arange(len(vocab))
+    word_head = torch.nn.Linear(width, len(vocab))
+    params = list(text_encoder.parameters()) + list(heads.parameters()) + list(word_head.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    lr_schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=max(cfg.text_steps, 1),
+                                                      pct_start=0.05)
+    rng, exclude, losses, accs = np.random.default_rng(cfg.seed + 2), personal_identities(), [], []
+    bar = progress(range(cfg.text_steps), desc="pretrain text encoder")
+    for _ in bar:
+        texts = [training_scenes(rng, cfg, exclude)[1] for _ in range(cfg.text_batch_size)]
+        ids = tokenizer(texts, padding="max_length", max_length=TEXT_LENGTH, truncation=True, return_tensors="pt").input_ids
+        out = text_encoder(ids)
+        targets = torch.tensor([caption_targets(t) for t in texts])
+        logits = [h(out.pooler_output) for h in heads]
+        loss = sum(F.cross_entropy(lg, targets[:, k]) for k, lg in enumerate(logits)) / len(heads)
+        loss = loss + F.cross_entropy(word_head(out.last_hidden_state).flatten(0, 1), lookup[ids].flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        lr_schedule.step()
+        losses.append(float(loss.detach()))
+        accs.append(float(torch.stack([(lg.argmax(-1) == targets[:, k]).float().mean() for k, lg in enumerate(logits)]).mean()))
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", acc=f"{np.mean(accs[-50:]):.3f}")
+    text_encoder.requires_grad_(False).eval()
+    return {"final_loss": float(np.mean(losses[-100:])) if losses else None,
+            "attribute_acc": float(np.mean(accs[-100:])) if accs else None}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Stage 2: the UNet, conditioned on the frozen text encoder.
+
 def pretrain_base(cfg: PretrainConfig, out: Path) -> dict:
-    """Train text encoder and UNet jointly with the denoising loss; save a diffusers folder (fp16 weights)."""
+    """Pretrain the text encoder (stage 1), freeze it, then train the UNet with the denoising loss; save a
+    diffusers folder (fp16 weights)."""
     from diffusers import DDPMScheduler
     from diffusers.training_utils import EMAModel
 
     from cifc_bench.models import save_bundle_folder
+    from cifc_bench.training import diffusion_target
 
     tokenizer, text_encoder, unet, scheduler = build_base_model(cfg.seed)
+    started = time.perf_counter()
+    report = {"text_encoder": pretrain_text_encoder(cfg, tokenizer, text_encoder)}
+    report["text_encoder"]["seconds"] = time.perf_counter() - started
     noise_scheduler = DDPMScheduler(**SCHEDULE)
     alphas = noise_scheduler.alphas_cumprod
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    params = list(unet.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     lr_schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=max(cfg.unet_steps, 1),
                                                       pct_start=0.05, final_div_factor=20)
-    ema_unet, ema_text = EMAModel(unet.parameters(), decay=0.998), EMAModel(text_encoder.parameters(), decay=0.998)
+    ema_unet = EMAModel(unet.parameters(), decay=0.998)
     rng, gen = np.random.default_rng(cfg.seed), torch.Generator().manual_seed(cfg.seed)
     exclude = personal_identities()
     losses = []
@@ -135,24 +250,27 @@ def pretrain_base(cfg: PretrainConfig, out: Path) -> dict:
         ids = tokenizer(texts, padding="max_length", max_length=TEXT_LENGTH, truncation=True, return_tensors="pt").input_ids
         noise = torch.randn(pixels.shape, generator=gen)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(batch),), generator=gen)
-        pred = unet(noise_scheduler.add_noise(pixels, noise, t), t, encoder_hidden_states=text_encoder(ids)[0]).sample
-        # Min-SNR-5 weighting (Hang et al. 2023): same optimum, several times faster convergence
-        snr = alphas[t] / (1 - alphas[t])
-        weight = torch.clamp(snr, max=MIN_SNR_GAMMA) / snr
-        loss = (weight * F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
+        with torch.no_grad():
+            states = text_encoder(ids)[0]
+        pred = unet(noise_scheduler.add_noise(pixels, noise, t), t, encoder_hidden_states=states).sample
+        target = diffusion_target(noise_scheduler, pixels, noise, t)
+        # the v loss is (SNR + 1) × the clean-image loss; reweight it to min(SNR + 1, γ) × the clean-image loss
+        # (Min-SNR, Hang et al. 2023, shifted by one so that the noisiest steps keep full weight)
+        snr_1 = 1 / (1 - alphas[t])
+        weight = torch.clamp(snr_1, max=MIN_SNR_GAMMA) / snr_1
+        loss = (weight * F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         lr_schedule.step()
         ema_unet.step(unet.parameters())
-        ema_text.step(text_encoder.parameters())
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
     ema_unet.copy_to(unet.parameters())
-    ema_text.copy_to(text_encoder.parameters())
     save_bundle_folder(out, tokenizer, text_encoder.half(), unet.half(), scheduler)
-    return {"final_loss": float(np.mean(losses[-100:])) if losses else None}
+    report["final_loss"] = float(np.mean(losses[-100:])) if losses else None
+    return report
 
 
 def scorer_model():
@@ -180,7 +298,7 @@ def pretrain_scorer(cfg: PretrainConfig, out: Path) -> dict:
     model.train()
     bar = progress(range(cfg.scorer_steps), desc="pretrain scorer")
     for _ in bar:
-        batch = [training_example(rng, cfg, exclude) for _ in range(cfg.scorer_batch_size)]
+        batch = [pair for _ in range(cfg.scorer_batch_size // 2) for pair in shape_contrast_pair(rng, cfg, exclude)]
         # the scorer sees images exactly as scoring will: through its own preprocessing
         from PIL import Image
 
@@ -192,7 +310,7 @@ def pretrain_scorer(cfg: PretrainConfig, out: Path) -> dict:
         loss.backward()
         optimizer.step()
         lr_schedule.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
     model.eval()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -202,22 +320,39 @@ def pretrain_scorer(cfg: PretrainConfig, out: Path) -> dict:
     return {"final_loss": float(np.mean(losses[-100:])) if losses else None}
 
 
-def pretrain(cfg: PretrainConfig, out_dir: Path) -> dict:
-    """Both models plus a manifest (config, timings, sha256 of every file) in ``out_dir``."""
+PARTS = ("scorer", "base")
+
+
+def pretrain(cfg: PretrainConfig, out_dir: Path, parts: tuple[str, ...] = PARTS) -> dict:
+    """Both models (or the named ``parts``) plus a manifest (config, timings, sha256 of every file) in ``out_dir``.
+
+    The parts draw from separate seeded streams, so training them in separate calls gives the same files as one
+    call; the manifest keeps the entries of parts trained earlier with the same config.
+    """
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise ValueError(f"unknown pretraining part(s) {unknown}; choose from {list(PARTS)}")
     torch.set_num_threads(cfg.threads)
     out_dir = Path(out_dir)
+    manifest = out_dir / "manifest.json"
     report: dict = {"config": asdict(cfg)}
-    started = time.perf_counter()
-    report["scorer"] = pretrain_scorer(cfg, out_dir / "scorer.pt")
-    report["scorer"]["seconds"] = time.perf_counter() - started
-    started = time.perf_counter()
-    report["base"] = pretrain_base(cfg, out_dir / "base")
-    report["base"]["seconds"] = time.perf_counter() - started
+    if manifest.exists():
+        previous = json.loads(manifest.read_text())
+        if previous.get("config") == report["config"]:
+            report.update({k: previous[k] for k in PARTS if k in previous and k not in parts})
+    for part, train in (("scorer", lambda: pretrain_scorer(cfg, out_dir / "scorer.pt")),
+                        ("base", lambda: pretrain_base(cfg, out_dir / "base"))):
+        if part in parts:
+            started = time.perf_counter()
+            report[part] = train()
+            report[part]["seconds"] = time.perf_counter() - started
     report["files"] = {
         str(p.relative_to(out_dir)): _sha256(p) for p in sorted(out_dir.rglob("*")) if p.is_file() and p.name != "manifest.json"
     }
     report["total_bytes"] = sum((out_dir / f).stat().st_size for f in report["files"])
-    (out_dir / "manifest.json").write_text(json.dumps(report, indent=1))
+    tmp = manifest.with_name(manifest.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1))
+    tmp.replace(manifest)
     return report
 
 

@@ -209,6 +209,13 @@ def caption(scene: Scene, rng: np.random.Generator | None = None, keep: float = 
     return text
 
 
+def vocabulary() -> list[str]:
+    """Every word the world's captions use."""
+    words = {"a", "an", "with", "on", "the", "of", "background", "and", "picture"}
+    words |= set(COLORS) | set(BACKGROUNDS) | set(SHAPES) | set(PATTERNS) | set(POSITIONS) | set(SIZES) | set(STYLES)
+    return sorted(words)
+
+
 def random_scene(rng: np.random.Generator, exclude: set[tuple] = frozenset()) -> Scene:
     """A pretraining scene: any class, colours, pattern, place and known style, never a personal identity."""
     while True:
