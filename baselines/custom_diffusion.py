@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from cifc_bench.api import Method
-from cifc_bench.sampling import encode_prompts, generate_batched
+from cifc_bench.sampling import encode_prompts, generate_batched, to_pixels
 from cifc_bench.training import add_placeholder_tokens, diffusion_loss, train_lora_and_tokens
 
 VARIANTS = ("sequential", "merge")
@@ -125,10 +125,7 @@ class CustomDiffusion(Method):
                                       batch_size=max(1, min(8, len(prompts))))
         images = generate_batched(self.bundle, prompts, seeds, settings)
         self._set_weights(current)
-        import numpy as np
-
-        pixels = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32)).permute(2, 0, 1)
-                              for im in images]) / 127.5 - 1.0
+        pixels = to_pixels(images)
         order = torch.Generator().manual_seed(budget.seed)
 
         def stream():

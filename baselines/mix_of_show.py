@@ -23,8 +23,10 @@ from __future__ import annotations
 import torch
 from cifc_bench.methods.cidm.layerwise import (
     LayerwiseAttnProcessor,
+    add_layer_tokens,
     cross_attention_layers,
     encode_layerwise,
+    generate_unboxed,
     layer_token,
 )
 
@@ -91,7 +93,7 @@ class MixOfShow(Method):
         self._set_weights(self.base)  # every ED-LoRA trains from the pretrained model
         new_ids = []
         for concept in task.concepts:
-            new_ids += self._add_tokens(concept, gen)
+            new_ids += add_layer_tokens(self.bundle, concept, self.n_layers, gen)
             self.concepts.append(concept)
         unet, text = self.bundle.unet, self.bundle.text_encoder
         unet.add_adapter(LoraConfig(r=self.rank, lora_alpha=self.rank, target_modules=UNET_TARGETS,
@@ -114,19 +116,6 @@ class MixOfShow(Method):
                 del text.peft_config
         self.layers = self._target_layers()
         self._set_weights({n: fuse(*self.sums[n], eps=self.eps) for n in self.layers})
-
-    def _add_tokens(self, concept, gen) -> list[int]:
-        tok, enc = self.bundle.tokenizer, self.bundle.text_encoder
-        names = [layer_token(p, layer) for p in concept.placeholders for layer in range(self.n_layers)]
-        tok.add_tokens(names)
-        enc.resize_token_embeddings(len(tok), mean_resizing=False)
-        emb, ids = enc.get_input_embeddings().weight, tok.convert_tokens_to_ids(names)
-        with torch.no_grad():
-            for k, init in enumerate(concept.initializers):
-                vec = (emb[tok(init, add_special_tokens=False).input_ids].mean(0) if isinstance(init, str)
-                       else torch.randn(emb.shape[1], generator=gen).to(emb) * float(init))
-                emb[ids[k * self.n_layers : (k + 1) * self.n_layers]] = vec
-        return ids
 
     @torch.no_grad()
     def _accumulate(self, task, budget) -> None:
@@ -174,17 +163,7 @@ class MixOfShow(Method):
     # -- generation ----------------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, requests, settings):
-        from cifc_bench.sampling import sample
-
-        images = [None] * len(requests)
-        plain = [k for k, r in enumerate(requests) if not r.boxes]
-        for start in range(0, len(plain), settings.batch_size):
-            idx = plain[start : start + settings.batch_size]
-            out = sample(self.bundle, self._encode(self.bundle, [requests[k].prompt for k in idx]),
-                         self._encode(self.bundle, [settings.negative_prompt] * len(idx)),
-                         [requests[k].seed for k in idx], settings)
-            for k, im in zip(idx, out, strict=True):
-                images[k] = im
+        images = generate_unboxed(self.bundle, requests, settings, self.placeholders, self.n_layers)
         for k, r in enumerate(requests):
             if r.boxes:
                 images[k] = self._generate_regions(r, settings)
@@ -231,7 +210,7 @@ class MixOfShow(Method):
         for task in tasks_done:
             for concept in task.concepts:
                 if concept not in self.concepts:
-                    self._add_tokens(concept, gen)
+                    add_layer_tokens(self.bundle, concept, self.n_layers, gen)
                     self.concepts.append(concept)
         self._set_weights({n: state[f"weight.{n}"] for n in self.layers})
         self.sums = {n: (state[f"wg.{n}"].clone(), state[f"g.{n}"].clone()) for n in self.layers if f"g.{n}" in state}

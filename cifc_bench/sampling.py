@@ -43,6 +43,14 @@ def decode(bundle, latents: torch.Tensor) -> list:
     return [Image.fromarray(p.numpy()) for p in pixels]
 
 
+def to_pixels(images) -> torch.Tensor:
+    """RGB images (PIL or uint8 HWC arrays) to a [-1, 1] NCHW float batch: the inverse of :func:`decode`."""
+    import numpy as np
+
+    arrays = [np.asarray(im.convert("RGB") if hasattr(im, "convert") else im) for im in images]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
 def unet_predictor(bundle) -> NoisePredictor:
     def predict(latents, t, cond):
         return bundle.unet(latents, t, encoder_hidden_states=cond).sample

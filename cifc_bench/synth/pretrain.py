@@ -110,10 +110,6 @@ def shape_contrast_pair(rng: np.random.Generator, cfg: PretrainConfig, exclude: 
     return example(scenes), example(other)
 
 
-def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-
-
 def build_base_model(seed: int):
     """Tokenizer, text encoder, UNet and scheduler of the synthetic base model, freshly initialised."""
     from diffusers import DDIMScheduler, UNet2DConditionModel
@@ -170,20 +166,20 @@ def caption_attributes(text: str) -> dict[str, str]:
     return out
 
 
-def _slot_table() -> list[tuple[str, tuple[str, ...]]]:
-    return [(f"{k}{i}", v) for i in range(2) for k, v in SLOTS.items()] + list(GLOBAL_SLOTS.items())
+#: every (slot, values) the text encoder classifies: the object slots for two objects, then the global ones
+SLOT_TABLE = [(f"{k}{i}", v) for i in range(2) for k, v in SLOTS.items()] + list(GLOBAL_SLOTS.items())
 
 
 def caption_targets(text: str) -> list[int]:
-    """One class index per slot of :func:`_slot_table` (0: not stated)."""
+    """One class index per slot of :data:`SLOT_TABLE` (0: not stated)."""
     attrs = caption_attributes(text)
-    return [values.index(attrs[slot]) + 1 if attrs.get(slot) in values else 0 for slot, values in _slot_table()]
+    return [values.index(attrs[slot]) + 1 if attrs.get(slot) in values else 0 for slot, values in SLOT_TABLE]
 
 
 def pretrain_text_encoder(cfg: PretrainConfig, tokenizer, text_encoder) -> dict:
     """Text-only: from the end-of-text state, classify every attribute the caption states; from every word's
     state, name the word (so per-token states, which cross-attention reads, keep their identity)."""
-    slots = _slot_table()
+    slots = SLOT_TABLE
     width = text_encoder.config.hidden_size
     heads = torch.nn.ModuleList(torch.nn.Linear(width, len(v) + 1) for _, v in slots)
     vocab = sorted({i for w in world.vocabulary() for i in tokenizer(w, add_special_tokens=False).input_ids})
@@ -226,6 +222,7 @@ def pretrain_base(cfg: PretrainConfig, out: Path) -> dict:
     from diffusers.training_utils import EMAModel
 
     from cifc_bench.models import save_bundle_folder
+    from cifc_bench.sampling import to_pixels
     from cifc_bench.training import diffusion_target
 
     tokenizer, text_encoder, unet, scheduler = build_base_model(cfg.seed)
@@ -245,7 +242,7 @@ def pretrain_base(cfg: PretrainConfig, out: Path) -> dict:
     bar = progress(range(cfg.unet_steps), desc="pretrain base model")
     for _ in bar:
         batch = [training_example(rng, cfg, exclude) for _ in range(cfg.batch_size)]
-        pixels = to_tensor([b[0] for b in batch])
+        pixels = to_pixels([b[0] for b in batch])
         texts = [("" if rng.random() < cfg.uncond_fraction else b[1]) for b in batch]
         ids = tokenizer(texts, padding="max_length", max_length=TEXT_LENGTH, truncation=True, return_tensors="pt").input_ids
         noise = torch.randn(pixels.shape, generator=gen)

@@ -30,6 +30,14 @@ def layer_token(placeholder: str, layer: int) -> str:
     return f"{placeholder[:-1]}_l{layer}>" if placeholder.endswith(">") else f"{placeholder}_l{layer}"
 
 
+def add_layer_tokens(bundle, concept, n_layers: int, generator: torch.Generator | None = None) -> list[int]:
+    """One token per placeholder per layer, every layer's copy initialised alike; ids placeholder-major."""
+    from cifc_bench.training import add_tokens
+
+    groups = [[layer_token(p, layer) for layer in range(n_layers)] for p in concept.placeholders]
+    return add_tokens(bundle, groups, concept.initializers, generator, concept.name)
+
+
 def bind_layerwise(prompts: list[str], placeholders: list[str], n_layers: int) -> list[str]:
     """L copies of each prompt, copy l with every placeholder replaced by its layer-l token (b-major order)."""
     out = []
@@ -59,6 +67,29 @@ def encode_layerwise(bundle, prompts: list[str], placeholders: list[str], n_laye
         states = encode_prompts(bundle, bind_layerwise(layered, placeholders, n_layers))
         parts["layered"] = iter(states.view(len(layered), n_layers, *states.shape[1:]))
     return torch.stack([next(parts["layered" if b else "plain"]) for b in bound])
+
+
+def generate_unboxed(bundle, requests, settings, placeholders: list[str], n_layers: int, around=None) -> list:
+    """Images for the requests without boxes, batch by batch, with layer-wise contexts (None for boxed ones).
+
+    ``around(cond)``, if given, returns a context manager entered while a batch samples (CIDM merges its
+    per-prompt weights there).
+    """
+    import contextlib
+
+    from cifc_bench.sampling import sample
+
+    images = [None] * len(requests)
+    plain = [k for k, r in enumerate(requests) if not r.boxes]
+    for start in range(0, len(plain), settings.batch_size):
+        idx = plain[start : start + settings.batch_size]
+        cond = encode_layerwise(bundle, [requests[k].prompt for k in idx], placeholders, n_layers)
+        uncond = encode_layerwise(bundle, [settings.negative_prompt] * len(idx), placeholders, n_layers)
+        with around(cond) if around else contextlib.nullcontext():
+            out = sample(bundle, cond, uncond, [requests[k].seed for k in idx], settings)
+        for k, im in zip(idx, out, strict=True):
+            images[k] = im
+    return images
 
 
 class LayerwiseAttnProcessor:

@@ -25,6 +25,8 @@ valid-region-masked loss with the release's resize-and-paste augmentation, the c
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -34,7 +36,7 @@ from cifc_bench.training import ConceptBatches, default_augment
 
 from .consolidation import SharedSubspace, enhance, orthogonality
 from .ewa import ewa_weights, uniform_weights
-from .layerwise import box_mask, encode_layerwise, install, layer_token
+from .layerwise import add_layer_tokens, box_mask, encode_layerwise, generate_unboxed, install, layer_token
 
 VARIANTS = ("paper", "release")
 
@@ -112,24 +114,7 @@ class CIDM(Method):
 
     # ------------------------------------------------------------------ learning
     def _add_tokens(self, concept, gen: torch.Generator) -> list[int]:
-        tok, enc = self.bundle.tokenizer, self.bundle.text_encoder
-        names = [layer_token(p, layer) for p in concept.placeholders for layer in range(self.n_layers)]
-        clashes = [n for n in names if n in tok.get_vocab()]
-        if clashes:
-            raise ValueError(f"layer-wise tokens {clashes[:3]} of concept {concept.name!r} already exist")
-        tok.add_tokens(names)
-        enc.resize_token_embeddings(len(tok), mean_resizing=False)
-        emb = enc.get_input_embeddings().weight
-        ids = tok.convert_tokens_to_ids(names)
-        with torch.no_grad():
-            for k, init in enumerate(concept.initializers):
-                if isinstance(init, str):
-                    vec = emb[tok(init, add_special_tokens=False).input_ids].mean(0)
-                else:
-                    vec = torch.randn(emb.shape[1], generator=gen).to(emb) * float(init)
-                for layer in range(self.n_layers):
-                    emb[ids[k * self.n_layers + layer]] = vec
-        return ids
+        return add_layer_tokens(self.bundle, concept, self.n_layers, gen)
 
     def learn_task(self, task, budget) -> None:
         from diffusers import DDPMScheduler
@@ -323,28 +308,21 @@ class CIDM(Method):
 
     @torch.no_grad()
     def generate(self, requests, settings):
-        from cifc_bench.sampling import sample
-
-        images = [None] * len(requests)
-        plain = [k for k, r in enumerate(requests) if not r.boxes]
-        for start in range(0, len(plain), settings.batch_size):
-            idx = plain[start : start + settings.batch_size]
-            prompts = [requests[k].prompt for k in idx]
-            cond = encode_layerwise(self.bundle, prompts, self.placeholders, self.n_layers)
-            uncond = encode_layerwise(self.bundle, [settings.negative_prompt] * len(idx), self.placeholders,
-                                      self.n_layers)
-            if self.task_placeholders:
-                self.set_merged(self.task_weights(cond))
-            try:
-                out = sample(self.bundle, cond, uncond, [requests[k].seed for k in idx], settings)
-            finally:
-                self.set_merged(None)
-            for k, im in zip(idx, out, strict=True):
-                images[k] = im
+        images = generate_unboxed(self.bundle, requests, settings, self.placeholders, self.n_layers,
+                                  around=self._merged_for if self.task_placeholders else None)
         for k, r in enumerate(requests):
             if r.boxes:
                 images[k] = self.generate_regions(r, settings)
         return images
+
+    @contextlib.contextmanager
+    def _merged_for(self, cond):
+        """EWA-merged weights for the prompts of ``cond`` while a batch samples."""
+        self.set_merged(self.task_weights(cond))
+        try:
+            yield
+        finally:
+            self.set_merged(None)
 
     def generate_regions(self, request, settings):
         """Context-controllable synthesis for one prompt with one box per concept (U + 2 passes per step)."""
