@@ -5,6 +5,7 @@
     cifc-bench validate --protocol cifc10 --data-dir DIR
     cifc-bench data fetch cifc10 [--to DIR]
     cifc-bench leaderboard --protocol cifc10 --format md|csv|latex
+    cifc-bench report RUN_DIR [RUN_DIR ...] [--out DIR]
     cifc-bench ls methods|protocols
 
 Heavy libraries are imported inside the commands, so ``ls`` and ``--help`` stay fast.
@@ -27,13 +28,14 @@ class CLIError(Exception):
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from cifc_bench.data import DataError
+    from cifc_bench.dino import DinoLoadError
     from cifc_bench.models import ModelLoadError
     from cifc_bench.protocol import ProtocolError
     from cifc_bench.registry import PluginError
     from cifc_bench.results import ConfigError
     from cifc_bench.scoring import ScorerLoadError
 
-    return (CLIError, ConfigError, DataError, ModelLoadError, PluginError, ProtocolError, ScorerLoadError,
+    return (CLIError, ConfigError, DataError, DinoLoadError, ModelLoadError, PluginError, ProtocolError, ScorerLoadError,
             FileNotFoundError)
 
 
@@ -71,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--eval-schedule", choices=("each-task", "final"), help="evaluate after each task (default) or once")
     r.add_argument("--eval-batch-size", type=int, help="images generated per batch")
     r.add_argument("--seed", type=int, help="training seed (evaluation seeds are fixed by the protocol)")
+    r.add_argument("--dino", help="DINO model for ia_dino: dino-vits16, tiny-random, timm:MODEL[:FILE], or none "
+                                  "(default: the protocol's)")
+    r.add_argument("--multi-images-per-prompt", type=int, help="images per multi-concept prompt (neglect rate)")
+    r.add_argument("--calibration-images", type=int,
+                   help="base-model class-word images per concept that calibrate the presence thresholds")
     r.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     r.add_argument("--out", type=Path, help="run directory (default: results/<protocol>/<method>/<timestamp>-s<seed>)")
     r.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last finished task")
@@ -91,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--protocol", required=True)
     lb.add_argument("--results", type=Path, default=Path("results"), help="folder to scan for result.json files")
     lb.add_argument("--format", choices=("md", "csv", "latex"), default="md")
-    lb.add_argument("--metric", action="append", help="metric(s) to show (default: ia and ta)")
+    lb.add_argument("--metric", action="append",
+                    help="metric(s) to show, cnr for the neglect table (default: ia, ta, and ia_dino, context_acc "
+                         "and cnr where runs have them)")
     lb.add_argument("--include-failed", action="store_true")
     lb.add_argument("--include-dirty", action="store_true", help="include runs made from an uncommitted source tree")
     lb.add_argument("--no-reference", action="store_true", help="hide the paper's reported rows")
@@ -114,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--results", type=Path, default=Path("results"))
     sg.add_argument("--include-dirty", action="store_true")
 
+    rp = sub.add_parser("report", help="write a self-contained HTML report of one run, or several side by side")
+    rp.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
+    rp.add_argument("--out", type=Path,
+                    help="report folder (default: RUN_DIR/report for one run, ./report for several)")
+
     ls = sub.add_parser("ls", help="list registered plugins")
     ls.add_argument("what", choices=("methods", "protocols"))
     return p
@@ -121,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 RUN_FLAGS = ("method", "protocol", "data_dir", "model", "scorer", "steps", "batch_size", "prompts_per_concept",
              "images_per_prompt", "resolution", "num_inference_steps", "guidance_scale", "eval_schedule",
-             "eval_batch_size", "seed", "device")
+             "eval_batch_size", "seed", "device", "dino", "multi_images_per_prompt", "calibration_images")
 
 
 def _given_settings(args: argparse.Namespace) -> dict:
@@ -206,7 +220,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
     tables, skipped, n = leaderboard_tables(
         args.protocol, args.results, args.include_failed, args.include_dirty,
-        tuple(args.metric or ("ia", "ta")), references=not args.no_reference,
+        tuple(args.metric) if args.metric else None, references=not args.no_reference,
     )
     sys.stdout.write(render(tables, args.format))
     print(f"{n} run(s) from {args.results}; {len(skipped)} left out", file=sys.stderr)
@@ -259,6 +273,17 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from cifc_bench.report import write_report
+
+    out = args.out or (args.runs[0] / "report" if len(args.runs) == 1 else Path("report"))
+    if out.resolve() in {r.resolve() for r in args.runs}:
+        raise CLIError(f"--out {out} is a run directory; the report would replace it. Pick another folder.")
+    page = write_report(args.runs, out)
+    print(f"report: {page}")
+    return 0
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
     from cifc_bench.registry import METHODS, PROTOCOLS, list_plugins
 
@@ -268,7 +293,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "data": cmd_data, "leaderboard": cmd_leaderboard, "ls": cmd_ls,
-            "synth": cmd_synth}
+            "synth": cmd_synth, "report": cmd_report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -38,6 +38,7 @@ from cifc_bench.results import (
 from cifc_bench.seeding import derive_seed, image_seed, train_seed
 
 METRICS = ("ia", "ta")
+DINO_METRIC = "ia_dino"
 #: Metrics a protocol may add under ``defaults.metrics``: functions of (images, scorer-facing prompts).
 EXTRA_METRICS = {"context_acc": "cifc_bench.synth.checks:context_accuracy"}
 
@@ -52,14 +53,12 @@ class RunContext:
     scorer: Any
     run_dir: Path
     metrics: tuple[str, ...] = METRICS
+    dino: Any = None  # the DINO encoder behind ia_dino, when the run asks for it
+    calibration: dict[str, Any] | None = None  # presence thresholds of the neglect rate (None: no multi prompts)
 
     @property
     def settings(self) -> GenerationSettings:
-        c = self.config
-        return GenerationSettings(
-            resolution=c.resolution, num_inference_steps=c.num_inference_steps, guidance_scale=c.guidance_scale,
-            negative_prompt=c.negative_prompt, batch_size=c.eval_batch_size,
-        )
+        return _settings(self.config)
 
 
 def state_path(run_dir: Path, task_index: int) -> Path:
@@ -80,8 +79,27 @@ def concept_requests(protocol: str, concept: Concept, prompts_per_concept: int, 
     return out
 
 
-def load_context(config: RunConfig, run_dir: Path) -> RunContext:
-    """Bind the protocol to its data and load model, scorer and method for ``config``."""
+def multi_dir(run_dir: Path, task_index: int) -> Path:
+    return Path(run_dir) / "images" / f"after_task_{task_index:02d}" / MULTI
+
+
+MULTI = "_multi"  # folder of multi-concept images beside the concepts' folders (no concept name starts with _)
+
+
+def multi_requests(sequence: TaskSequence, q: int, n_images: int):
+    """Requests for multi-concept prompt ``q`` and their cache file names; the same in every model state."""
+    m = sequence.multi_concept_prompts[q]
+    concepts = tuple(sequence.concept(c) for c in m.concepts)
+    return [(GenerationRequest(prompt=m.prompt, seed=derive_seed("multi", sequence.name, q, k), concepts=concepts,
+                               boxes=m.boxes), f"q{q:03d}_s{k:03d}.png") for k in range(n_images)]
+
+
+def load_context(config: RunConfig, run_dir: Path, calibration: dict[str, Any] | None = None) -> RunContext:
+    """Bind the protocol to its data and load model, scorer and method for ``config``.
+
+    The neglect rate's presence thresholds are calibrated here (or taken from ``calibration``, a resumed run's
+    own), on the base model before the method can touch it.
+    """
     from cifc_bench.models import load_bundle
     from cifc_bench.protocol import load_protocol
     from cifc_bench.registry import load_method
@@ -98,6 +116,17 @@ def load_context(config: RunConfig, run_dir: Path) -> RunContext:
         )
     bundle = load_bundle(config.model, config.device)
     scorer = load_scorer(config.scorer, config.device)
+    dino = None
+    if config.dino and config.dino != "none":
+        from cifc_bench.dino import load_dino
+
+        dino = load_dino(config.dino, config.device)
+    if calibration is None and sequence.multi_concept_prompts:
+        from cifc_bench.models import cache_dir
+        from cifc_bench.neglect import calibrate_thresholds
+
+        calibration = calibrate_thresholds(bundle, scorer, sequence, _settings(config), config.calibration_images,
+                                           config.model, cache_dir() / "cnr-thresholds")
     import torch
 
     torch.manual_seed(derive_seed("method-init", config.seed))  # adapters initialised at construction
@@ -110,8 +139,16 @@ def load_context(config: RunConfig, run_dir: Path) -> RunContext:
     if unknown:
         raise ConfigError(f"{spec.path}: defaults.metrics names unknown metric(s) {unknown}; "
                           f"known: {[*METRICS, *EXTRA_METRICS]}")
+    if dino is not None:
+        metrics = (*metrics, DINO_METRIC)
     return RunContext(config=config, sequence=sequence, method=method, scorer=scorer, run_dir=Path(run_dir),
-                      metrics=metrics)
+                      metrics=metrics, dino=dino, calibration=calibration)
+
+
+def _settings(c: RunConfig) -> GenerationSettings:
+    return GenerationSettings(resolution=c.resolution, num_inference_steps=c.num_inference_steps,
+                              guidance_scale=c.guidance_scale, negative_prompt=c.negative_prompt,
+                              batch_size=c.eval_batch_size)
 
 
 def new_result(ctx: RunContext) -> dict[str, Any]:
@@ -136,9 +173,30 @@ def new_result(ctx: RunContext) -> dict[str, Any]:
         },
         "concepts": [c.name for c in seq.concepts],
         "matrices": {m: [row[:] for row in empty] for m in ctx.metrics},
+        "neglect": new_neglect(ctx),
         "summary": {},
         "tasks": [],
         "error": None,
+    }
+
+
+def new_neglect(ctx: RunContext) -> dict[str, Any] | None:
+    """The neglect part of a result: multi-concept prompts, thresholds, and T×Q matrices (None: no prompts)."""
+    seq = ctx.sequence
+    if not seq.multi_concept_prompts:
+        return None
+    T, Q = len(seq.tasks), len(seq.multi_concept_prompts)
+    names = sorted({c for m in seq.multi_concept_prompts for c in m.concepts})
+    return {
+        "prompts": [{"prompt": m.prompt, "concepts": list(m.concepts),
+                     "boxes": [list(b.as_tuple()) for b in m.boxes] if m.boxes else None}
+                    for m in seq.multi_concept_prompts],
+        "images_per_prompt": ctx.config.multi_images_per_prompt,
+        "calibration": ctx.calibration,
+        # R[j][q]: prompt q after task j, from the first task after which all its concepts are learned
+        "matrices": {"cnr": [[None] * Q for _ in range(T)], "min_sim": [[None] * Q for _ in range(T)]},
+        # miss rate of each concept after task j, over every multi-concept image that asks for it
+        "miss_rate": [dict.fromkeys(names) for _ in range(T)],
     }
 
 
@@ -156,7 +214,8 @@ def run_benchmark(config: RunConfig | None, run_dir: Path, resume: bool = False,
         given = dict(given or {})
         device = given.pop("device", stored.device)
         _check_resume_config(given, stored)
-        ctx = load_context(dataclasses.replace(stored, device=device), run_dir)
+        ctx = load_context(dataclasses.replace(stored, device=device), run_dir,
+                           calibration=(result.get("neglect") or {}).get("calibration"))
         result["status"], result["error"] = "running", None
     else:
         if (run_dir / RESULT_FILE).exists():
@@ -217,6 +276,8 @@ def _loop(ctx: RunContext, result: dict[str, Any]) -> None:
                 i = ctx.sequence.concepts.index(concept)
                 for m, v in scores.items():
                     result["matrices"][m][j][i] = v
+            if result.get("neglect"):
+                evaluate_neglect(ctx, j, result["neglect"], references)
         result["tasks"].append({
             "index": j,
             "task": task.name,
@@ -233,10 +294,13 @@ def _loop(ctx: RunContext, result: dict[str, Any]) -> None:
 
 def summarize_result(result: dict[str, Any]) -> dict[str, dict[str, float | None]]:
     out = {}
+    done = len(result["tasks"])
     for m, rows in result["matrices"].items():
         R = metrics.from_json_matrix(rows)
-        done = len(result["tasks"])
         stats = metrics.summarize(R[:done, :done]) if done else {}
+        out[m] = {k: (None if math.isnan(v) else v) for k, v in stats.items()}
+    for m, rows in ((result.get("neglect") or {}).get("matrices") or {}).items():
+        stats = metrics.summarize_available(metrics.from_json_matrix(rows)[:done]) if done else {}
         out[m] = {k: (None if math.isnan(v) else v) for k, v in stats.items()}
     return out
 
@@ -266,9 +330,63 @@ def evaluate_concept(ctx: RunContext, j: int, concept: Concept, references: dict
         "ia": metrics.image_alignment(feats, references[concept.name]),
         "ta": float(metrics.text_alignment_per_image(feats, texts).mean()),
     }
+    if ctx.dino is not None:
+        key = f"{DINO_METRIC}:{concept.name}"
+        if key not in references:
+            references[key] = ctx.dino.encode_images([load_rgb(p) for p in list_images(concept.image_dir)])
+        scores[DINO_METRIC] = metrics.image_alignment(ctx.dino.encode_images(generated), references[key])
     for name in ctx.metrics:
         if name in EXTRA_METRICS:
             from cifc_bench.registry import import_object
 
             scores[name] = float(import_object(EXTRA_METRICS[name])(generated, class_prompts))
     return {k: (None if math.isnan(v) else v) for k, v in scores.items()}
+
+
+def evaluate_neglect(ctx: RunContext, j: int, neglect: dict[str, Any], references: dict[str, np.ndarray]) -> None:
+    """Generate (or reuse) the images of every multi-concept prompt whose concepts are all learned by task j,
+    score the presence of each concept (box crop against its threshold), and fill row j of the neglect
+    matrices. Per-image scores go to ``scores.json`` beside the images, for reports."""
+    from cifc_bench import neglect as ng
+    from cifc_bench.results import write_json_atomic
+
+    seq, cfg = ctx.sequence, ctx.config
+    learned = {c.name for c in seq.concepts[: j + 1]}
+    thresholds = neglect["calibration"]["thresholds"]
+    folder = multi_dir(ctx.run_dir, j)
+    per_image, hits = [], {name: [] for name in neglect["miss_rate"][j]}
+    for q, m in enumerate(seq.multi_concept_prompts):
+        if not set(m.concepts) <= learned:
+            continue
+        pairs = multi_requests(seq, q, cfg.multi_images_per_prompt)
+        missing = [(r, name) for r, name in pairs if not (folder / name).exists()]
+        for start in range(0, len(missing), ctx.settings.batch_size):
+            chunk = missing[start : start + ctx.settings.batch_size]
+            images = ctx.method.generate([r for r, _ in chunk], ctx.settings)
+            for (_, name), image in zip(chunk, images, strict=True):
+                save_atomic(image, folder / name)
+        images = [load_rgb(folder / name) for _, name in pairs]
+        concepts = [seq.concept(c) for c in m.concepts]
+        protos = [_prototype(ctx, c, references) for c in concepts]
+        sims = ng.neglect_similarities(ctx.scorer, images, m.boxes, [c.kind for c in concepts], protos)
+        scores = ng.score_presence(sims, [thresholds[c] for c in m.concepts])
+        neglect["matrices"]["cnr"][j][q] = scores.cnr
+        neglect["matrices"]["min_sim"][j][q] = scores.min_sim
+        for k, c in enumerate(m.concepts):
+            hits[c].extend(scores.present[:, k].tolist())
+        per_image += [{"prompt": q, "file": name, "concepts": list(m.concepts),
+                       "similarity": scores.similarity[n].tolist(), "present": scores.present[n].tolist()}
+                      for n, (_, name) in enumerate(pairs)]
+    neglect["miss_rate"][j] = {c: (1.0 - float(np.mean(v)) if v else None) for c, v in hits.items()}
+    if per_image:
+        write_json_atomic(folder / "scores.json", {"thresholds": thresholds, "images": per_image})
+
+
+def _prototype(ctx: RunContext, concept: Concept, references: dict[str, np.ndarray]) -> np.ndarray:
+    """The concept's presence prototype under the run's scorer (computed once per run)."""
+    from cifc_bench.neglect import prototype
+
+    key = f"prototype:{concept.name}"
+    if key not in references:
+        references[key] = prototype(ctx.scorer.encode_images([load_rgb(p) for p in list_images(concept.image_dir)]))
+    return references[key]

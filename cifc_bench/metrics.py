@@ -105,6 +105,24 @@ def summarize(R: np.ndarray) -> dict[str, float]:
     }
 
 
+def summarize_available(R: np.ndarray) -> dict[str, float]:
+    """Summaries of a T×Q matrix whose column q is measured from the first row where its item is available
+    (multi-concept prompts, once all their concepts are learned): ``final`` is the mean of the last row,
+    ``first`` the mean of each column's first measured value, and ``change`` the mean of (last − first) per
+    column: for ``cnr`` that is the neglect forgetting of §2.7 (positive: neglect grew)."""
+    R = np.asarray(R, dtype=np.float64)
+    if R.ndim != 2 or R.shape[0] == 0:
+        return {"final": math.nan, "first": math.nan, "change": math.nan}
+    firsts, changes = [], []
+    for col in R.T:
+        measured = np.flatnonzero(~np.isnan(col))
+        if measured.size:
+            firsts.append(col[measured[0]])
+            if not math.isnan(col[-1]):
+                changes.append(col[-1] - col[measured[0]])
+    return {"final": _mean(list(R[-1])), "first": _mean(firsts), "change": _mean(changes)}
+
+
 def to_json_matrix(R: np.ndarray) -> list[list[float | None]]:
     return [[None if math.isnan(v) else float(v) for v in row] for row in np.asarray(R, dtype=np.float64)]
 

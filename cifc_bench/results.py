@@ -48,12 +48,15 @@ class RunConfig:
     eval_batch_size: int | None = None
     seed: int = 0
     device: str = "cpu"
+    dino: str | None = None  # DINO model for ia_dino ("none": skip the metric)
+    multi_images_per_prompt: int | None = None  # images per multi-concept prompt, for the neglect rate
+    calibration_images: int | None = None  # base-model class-word images per concept for presence thresholds
 
     def __post_init__(self) -> None:
         if self.eval_schedule not in EVAL_SCHEDULES:
             raise ConfigError(f"eval_schedule={self.eval_schedule!r}: use one of {EVAL_SCHEDULES}")
         for name in ("steps", "batch_size", "prompts_per_concept", "images_per_prompt", "resolution",
-                     "num_inference_steps", "eval_batch_size"):
+                     "num_inference_steps", "eval_batch_size", "multi_images_per_prompt", "calibration_images"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < (0 if name == "steps" else 1)):
                 raise ConfigError(f"--{name.replace('_', '-')} {value!r}: give a whole number "
@@ -77,6 +80,9 @@ class RunConfig:
             "negative_prompt": defaults.get("negative_prompt", ""),
             "model": defaults.get("model"), "scorer": defaults.get("scorer"),
             "eval_batch_size": defaults.get("eval_batch_size", 8),
+            "dino": defaults.get("dino", "none"),
+            "multi_images_per_prompt": defaults.get("multi_images_per_prompt", 8),
+            "calibration_images": defaults.get("calibration_images", 100),
         }
         updates: dict[str, Any] = {k: v for k, v in fallback.items() if getattr(self, k) is None}
         protocol_args = (defaults.get("method_args") or {}).get(self.method, {})

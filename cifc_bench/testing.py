@@ -50,7 +50,8 @@ def make_tiny_protocol(root: Path, n_concepts: int = 3, n_images: int = 4, size:
     spec: dict[str, Any] = {
         "name": name, "version": "0.1", "data": {"dataset": name},
         "defaults": {"model": "tiny-random", "scorer": "tiny-random", "resolution": 32, "train_steps": 2,
-                     "prompts_per_concept": 2, "images_per_prompt": 1, "num_inference_steps": 2},
+                     "prompts_per_concept": 2, "images_per_prompt": 1, "num_inference_steps": 2,
+                     "multi_images_per_prompt": 2, "calibration_images": 4},
         "concepts": concepts, "prompt_sets": TINY_PROMPTS,
     }
     if n_concepts >= 2:

@@ -12,17 +12,27 @@ def test_cifc10_smoke_run_writes_full_matrices(cifc10_dir, tmp_path):
     cmd = [sys.executable, "-m", "cifc_bench.cli", "run", "--method", "finetune", "--protocol", "cifc10",
            "--model", "tiny-random", "--scorer", "tiny-random", "--data-dir", str(cifc10_dir), "--steps", "2",
            "--prompts-per-concept", "2", "--images-per-prompt", "1", "--resolution", "32",
-           "--inference-steps", "4", "--out", str(out)]
+           "--inference-steps", "4", "--dino", "tiny-random", "--calibration-images", "4",
+           "--multi-images-per-prompt", "2", "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "result.json").read_text())
     assert result["status"] == "completed" and result["run_info"]["protocol"]["name"] == "cifc10"
-    for metric in ("ia", "ta"):
+    for metric in ("ia", "ta", "ia_dino"):
         R = result["matrices"][metric]
         assert len(R) == 10
         assert all((R[j][i] is None) == (i > j) for j in range(10) for i in range(10))
         assert result["summary"][metric]["forgetting"] is not None
     assert "ia: final=" in proc.stdout
+    # the neglect matrix: each multi-concept prompt from the first task after which both its concepts are learned
+    neglect = result["neglect"]
+    order = result["concepts"]
+    assert len(neglect["prompts"]) >= 4 and set(neglect["calibration"]["thresholds"]) >= {"dog", "cat"}
+    for q, p in enumerate(neglect["prompts"]):
+        first = max(order.index(c) for c in p["concepts"])
+        column = [row[q] for row in neglect["matrices"]["cnr"]]
+        assert all(v is None for v in column[:first]) and all(0.0 <= v <= 1.0 for v in column[first:])
+    assert result["summary"]["cnr"]["final"] is not None
 
 
 def test_run_reports_bad_flags_clearly(tmp_path, capsys):

@@ -33,7 +33,12 @@ def test_each_task_schedule_fills_the_lower_triangle(tmp_path, tiny_protocol):
     assert on_disk["run_info"]["git"].keys() == {"sha", "dirty"}
     assert on_disk["run_info"]["packages"]["torch"]
     # 2 prompts x 1 image per concept, for every concept seen, after every task
-    assert len(list((tmp_path / "run" / "images").rglob("*.png"))) == 2 * (1 + 2 + 3)
+    images = list((tmp_path / "run" / "images").rglob("*.png"))
+    multi = [p for p in images if p.parent.name == "_multi"]
+    assert len(images) - len(multi) == 2 * (1 + 2 + 3)
+    # the multi-concept prompt (thing0 + thing1), 2 images, after tasks 2 and 3 only
+    assert sorted(p.relative_to(tmp_path / "run" / "images").as_posix() for p in multi) == [
+        f"after_task_{j:02d}/_multi/q000_s{k:03d}.png" for j in (1, 2) for k in range(2)]
 
 
 def test_final_schedule_evaluates_only_after_the_last_task(tmp_path, tiny_protocol):

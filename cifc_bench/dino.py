@@ -1,0 +1,113 @@
+"""``ia_dino``: image alignment with DINO ViT-S/16 CLS features, as in the DreamBooth and Custom Diffusion
+evaluations (resize 256, centre crop 224, ImageNet normalisation; mean pairwise cosine).
+
+Weights come through timm's pretrained mechanism (``vit_small_patch16_224.dino``, from the hub on first use,
+then cached). ``tiny-random`` is a two-layer ViT of the same family with random weights, saved once and loaded
+through the same ``pretrained=`` path, for tests and smoke runs; its numbers mean nothing::
+
+    dino = load_dino("dino-vits16")
+    ia_dino = image_alignment(dino.encode_images(generated), dino.encode_images(references))
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cifc_bench.models import cache_dir
+
+DEFAULT_DINO = "dino-vits16"
+TINY_RANDOM = "tiny-random"
+NAMED = {DEFAULT_DINO: "vit_small_patch16_224.dino"}
+_TINY_ARCH = "vit_small_patch16_224"
+_TINY_ARGS = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class DinoLoadError(RuntimeError):
+    """DINO weights could not be loaded; the message says what to do."""
+
+
+@dataclass
+class DinoEncoder:
+    """A frozen timm ViT returning L2-normalised CLS features as numpy, with its preprocessing."""
+
+    name: str
+    model: Any
+    preprocess: Any
+    device: str = "cpu"
+    batch_size: int = 64
+
+    def encode_images(self, images: Sequence) -> np.ndarray:
+        import torch
+
+        feats = []
+        with torch.no_grad():
+            for start in range(0, len(images), self.batch_size):
+                batch = torch.stack([self.preprocess(im.convert("RGB")) for im in images[start : start + self.batch_size]])
+                f = self.model(batch.to(self.device)).float()
+                feats.append(torch.nn.functional.normalize(f, dim=-1).cpu().numpy())
+        return np.concatenate(feats) if feats else np.zeros((0, 0))
+
+
+def dino_transform(crop: int = 224):
+    """Resize the short side to 256/224 of the crop (bicubic), centre crop, ImageNet normalisation."""
+    from torchvision import transforms
+
+    return transforms.Compose([
+        transforms.Resize(round(crop * 256 / 224), interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.CenterCrop(crop),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def load_dino(spec: str = DEFAULT_DINO, device: str = "cpu") -> DinoEncoder:
+    """``dino-vits16`` (timm's DINO ViT-S/16), ``tiny-random``, or ``timm:MODEL[:WEIGHTS_FILE]``."""
+    import timm
+
+    kwargs: dict[str, Any] = {"num_classes": 0}  # the CLS token after the final norm, as DINO's own model returns
+    crop = 224
+    if spec == TINY_RANDOM:
+        arch, kwargs = _TINY_ARCH, {**kwargs, **_TINY_ARGS, "pretrained_cfg_overlay": {"file": str(_tiny_weights())}}
+        crop = _TINY_ARGS["img_size"]
+    elif spec in NAMED:
+        arch = NAMED[spec]
+    elif spec.startswith("timm:") and spec.count(":") in (1, 2):
+        _, arch, *weights = spec.split(":")
+        if weights:
+            kwargs["pretrained_cfg_overlay"] = {"file": weights[0]}
+    else:
+        raise DinoLoadError(f"unknown DINO model {spec!r}; use {DEFAULT_DINO!r}, {TINY_RANDOM!r} for smoke runs, "
+                            "'timm:MODEL' or 'timm:MODEL:/path/to/weights', or --dino none to skip ia_dino")
+    try:
+        model = timm.create_model(arch, pretrained=True, **kwargs)
+    except (RuntimeError, OSError, ValueError) as err:
+        raise DinoLoadError(
+            f"DINO model {spec!r} ({arch}) could not be loaded: {err}. Its weights come from the Hugging Face hub "
+            "on first use; run once with network access so they are cached, give a local file as "
+            "'timm:MODEL:/path/to/weights', or pass --dino none (or tiny-random for a smoke run)."
+        ) from err
+    model.eval().requires_grad_(False).to(device)
+    return DinoEncoder(name=spec, model=model, preprocess=dino_transform(crop), device=device)
+
+
+def _tiny_weights(seed: int = 0) -> Path:
+    """Create (once) and return the tiny random DINO's weights file."""
+    import timm
+    import torch
+
+    path = cache_dir() / "dino" / f"tiny-random-vit-seed{seed}.pth"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(seed)
+        model = timm.create_model(_TINY_ARCH, pretrained=False, num_classes=0, **_TINY_ARGS)
+        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+        torch.save(model.state_dict(), tmp)
+        os.replace(tmp, path)
+    return path

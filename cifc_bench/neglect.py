@@ -1,0 +1,174 @@
+"""Concept neglect: does an image asking for several learned concepts show every one of them?
+
+The box-conditioned concept-neglect rate (CNR, ``baselines-and-metrics.md`` §2.7):
+
+- every multi-concept prompt gives one region box per concept; an object concept is *present* when the crop
+  of its box looks like the concept: the cosine between the crop's image feature and the concept's
+  prototype (the normalised mean feature of its reference images) reaches the concept's threshold. A style
+  concept uses the whole image;
+- the threshold is calibrated once per concept and scorer, independent of any method: the 95th percentile
+  of the same similarity over base-model images of the concept's plain class word. A present concept must
+  look more like the personal concept than 95% of generic instances of its class;
+- ``cnr`` is the fraction of images that miss at least one requested concept; ``miss_rate`` is per concept,
+  and ``min_sim`` (the minimum over requested concepts of that similarity, averaged) is a continuous
+  companion.
+
+The functions here are pure (features in, numbers out); :func:`calibrate_thresholds` generates the
+calibration images and caches the thresholds on disk, keyed by everything they depend on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PERCENTILE = 95.0
+
+
+def prototype(reference_features: np.ndarray) -> np.ndarray:
+    """The normalised mean of L2-normalised reference features."""
+    f = np.asarray(reference_features, dtype=np.float64)
+    f = f / np.linalg.norm(f, axis=-1, keepdims=True).clip(min=1e-12)
+    mean = f.mean(axis=0)
+    return mean / max(float(np.linalg.norm(mean)), 1e-12)
+
+
+def similarity(features: np.ndarray, proto: np.ndarray) -> np.ndarray:
+    """Cosine of each feature row with a prototype."""
+    f = np.asarray(features, dtype=np.float64)
+    f = f / np.linalg.norm(f, axis=-1, keepdims=True).clip(min=1e-12)
+    return f @ np.asarray(proto, dtype=np.float64)
+
+
+def presence_threshold(calibration_similarities: Sequence[float], percentile: float = PERCENTILE) -> float:
+    """The ``percentile``-th percentile of the base model's class-word similarities."""
+    values = np.asarray(calibration_similarities, dtype=np.float64)
+    if values.size == 0:
+        raise ValueError("cannot calibrate a presence threshold from no calibration images")
+    return float(np.percentile(values, percentile))
+
+
+def crop_box(image, box) -> Any:
+    """The region of a normalised (y0, x0, y1, x1) box, at least one pixel wide and high."""
+    w, h = image.size
+    y0, x0, y1, x1 = box.as_tuple() if hasattr(box, "as_tuple") else box
+    left, top = int(np.floor(x0 * w)), int(np.floor(y0 * h))
+    right, bottom = max(int(np.ceil(x1 * w)), left + 1), max(int(np.ceil(y1 * h)), top + 1)
+    return image.crop((left, top, min(right, w), min(bottom, h)))
+
+
+@dataclass(frozen=True)
+class NeglectScores:
+    """Per image and requested concept: similarity and presence, shape (n_images, n_concepts)."""
+
+    similarity: np.ndarray
+    present: np.ndarray
+
+    @property
+    def neglected(self) -> np.ndarray:
+        """Per image: True when at least one requested concept is missing."""
+        return ~self.present.all(axis=1)
+
+    @property
+    def cnr(self) -> float:
+        return float(self.neglected.mean())
+
+    @property
+    def miss_rate(self) -> np.ndarray:
+        return 1.0 - self.present.mean(axis=0)
+
+    @property
+    def min_sim(self) -> float:
+        return float(self.similarity.min(axis=1).mean())
+
+
+def score_presence(similarities: np.ndarray, thresholds: Sequence[float]) -> NeglectScores:
+    """Presence of each requested concept: its similarity reaches its threshold."""
+    sims = np.atleast_2d(np.asarray(similarities, dtype=np.float64))
+    thr = np.asarray(thresholds, dtype=np.float64)
+    if sims.shape[1] != thr.shape[0]:
+        raise ValueError(f"{sims.shape[1]} concepts per image but {thr.shape[0]} thresholds")
+    return NeglectScores(similarity=sims, present=sims >= thr)
+
+
+def concept_regions(images: Sequence, boxes: Sequence | None, kinds: Sequence[str]) -> list[list]:
+    """Per concept, the image regions to score: the box crop for objects, the whole image for styles (and
+    for every concept of a prompt without boxes)."""
+    out = []
+    for k, kind in enumerate(kinds):
+        if kind == "style" or not boxes:
+            out.append(list(images))
+        else:
+            out.append([crop_box(im, boxes[k]) for im in images])
+    return out
+
+
+def neglect_similarities(scorer, images: Sequence, boxes, kinds: Sequence[str],
+                         prototypes: Sequence[np.ndarray]) -> np.ndarray:
+    """(n_images, n_concepts) similarities of each concept's region to the concept's prototype."""
+    regions = concept_regions(images, boxes, kinds)
+    cols = [similarity(scorer.encode_images(reg), proto) for reg, proto in zip(regions, prototypes, strict=True)]
+    return np.stack(cols, axis=1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Calibration: base-model images of each concept's plain class word, generated once and cached.
+
+def calibration_prompts(concept, n_images: int) -> list[str]:
+    """The concept's evaluation prompts with its class word instead of its tokens, cycled to ``n_images``."""
+    prompts = [concept.to_class_words(p) for p in concept.eval_prompts]
+    return [prompts[k % len(prompts)] for k in range(n_images)]
+
+
+def calibration_seed(protocol: str, concept: str, k: int) -> int:
+    from cifc_bench.seeding import derive_seed
+
+    return derive_seed("cnr-calibration", protocol, concept, k)
+
+
+def calibration_key(protocol: str, protocol_version: str, model: str, scorer: str, settings, n_images: int,
+                    percentile: float = PERCENTILE) -> str:
+    """What the thresholds depend on, hashed: the cache file name."""
+    parts = [protocol, protocol_version, model, scorer, settings.resolution, settings.num_inference_steps,
+             settings.guidance_scale, settings.negative_prompt, n_images, percentile]
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
+
+
+def calibrate_thresholds(bundle, scorer, sequence, settings, n_images: int, model_name: str, cache: Path | None,
+                         percentile: float = PERCENTILE) -> dict[str, Any]:
+    """{"thresholds": {concept: τ}, "n_images": ..., "key": ...} for every concept that a multi-concept prompt
+    names, from ``n_images`` base-model class-word images per concept.
+
+    Must run before any method changes ``bundle``. The result is written to (and read back from)
+    ``cache/<key>.json``, so it is computed once per protocol, model, scorer and sampler setting.
+    """
+    from cifc_bench.images import list_images, load_rgb
+    from cifc_bench.progress import progress
+    from cifc_bench.results import write_json_atomic
+    from cifc_bench.sampling import generate_batched
+
+    key = calibration_key(sequence.name, sequence.version, model_name, scorer.name, settings, n_images, percentile)
+    path = Path(cache) / f"{key}.json" if cache else None
+    if path is not None and path.exists():
+        return json.loads(path.read_text())
+    names = sorted({c for m in sequence.multi_concept_prompts for c in m.concepts})
+    thresholds, spread = {}, {}
+    for name in progress(names, desc="calibrate presence thresholds"):
+        concept = sequence.concept(name)
+        proto = prototype(scorer.encode_images([load_rgb(p) for p in list_images(concept.image_dir)]))
+        seeds = [calibration_seed(sequence.name, name, k) for k in range(n_images)]
+        images = generate_batched(bundle, calibration_prompts(concept, n_images), seeds, settings)
+        sims = similarity(scorer.encode_images(images), proto)
+        thresholds[name] = presence_threshold(sims, percentile)
+        spread[name] = {"mean": float(sims.mean()), "max": float(sims.max())}
+    out = {"key": key, "protocol": sequence.name, "model": model_name, "scorer": scorer.name, "n_images": n_images,
+           "percentile": percentile, "thresholds": thresholds, "calibration_similarity": spread}
+    if path is not None:
+        write_json_atomic(path, out)
+    return out

@@ -1,0 +1,121 @@
+"""Concept-neglect rate: presence on hand-made crops, reproducible thresholds, and the neglect matrix of a run."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cifc_bench import neglect as ng
+from cifc_bench.api import Box
+
+
+def test_rates_on_hand_made_presence():
+    sims = np.array([[0.9, 0.8], [0.9, 0.1], [0.2, 0.1], [0.7, 0.75]])
+    scores = ng.score_presence(sims, [0.5, 0.7])
+    assert scores.present.tolist() == [[True, True], [True, False], [False, False], [True, True]]
+    assert scores.cnr == pytest.approx(0.5)  # images 1 and 2 miss at least one concept
+    assert scores.miss_rate.tolist() == pytest.approx([0.25, 0.5])
+    assert scores.min_sim == pytest.approx(np.mean([0.8, 0.1, 0.1, 0.7]))
+    with pytest.raises(ValueError, match="2 concepts per image but 3 thresholds"):
+        ng.score_presence(sims, [0.5, 0.5, 0.5])
+
+
+def test_threshold_is_the_95th_percentile_and_needs_data():
+    assert ng.presence_threshold(np.arange(101) / 100) == pytest.approx(0.95)
+    with pytest.raises(ValueError, match="no calibration images"):
+        ng.presence_threshold([])
+
+
+def test_crop_box_takes_the_normalised_region():
+    img = Image.fromarray(np.arange(32 * 32 * 3, dtype=np.uint8).reshape(32, 32, 3))
+    crop = ng.crop_box(img, Box(0.25, 0.5, 0.75, 1.0))
+    assert crop.size == (16, 16)
+    assert np.array_equal(np.asarray(crop), np.asarray(img)[8:24, 16:32])
+
+
+def _synth_scene_images(scenes, seed0=0):
+    from cifc_bench.synth import world
+
+    return [Image.fromarray(world.render(s, seed=seed0 + k)) for k, s in enumerate(scenes)]
+
+
+def test_reference_crop_is_present_and_blank_crop_is_missing():
+    """With the synthetic world's trained scorer: a concept's references define its prototype, generic balls
+    its threshold. A crop identical to a reference counts as present; an empty crop of background as missing."""
+    from cifc_bench.scoring import load_scorer
+    from cifc_bench.synth import world
+
+    scorer = load_scorer("synth")
+    personal = world.Scene("ball", "orange", "zigzag", "blue", mark=("white", "top-right"))
+    refs = _synth_scene_images([world.replace(personal, position=p) for p in ("center", "left", "right", "top")])
+    proto = ng.prototype(scorer.encode_images(refs))
+    rng = np.random.default_rng(0)
+    generic = [world.replace(world.random_scene(rng), shape="ball", style="plain") for _ in range(60)]
+    threshold = ng.presence_threshold(ng.similarity(scorer.encode_images(_synth_scene_images(generic, 100)), proto))
+
+    # a two-concept image whose left half is a reference and whose right half is plain background
+    left = np.asarray(refs[0])
+    blank = np.broadcast_to(np.array(world.BACKGROUNDS["gray"], dtype=np.uint8), left.shape)
+    both = Image.fromarray(np.concatenate([left, blank], axis=1))
+    boxes = (Box(0.0, 0.0, 1.0, 0.5), Box(0.0, 0.5, 1.0, 1.0))
+    sims = ng.neglect_similarities(scorer, [both], boxes, ["object", "object"], [proto, proto])
+    scores = ng.score_presence(sims, [threshold, threshold])
+    assert sims[0, 0] == pytest.approx(float(ng.similarity(scorer.encode_images([refs[0]]), proto)[0]), abs=1e-5)
+    assert scores.present.tolist() == [[True, False]]
+    assert scores.cnr == 1.0
+
+
+def test_style_concepts_are_scored_on_the_whole_image():
+    img = Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8))
+    regions = ng.concept_regions([img], (Box(0, 0, 0.5, 0.5), Box(0, 0, 1, 1)), ["object", "style"])
+    assert regions[0][0].size == (8, 8) and regions[1][0] is img
+
+
+def test_thresholds_are_reproducible_from_their_seed_and_cached(tmp_path, tiny_protocol, monkeypatch):
+    from cifc_bench.api import GenerationSettings
+    from cifc_bench.models import load_bundle
+    from cifc_bench.protocol import load_protocol
+    from cifc_bench.scoring import load_scorer
+
+    spec = load_protocol(str(tiny_protocol))
+    seq = spec.bind(tiny_protocol.with_name("tiny-data"))
+    bundle, scorer = load_bundle("tiny-random"), load_scorer("tiny-random")
+    settings = GenerationSettings(resolution=32, num_inference_steps=2, guidance_scale=3.0, batch_size=8)
+    first = ng.calibrate_thresholds(bundle, scorer, seq, settings, 6, "tiny-random", tmp_path / "a")
+    second = ng.calibrate_thresholds(bundle, scorer, seq, settings, 6, "tiny-random", tmp_path / "b")
+    assert first["thresholds"] == second["thresholds"] and set(first["thresholds"]) == {"thing0", "thing1"}
+    other = ng.calibrate_thresholds(bundle, scorer, seq, settings, 7, "tiny-random", None)
+    assert other["key"] != first["key"]  # the number of images is part of the key
+
+    import cifc_bench.sampling
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("calibration images were generated again although the thresholds are cached")
+
+    monkeypatch.setattr(cifc_bench.sampling, "generate_batched", no_generation)
+    again = ng.calibrate_thresholds(bundle, scorer, seq, settings, 6, "tiny-random", tmp_path / "a")
+    assert again == first
+    assert json.loads((tmp_path / "a" / f"{first['key']}.json").read_text())["thresholds"] == first["thresholds"]
+
+
+def test_run_writes_a_neglect_matrix_and_ia_dino(tmp_path, tiny_protocol):
+    from cifc_bench.harness import run_benchmark
+    from cifc_bench.testing import tiny_run_config
+
+    cfg = tiny_run_config(tiny_protocol, dino="tiny-random", calibration_images=4, multi_images_per_prompt=3)
+    result = run_benchmark(cfg, tmp_path / "run")
+    neglect = result["neglect"]
+    # the one prompt asks for thing0 and thing1: measured from task 2 on, never before
+    assert [row[0] is None for row in neglect["matrices"]["cnr"]] == [True, False, False]
+    assert all(0.0 <= row[0] <= 1.0 for row in neglect["matrices"]["cnr"][1:])
+    assert neglect["miss_rate"][0] == {"thing0": None, "thing1": None}
+    assert set(neglect["miss_rate"][2]) == {"thing0", "thing1"}
+    scores = json.loads((tmp_path / "run" / "images" / "after_task_02" / "_multi" / "scores.json").read_text())
+    assert len(scores["images"]) == 3 and all(len(s["present"]) == 2 for s in scores["images"])
+    present = np.array([s["present"] for s in scores["images"]])
+    assert neglect["matrices"]["cnr"][2][0] == pytest.approx(float((~present.all(axis=1)).mean()))
+    assert set(result["summary"]["cnr"]) == {"final", "first", "change"}
+    R = result["matrices"]["ia_dino"]
+    assert all((R[j][i] is None) == (i > j) for j in range(3) for i in range(3))
+    assert all(-1.0 <= R[j][i] <= 1.0 for j in range(3) for i in range(j + 1))
