@@ -98,6 +98,40 @@ def metric_table(metric: str, runs: list[RunRecord], concepts: list[str], refere
     return pd.DataFrame(rows, columns=columns, dtype=object).fillna("–")
 
 
+NEGLECT_COLUMNS = ("final", "first", "change")
+
+
+def neglect_table(runs: list[RunRecord]):
+    """The concept-neglect rate per method (×100, lower is better): per multi-concept prompt on the final
+    model, then the mean at the end, at first availability, and their change; plus ``min_sim``."""
+    import pandas as pd
+
+    by_label: dict[str, list[RunRecord]] = {}
+    for r in runs:
+        if r.data.get("neglect"):
+            by_label.setdefault(r.label, []).append(r)
+    n_prompts = max((len(g[0].data["neglect"]["prompts"]) for g in by_label.values()), default=0)
+    prompts = [f"q{q}" for q in range(n_prompts)]
+    rows, keys = [], []
+    for label, group in by_label.items():
+        row: dict[str, Any] = {"method": label, "seeds": len(group), "storage": group[0].data["run_info"].get("storage")}
+        for q, name in enumerate(prompts):
+            row[name] = _fmt([_scaled(_last(r.data["neglect"]["matrices"]["cnr"], q)) for r in group])
+        for key in NEGLECT_COLUMNS:
+            row[f"cnr {key}"] = _fmt([_scaled(r.data["summary"].get("cnr", {}).get(key)) for r in group])
+        row["min_sim final"] = _fmt([_scaled(r.data["summary"].get("min_sim", {}).get("final")) for r in group])
+        finals = [v for v in (r.data["summary"].get("cnr", {}).get("final") for r in group) if v is not None]
+        keys.append(sum(finals) / len(finals) if finals else math.inf)
+        rows.append(row)
+    rows = [row for _, row in sorted(zip(keys, rows, strict=True), key=lambda kv: kv[0])]  # lower neglect first
+    columns = ["method", "seeds", "storage", *prompts, *(f"cnr {k}" for k in NEGLECT_COLUMNS), "min_sim final"]
+    return pd.DataFrame(rows, columns=columns, dtype=object).fillna("–")
+
+
+def _last(rows, q):
+    return rows[-1][q] if rows and q < len(rows[-1]) else None
+
+
 def _scaled(v):
     return None if v is None else v * SCALE
 
@@ -108,16 +142,30 @@ def reference_rows(reference_results: dict[str, Any], metric: str, backbone: str
     return {f"[paper] {name} ({backbone}, reported)": values for name, values in rows.items()}
 
 
+DEFAULT_METRICS = ("ia", "ta")
+OPTIONAL_METRICS = ("ia_dino", "context_acc")  # shown by default when any run measured them
+NEGLECT = "cnr"
+
+
 def leaderboard_tables(protocol: str, results_dir: Path, include_failed: bool = False, include_dirty: bool = False,
-                       metrics: tuple[str, ...] = ("ia", "ta"), references: bool = True):
-    """{metric: DataFrame} for ``protocol``, plus the list of skipped result files with reasons."""
+                       metrics: tuple[str, ...] | None = None, references: bool = True):
+    """{metric: DataFrame} for ``protocol``, plus the list of skipped result files with reasons.
+
+    Without ``metrics``: ``ia`` and ``ta``, then ``ia_dino``, ``context_acc`` and the neglect table (``cnr``)
+    where any run has them.
+    """
     from cifc_bench.protocol import load_protocol
 
     spec = load_protocol(protocol)
     concepts = [c["name"] for c in spec.raw["concepts"]]
     runs, skipped = find_runs(results_dir, spec.name, include_failed, include_dirty)
+    if metrics is None:
+        metrics = (*DEFAULT_METRICS, *(m for m in OPTIONAL_METRICS if any(m in r.data["matrices"] for r in runs)))
+        if any(r.data.get("neglect") for r in runs):
+            metrics = (*metrics, NEGLECT)
     ref = spec.raw.get("reference_results", {}) if references else {}
-    tables = {m: metric_table(m, runs, concepts, reference_rows(ref, m) if ref else None) for m in metrics}
+    tables = {m: neglect_table(runs) if m == NEGLECT else
+              metric_table(m, runs, concepts, reference_rows(ref, m) if ref else None) for m in metrics}
     return tables, skipped, len(runs)
 
 
@@ -131,7 +179,9 @@ def render(tables: dict[str, Any], fmt: str) -> str:
         return pd.concat(frames, ignore_index=True).to_csv(index=False)
     parts = []
     for metric, df in tables.items():
-        title = f"{metric.upper()} (x100; per-concept columns are the final model's scores)"
+        title = (f"{metric.upper()} (x100, lower is better; q-columns are the final model's neglect rate per "
+                 "multi-concept prompt)" if metric == NEGLECT else
+                 f"{metric.upper()} (x100; per-concept columns are the final model's scores)")
         if fmt == "md":
             parts.append(f"### {title}\n\n" + df.to_markdown(index=False, disable_numparse=True))
         else:

@@ -22,6 +22,8 @@ def results_dir(tmp_path_factory, tiny_protocol):
         r["run_info"]["git"]["dirty"] = False
         r["matrices"]["ia"][-1] = [final, final, final]
         r["summary"]["ia"]["final"] = final
+        r["neglect"]["matrices"]["cnr"][-1] = [1.0 - final]
+        r["summary"]["cnr"]["final"] = 1.0 - final
         (root / "tiny" / "fake" / f"s{seed}").mkdir(parents=True)
         (root / "tiny" / "fake" / f"s{seed}" / "result.json").write_text(json.dumps(r))
     failed = copy.deepcopy(real)
@@ -56,6 +58,18 @@ def test_rows_are_sorted_by_the_metric_direction(results_dir, tiny_protocol):
     tables, _, _ = leaderboard_tables(str(tiny_protocol), results_dir, include_dirty=True)
     finals = [float(v.split(" ")[0]) for v in tables["ia"]["final"]]
     assert finals == sorted(finals, reverse=True)  # higher is better for IA
+
+
+def test_neglect_table_and_optional_metrics_appear_when_runs_have_them(results_dir, tiny_protocol, capsys):
+    tables, _, _ = leaderboard_tables(str(tiny_protocol), results_dir, include_dirty=True)
+    assert list(tables) == ["ia", "ta", "cnr"]  # no run measured ia_dino or context_acc
+    cnr = tables["cnr"].set_index("method")
+    assert cnr.loc["fake", "q0"] == "40.0 ± 14.1" and cnr.loc["fake", "cnr final"] == "40.0 ± 14.1"
+    finals = [float(v.split(" ")[0]) for v in tables["cnr"]["cnr final"]]
+    assert finals == sorted(finals)  # lower neglect first
+    assert main(["leaderboard", "--protocol", str(tiny_protocol), "--results", str(results_dir), "--include-dirty",
+                 "--format", "csv"]) == 0
+    assert ",cnr" in capsys.readouterr().out
 
 
 def test_cifc10_reference_rows_in_all_formats(tmp_path, capsys):
