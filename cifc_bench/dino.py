@@ -12,14 +12,11 @@ through the same ``pretrained=`` path, for tests and smoke runs; its numbers mea
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from cifc_bench.models import cache_dir
+from cifc_bench.scoring import ImageEncoder
 
 DEFAULT_DINO = "dino-vits16"
 TINY_RANDOM = "tiny-random"
@@ -33,26 +30,11 @@ class DinoLoadError(RuntimeError):
     """DINO weights could not be loaded; the message says what to do."""
 
 
-@dataclass
-class DinoEncoder:
-    """A frozen timm ViT returning L2-normalised CLS features as numpy, with its preprocessing."""
+class DinoEncoder(ImageEncoder):
+    """A frozen timm ViT whose forward returns the CLS feature (``num_classes=0``)."""
 
-    name: str
-    model: Any
-    preprocess: Any
-    device: str = "cpu"
-    batch_size: int = 64
-
-    def encode_images(self, images: Sequence) -> np.ndarray:
-        import torch
-
-        feats = []
-        with torch.no_grad():
-            for start in range(0, len(images), self.batch_size):
-                batch = torch.stack([self.preprocess(im.convert("RGB")) for im in images[start : start + self.batch_size]])
-                f = self.model(batch.to(self.device)).float()
-                feats.append(torch.nn.functional.normalize(f, dim=-1).cpu().numpy())
-        return np.concatenate(feats) if feats else np.zeros((0, 0))
+    def image_forward(self, batch):
+        return self.model(batch)
 
 
 def dino_transform(crop: int = 224):

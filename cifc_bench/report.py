@@ -72,12 +72,13 @@ def _matrix(rows) -> np.ndarray:
     return np.array([[math.nan if v is None else v for v in row] for row in rows], dtype=np.float64)
 
 
-def heatmap(R: np.ndarray, rows: list[str], cols: list[str], title: str, path: Path) -> None:
+def heatmap(R: np.ndarray, rows: list[str], cols: list[str], title: str, path: Path,
+            limits: tuple[float, float] | None = None) -> None:
     """A T×N after-each-task matrix, values ×100 written in the cells; unmeasured cells stay blank."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(0.55 * len(cols) + 2.2, 0.45 * len(rows) + 1.6))
+    fig, ax = plt.subplots(figsize=(0.55 * len(cols) + 2.4, 0.45 * len(rows) + 1.6))
     shown = np.ma.masked_invalid(R * 100)
-    im = ax.imshow(shown, cmap="viridis", aspect="auto")
+    im = ax.imshow(shown, cmap="viridis", aspect="auto", vmin=limits and limits[0], vmax=limits and limits[1])
     for j in range(R.shape[0]):
         for i in range(R.shape[1]):
             if not math.isnan(R[j, i]):
@@ -140,7 +141,7 @@ def sample_grid(run: ReportRun, i: int, path: Path) -> bool:
                 ax.set_title(f"after {j + 1}", fontsize=7)
             if c == 0:
                 ax.set_ylabel(f.stem.split("_")[0], fontsize=7)
-    fig.suptitle(f"{name}: the same seeds in every model state", fontsize=8)
+    fig.suptitle(name, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -221,7 +222,7 @@ _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:1.5em auto;max-width:1500px;color:#222;padding:0 1em}
 h1{font-size:1.4em} h2{font-size:1.15em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
 h3{font-size:1em;margin:.8em 0 .3em}
-.row{display:flex;gap:1.2em;flex-wrap:wrap;align-items:flex-start} .cell{flex:1 1 0;min-width:320px}
+.row{display:flex;gap:1.2em;flex-wrap:wrap;align-items:flex-start} .cell{flex:1 1 0;min-width:300px}
 .cell img{max-width:100%;height:auto;border:1px solid #eee}
 table{border-collapse:collapse;font-size:.85em;margin:.4em 0} td,th{border:1px solid #ccc;padding:.2em .5em;text-align:right}
 th{background:#f4f4f4} td.l,th.l{text-align:left} .muted{color:#777;font-size:.85em}
@@ -321,18 +322,31 @@ def _page(runs: list[ReportRun], assets: Path) -> str:
              "<h2 id='summary'>Summary</h2>", _summary_table(runs)]
     metrics = [m for m in ("ia", "ta", "ia_dino", "context_acc") if any(m in r.result["matrices"] for r in runs)]
 
+    def by_metric(figures: list[tuple[str, str]]) -> str:
+        """One row per metric with the runs side by side; a single run's metrics share one row."""
+        if len(runs) == 1:
+            return "<div class='row'>" + "".join(f"<div class='cell'><h3>{_esc(m)}</h3>{c}</div>"
+                                                 for m, c in figures) + "</div>"
+        return "".join(f"<h3>{_esc(m)}</h3>{c}" for m, c in figures)
+
+    def per_metric(kind: str, draw, what: str) -> str:
+        """For every metric, ``draw(matrix, run, path)`` per run into ``<kind>_<metric>_<run>.png``."""
+        figures = []
+        for m in metrics:
+            cells = []
+            for k, r in enumerate(runs):
+                if m not in r.result["matrices"]:
+                    cells.append("<p class='muted'>not measured</p>")
+                    continue
+                name = f"{kind}_{m}_{k}.png"
+                draw(m, _matrix(r.result["matrices"][m]), r, assets / name)
+                cells.append(_img(name, f"{m} {what} of {r.label}"))
+            figures.append((m, _side_by_side(runs, cells)))
+        return by_metric(figures)
+
     parts.append("<h2 id='matrices'>After-each-task matrices</h2>")
-    for m in metrics:
-        cells = []
-        for k, r in enumerate(runs):
-            if m not in r.result["matrices"]:
-                cells.append("<p class='muted'>not measured</p>")
-                continue
-            name = f"heatmap_{m}_{k}.png"
-            heatmap(_matrix(r.result["matrices"][m]), [f"{j + 1} {c}" for j, c in enumerate(r.concepts)], r.concepts,
-                    f"{m} ×100", assets / name)
-            cells.append(_img(name, f"{m} matrix of {r.label}"))
-        parts.append(f"<h3>{_esc(m)}</h3>" + _side_by_side(runs, cells))
+    parts.append(per_metric("heatmap", lambda m, R, r, path: heatmap(
+        R, [f"{j + 1} {c}" for j, c in enumerate(r.concepts)], r.concepts, f"{m} ×100", path), "matrix"))
     cells = []
     for k, r in enumerate(runs):
         ng = r.result.get("neglect")
@@ -341,31 +355,26 @@ def _page(runs: list[ReportRun], assets: Path) -> str:
             continue
         name = f"heatmap_cnr_{k}.png"
         heatmap(_matrix(ng["matrices"]["cnr"]), [f"{j + 1} {c}" for j, c in enumerate(r.concepts)],
-                [f"q{q}" for q in range(len(ng["prompts"]))], "concept-neglect rate ×100 (lower is better)",
-                assets / name)
+                [f"q{q}" for q in range(len(ng["prompts"]))], "cnr ×100 (lower is better)", assets / name,
+                limits=(0.0, 100.0))
         cells.append(_img(name, f"neglect matrix of {r.label}") + _neglect_table(r))
     parts.append("<h3>cnr</h3>" + _side_by_side(runs, cells))
 
     parts.append("<h2 id='forgetting'>Forgetting curves</h2>")
-    for m in metrics:
-        cells = []
-        for k, r in enumerate(runs):
-            if m not in r.result["matrices"]:
-                cells.append("<p class='muted'>not measured</p>")
-                continue
-            name = f"curves_{m}_{k}.png"
-            forgetting_curves(_matrix(r.result["matrices"][m]), r.concepts, m, assets / name)
-            cells.append(_img(name, f"{m} forgetting curves of {r.label}"))
-        parts.append(f"<h3>{_esc(m)}</h3>" + _side_by_side(runs, cells))
+    parts.append(per_metric("curves", lambda m, R, r, path: forgetting_curves(R, r.concepts, m, path),
+                            "forgetting curves"))
 
-    parts.append("<h2 id='samples'>Samples across model states</h2>")
+    parts.append("<h2 id='samples'>Samples across model states</h2><p class='muted'>rows: the concept's first "
+                 "prompts, first seed; columns: the model after each task. The seeds are the same in every state.</p>")
+    figures = []
     for i, concept in enumerate(runs[0].concepts):
         cells = []
         for k, r in enumerate(runs):
             name = f"samples_{i:02d}_{k}.png"
             ok = i < len(r.concepts) and sample_grid(r, i, assets / name)
             cells.append(_img(name, f"{concept} samples of {r.label}") if ok else "<p class='muted'>no images</p>")
-        parts.append(f"<h3>{_esc(concept)}</h3>" + _side_by_side(runs, cells))
+        figures.append((concept, _side_by_side(runs, cells)))
+    parts.append(by_metric(figures))
 
     parts.append("<h2 id='multi'>Multi-concept samples</h2>")
     cells = []

@@ -39,26 +39,27 @@ class ScorerLoadError(RuntimeError):
 
 
 @dataclass
-class Scorer:
-    """Frozen open_clip encoders plus their preprocessing; returns L2-normalised numpy features."""
+class ImageEncoder:
+    """A frozen image model plus its preprocessing; returns L2-normalised numpy features."""
 
     name: str
     model: Any
     preprocess: Any
-    tokenizer: Any
     device: str = "cpu"
     batch_size: int = 64
 
-    def encode_images(self, images: Sequence) -> np.ndarray:
-        import torch
+    def image_forward(self, batch):
+        return self.model.encode_image(batch)
 
-        feats = []
-        with torch.no_grad():
-            for start in range(0, len(images), self.batch_size):
-                batch = torch.stack([self.preprocess(im.convert("RGB")) for im in images[start : start + self.batch_size]])
-                f = self.model.encode_image(batch.to(self.device)).float()
-                feats.append(torch.nn.functional.normalize(f, dim=-1).cpu().numpy())
-        return np.concatenate(feats) if feats else np.zeros((0, 0))
+    def encode_images(self, images: Sequence) -> np.ndarray:
+        return encode_image_batches(self.image_forward, self.preprocess, images, self.device, self.batch_size)
+
+
+@dataclass
+class Scorer(ImageEncoder):
+    """Frozen open_clip encoders plus their preprocessing; returns L2-normalised numpy features."""
+
+    tokenizer: Any = None
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         import torch
@@ -70,6 +71,19 @@ class Scorer:
                 f = self.model.encode_text(tokens).float()
                 feats.append(torch.nn.functional.normalize(f, dim=-1).cpu().numpy())
         return np.concatenate(feats) if feats else np.zeros((0, 0))
+
+
+def encode_image_batches(forward, preprocess, images: Sequence, device: str, batch_size: int) -> np.ndarray:
+    """L2-normalised features of PIL images, ``batch_size`` at a time, without gradients (every image scorer)."""
+    import torch
+
+    feats = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            batch = torch.stack([preprocess(im.convert("RGB")) for im in images[start : start + batch_size]])
+            f = forward(batch.to(device)).float()
+            feats.append(torch.nn.functional.normalize(f, dim=-1).cpu().numpy())
+    return np.concatenate(feats) if feats else np.zeros((0, 0))
 
 
 def load_scorer(spec: str = DEFAULT_SCORER, device: str = "cpu") -> Scorer:

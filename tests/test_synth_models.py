@@ -96,6 +96,7 @@ def test_shortened_synth10_run_is_the_default_protocol(tmp_path, method):
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "cifc_bench.cli", "run", "--method", method, "--steps", "2",
                            "--prompts-per-concept", "2", "--images-per-prompt", "1", "--inference-steps", "2",
+                           "--calibration-images", "4", "--multi-images-per-prompt", "2",
                            "--out", str(out), "--device", "cpu"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "result.json").read_text())
@@ -106,3 +107,5 @@ def test_shortened_synth10_run_is_the_default_protocol(tmp_path, method):
     final = result["matrices"]["context_acc"][-1]
     # object prompts ask for backgrounds/positions; the first style prompts ask for nothing checkable (null)
     assert all(v is not None for v, k in zip(final, kinds, strict=True) if k == "object")
+    # the four boxed two-object prompts are all evaluated on the final model
+    assert len(result["neglect"]["prompts"]) == 4 and None not in result["neglect"]["matrices"]["cnr"][-1]
