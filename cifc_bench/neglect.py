@@ -132,11 +132,22 @@ def calibration_seed(protocol: str, concept: str, k: int) -> int:
     return derive_seed("cnr-calibration", protocol, concept, k)
 
 
+def weights_fingerprint(*modules) -> str:
+    """A digest of the modules' parameters (names, shapes and leading values): re-trained weights under the
+    same model name must not reuse stale thresholds."""
+    h = hashlib.sha256()
+    for module in modules:
+        for name, tensor in sorted(module.state_dict().items()):
+            h.update(f"{name}{tuple(tensor.shape)}".encode())
+            h.update(tensor.detach().flatten()[:64].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def calibration_key(protocol: str, protocol_version: str, model: str, scorer: str, settings, n_images: int,
-                    percentile: float = PERCENTILE) -> str:
+                    percentile: float = PERCENTILE, fingerprint: str = "") -> str:
     """What the thresholds depend on, hashed: the cache file name."""
     parts = [protocol, protocol_version, model, scorer, settings.resolution, settings.num_inference_steps,
-             settings.guidance_scale, settings.negative_prompt, n_images, percentile]
+             settings.guidance_scale, settings.negative_prompt, n_images, percentile, fingerprint]
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
 
 
@@ -153,7 +164,9 @@ def calibrate_thresholds(bundle, scorer, sequence, settings, n_images: int, mode
     from cifc_bench.results import write_json_atomic
     from cifc_bench.sampling import generate_batched
 
-    key = calibration_key(sequence.name, sequence.version, model_name, scorer.name, settings, n_images, percentile)
+    fingerprint = weights_fingerprint(bundle.unet, bundle.text_encoder, scorer.model)
+    key = calibration_key(sequence.name, sequence.version, model_name, scorer.name, settings, n_images, percentile,
+                          fingerprint)
     path = Path(cache) / f"{key}.json" if cache else None
     if path is not None and path.exists():
         return json.loads(path.read_text())
@@ -167,7 +180,8 @@ def calibrate_thresholds(bundle, scorer, sequence, settings, n_images: int, mode
         sims = similarity(scorer.encode_images(images), proto)
         thresholds[name] = presence_threshold(sims, percentile)
         spread[name] = {"mean": float(sims.mean()), "max": float(sims.max())}
-    out = {"key": key, "protocol": sequence.name, "model": model_name, "scorer": scorer.name, "n_images": n_images,
+    out = {"key": key, "protocol": sequence.name, "model": model_name, "scorer": scorer.name,
+           "weights_fingerprint": fingerprint, "n_images": n_images,
            "percentile": percentile, "thresholds": thresholds, "calibration_similarity": spread}
     if path is not None:
         write_json_atomic(path, out)

@@ -87,6 +87,15 @@ def test_thresholds_are_reproducible_from_their_seed_and_cached(tmp_path, tiny_p
     assert first["thresholds"] == second["thresholds"] and set(first["thresholds"]) == {"thing0", "thing1"}
     other = ng.calibrate_thresholds(bundle, scorer, seq, settings, 7, "tiny-random", None)
     assert other["key"] != first["key"]  # the number of images is part of the key
+    import torch
+
+    weight = next(bundle.unet.parameters())
+    saved = weight.detach().clone()
+    with torch.no_grad():  # re-trained weights under the same model name: a new key, never stale thresholds
+        weight.add_(1.0)
+    assert ng.calibrate_thresholds(bundle, scorer, seq, settings, 6, "tiny-random", None)["key"] != first["key"]
+    with torch.no_grad():
+        weight.copy_(saved)
 
     import cifc_bench.sampling
 
