@@ -61,6 +61,19 @@ def test_style_checks_on_hand_made_images():
     assert world.detect_style(grey) == "sketch"
 
 
+def test_style_check_survives_sampling_grain():
+    """Samples carry pixel noise (about σ = 10 grey levels on the synthetic base model): the style check must
+    still name the rendered style, and must never call a plain picture stylised."""
+    rng = np.random.default_rng(3)
+    scenes = [world.replace(world.random_scene(rng), style=s) for s in world.STYLES for _ in range(100)]
+    for sigma in (0, 10):
+        found = [world.detect_style(np.clip(world.render(sc, seed=k) + rng.normal(0, sigma, (32, 32, 3)), 0, 255))
+                 for k, sc in enumerate(scenes)]
+        truth = [sc.style for sc in scenes]
+        assert np.mean([f == t for f, t in zip(found, truth, strict=True)]) >= 0.97, sigma
+        assert not any(f != "plain" for f, t in zip(found, truth, strict=True) if t == "plain"), sigma
+
+
 def test_prompt_context_parsing():
     assert world.prompt_context("a mosaic of a red ball on the left, on a grass background") == {
         "style": "mosaic", "position": "left", "background": "grass"}

@@ -195,7 +195,9 @@ def caption(scene: Scene, rng: np.random.Generator | None = None, keep: float = 
         words = []
         if has():
             words.append(scene.size)
-        words += [scene.fill, scene.shape]
+        if has():  # evaluation prompts name a bare class word ("a ball on the left"): pretraining must too
+            words.append(scene.fill)
+        words.append(scene.shape)
         subject = " ".join(words)
         if scene.pattern != "solid" and has():
             subject += f" with {scene.pattern_color} {scene.pattern}"
@@ -282,19 +284,44 @@ def detect_position(img: np.ndarray) -> str | None:
     return min(POSITIONS, key=lambda n: (POSITIONS[n][0] - cy) ** 2 + (POSITIONS[n][1] - cx) ** 2)
 
 
+def _median3(px: np.ndarray) -> np.ndarray:
+    """3×3 median per channel: removes the isolated pixel noise that sampling leaves, keeps edges and blocks."""
+    p = np.pad(px, ((1, 1), (1, 1), (0, 0)), mode="edge")
+    h, w = px.shape[:2]
+    return np.median(np.stack([p[i : i + h, j : j + w] for i in range(3) for j in range(3)]), axis=0)
+
+
+def _block_residual(px: np.ndarray, oy: int, ox: int) -> float:
+    """Mean squared deviation from the 4×4-block means of a 28×28 window whose grid starts at (oy, ox)."""
+    sub = px[oy : oy + 28, ox : ox + 28]
+    means = sub.reshape(7, 4, 7, 4, -1).mean(axis=(1, 3))
+    return float(((sub - np.repeat(np.repeat(means, 4, axis=0), 4, axis=1)) ** 2).mean())
+
+
+#: thresholds of :func:`detect_style`, chosen on renders with added Gaussian pixel noise of σ = 10 grey levels
+#: (the grain the synthetic base model's samples show) and checked by the tests: a sketch stays below the
+#: saturation bound, the world's object colours lie far above it; a mosaic is flat on its own 4-pixel grid
+#: but not on one shifted by 2 pixels
+SKETCH_MAX_SATURATION = 42.0
+MOSAIC_MAX_GRID_RATIO = 0.6
+
+
 def detect_style(img: np.ndarray) -> str:
-    """sketch: no coloured pixel at all; mosaic: nearly constant 4×4 blocks; else plain."""
-    px = np.asarray(img, dtype=np.float32)
+    """sketch: no coloured region; mosaic: flat 4×4 blocks on the world's grid; else plain.
+
+    Both tests run on a 3×3-median-filtered copy, so that the grain a sampler leaves does not decide them: a
+    mosaic is recognised by its blocks being flatter on their own grid than on a grid shifted by 2 pixels (a
+    ratio that pixel noise pushes towards 1, never below it), not by exact flatness.
+    """
+    px = _median3(np.asarray(img, dtype=np.float32))
     saturation = float(np.percentile(px.max(-1) - px.min(-1), 98))
-    if saturation < 25:
+    if saturation < SKETCH_MAX_SATURATION:
         return "sketch"
-    # a mosaic changes colour only across 4-pixel block boundaries; a plain picture changes anywhere
-    dx = np.abs(np.diff(px, axis=1)).sum(-1)
-    dy = np.abs(np.diff(px, axis=0)).sum(-1)
-    boundary = (np.arange(SIZE - 1) % 4) == 3
-    across = dx[:, boundary].mean() + dy[boundary, :].mean()
-    within = dx[:, ~boundary].mean() + dy[~boundary, :].mean()
-    return "mosaic" if within < 0.35 * across else "plain"
+    aligned = _block_residual(px, 0, 0)
+    shifted = float(np.mean([_block_residual(px, 2, 0), _block_residual(px, 0, 2), _block_residual(px, 2, 2)]))
+    if shifted > 1.0 and aligned < MOSAIC_MAX_GRID_RATIO * shifted:
+        return "mosaic"
+    return "plain"
 
 
 def check_context(img: np.ndarray, prompt: str) -> tuple[int, int]:
