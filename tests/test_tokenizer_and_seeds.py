@@ -40,7 +40,12 @@ def test_generation_is_deterministic_and_independent_of_batching():
     prompts, seeds = ["a dog", "a cat", "a toy"], [11, 12, 13]
     together = generate_batched(bundle, prompts, seeds, settings)
     one_by_one = [generate_batched(bundle, [p], [s], settings)[0] for p, s in zip(prompts, seeds, strict=True)]
+    # the noise of every image depends on its seed alone; the network's float arithmetic may round differently
+    # for another batch size (PyTorch's CPU kernels are not batch-invariant), so allow one grey level, rarely
     for a, b in zip(together, one_by_one, strict=True):
-        assert np.array_equal(np.asarray(a), np.asarray(b))
+        diff = np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16))
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+    assert np.array_equal(np.asarray(together[0]), np.asarray(generate_batched(bundle, prompts, seeds, settings)[0]))
     other_seed = generate_batched(bundle, prompts[:1], [99], settings)[0]
-    assert not np.array_equal(np.asarray(together[0]), np.asarray(other_seed))
+    diff = np.abs(np.asarray(together[0], dtype=np.int16) - np.asarray(other_seed, dtype=np.int16))
+    assert (diff > 1).mean() > 0.5  # another seed is another image, not a rounding difference
