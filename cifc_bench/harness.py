@@ -305,22 +305,26 @@ def summarize_result(result: dict[str, Any]) -> dict[str, dict[str, float | None
     return out
 
 
+def generate_cached(ctx: RunContext, pairs, folder: Path, desc: str) -> list:
+    """The images of ``pairs`` (request, file name): generated for the files missing in ``folder``, then read."""
+    missing = [(r, name) for r, name in pairs if not (folder / name).exists()]
+    settings = ctx.settings
+    for start in progress(range(0, len(missing), settings.batch_size), desc=desc, leave=False):
+        chunk = missing[start : start + settings.batch_size]
+        images = ctx.method.generate([r for r, _ in chunk], settings)
+        if len(images) != len(chunk):
+            raise RuntimeError(f"method {ctx.config.method!r} returned {len(images)} images for {len(chunk)} requests")
+        for (_, name), image in zip(chunk, images, strict=True):
+            save_atomic(image, folder / name)
+    return [load_rgb(folder / name) for _, name in pairs]
+
+
 def evaluate_concept(ctx: RunContext, j: int, concept: Concept, references: dict[str, np.ndarray]) -> dict[str, float]:
     """Generate (or reuse) concept images for model state j and score IA and TA."""
     cfg = ctx.config
     folder = image_dir(ctx.run_dir, j, concept.name)
     pairs = concept_requests(ctx.sequence.name, concept, cfg.prompts_per_concept, cfg.images_per_prompt)
-    missing = [(r, name) for r, name in pairs if not (folder / name).exists()]
-    settings = ctx.settings
-    for start in progress(range(0, len(missing), settings.batch_size), desc=f"generate {concept.name}@{j}",
-                          leave=False):
-        chunk = missing[start : start + settings.batch_size]
-        images = ctx.method.generate([r for r, _ in chunk], settings)
-        if len(images) != len(chunk):
-            raise RuntimeError(f"method {cfg.method!r} returned {len(images)} images for {len(chunk)} requests")
-        for (_, name), image in zip(chunk, images, strict=True):
-            save_atomic(image, folder / name)
-    generated = [load_rgb(folder / name) for _, name in pairs]
+    generated = generate_cached(ctx, pairs, folder, f"generate {concept.name}@{j}")
     if concept.name not in references:
         references[concept.name] = ctx.scorer.encode_images([load_rgb(p) for p in list_images(concept.image_dir)])
     class_prompts = [concept.to_class_words(r.prompt) for r, _ in pairs]
@@ -359,13 +363,7 @@ def evaluate_neglect(ctx: RunContext, j: int, neglect: dict[str, Any], reference
         if not set(m.concepts) <= learned:
             continue
         pairs = multi_requests(seq, q, cfg.multi_images_per_prompt)
-        missing = [(r, name) for r, name in pairs if not (folder / name).exists()]
-        for start in range(0, len(missing), ctx.settings.batch_size):
-            chunk = missing[start : start + ctx.settings.batch_size]
-            images = ctx.method.generate([r for r, _ in chunk], ctx.settings)
-            for (_, name), image in zip(chunk, images, strict=True):
-                save_atomic(image, folder / name)
-        images = [load_rgb(folder / name) for _, name in pairs]
+        images = generate_cached(ctx, pairs, folder, f"generate multi q{q}@{j}")
         concepts = [seq.concept(c) for c in m.concepts]
         protos = [_prototype(ctx, c, references) for c in concepts]
         sims = ng.neglect_similarities(ctx.scorer, images, m.boxes, [c.kind for c in concepts], protos)
@@ -386,7 +384,6 @@ def _prototype(ctx: RunContext, concept: Concept, references: dict[str, np.ndarr
     """The concept's presence prototype under the run's scorer (computed once per run)."""
     from cifc_bench.neglect import prototype
 
-    key = f"prototype:{concept.name}"
-    if key not in references:
-        references[key] = prototype(ctx.scorer.encode_images([load_rgb(p) for p in list_images(concept.image_dir)]))
-    return references[key]
+    if concept.name not in references:  # the same reference features as IA: encoded once per run
+        references[concept.name] = ctx.scorer.encode_images([load_rgb(p) for p in list_images(concept.image_dir)])
+    return prototype(references[concept.name])
