@@ -128,6 +128,62 @@ def neglect_table(runs: list[RunRecord]):
     return pd.DataFrame(rows, columns=columns, dtype=object).fillna("–")
 
 
+COST = "cost"
+
+
+def _minutes(run: RunRecord) -> float | None:
+    """Wall minutes from the run's start to its finish (a resumed run counts its pause too)."""
+    from datetime import datetime
+
+    info = run.data["run_info"]
+    if not info.get("started") or not info.get("finished"):
+        return None
+    start, end = (datetime.fromisoformat(info[k]) for k in ("started", "finished"))
+    return (end - start).total_seconds() / 60
+
+
+def cost_table(runs: list[RunRecord]):
+    """What each method costs per run, mean ± std over seeds, fastest first: wall, training and evaluation
+    minutes, trainable parameters per task and parameters stored after the last task (thousands), peak
+    resident memory (GiB), and the device it ran on. Times are only comparable between runs of one machine."""
+    import pandas as pd
+
+    by_label: dict[str, list[RunRecord]] = {}
+    for r in runs:
+        by_label.setdefault(r.label, []).append(r)
+    rows, keys = [], []
+    for label, group in by_label.items():
+        tasks = [r.data.get("tasks") or [] for r in group]
+        wall = [_minutes(r) for r in group]
+        row: dict[str, Any] = {
+            "method": label, "seeds": len(group), "storage": group[0].data["run_info"].get("storage"),
+            "wall min": _fmt(wall),
+            "train min": _fmt([sum(t.get("train_seconds") or 0 for t in ts) / 60 for ts in tasks]),
+            "eval min": _fmt([sum(t.get("eval_seconds") or 0 for t in ts) / 60 for ts in tasks]),
+            "trainable k/task": _fmt([sum(t.get("trainable_params") or 0 for t in ts) / len(ts) / 1e3
+                                      for ts in tasks if ts]),
+            "stored k": _fmt([ts[-1].get("stored_params", 0) / 1e3 for ts in tasks if ts]),
+            "peak RSS GiB": _fmt2([max(t.get("peak_rss_mb") or 0 for t in ts) / 1024 for ts in tasks if ts]),
+            "device": ", ".join(sorted({str(r.data["run_info"]["config"].get("device")) for r in group})),
+        }
+        known = [w for w in wall if w is not None]
+        keys.append(sum(known) / len(known) if known else math.inf)
+        rows.append(row)
+    rows = [row for _, row in sorted(zip(keys, rows, strict=True), key=lambda kv: kv[0])]
+    return pd.DataFrame(rows, dtype=object).fillna("–")
+
+
+def _fmt2(values: list[float]) -> str:
+    """Like :func:`_fmt`, two decimals (for quantities below ten)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.2f}"
+    return f"{mean:.2f} ± {math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)):.2f}"
+
+
 def _last(rows, q):
     return rows[-1][q] if rows and q < len(rows[-1]) else None
 
@@ -148,11 +204,11 @@ NEGLECT = "cnr"
 
 
 def leaderboard_tables(protocol: str, results_dir: Path, include_failed: bool = False, include_dirty: bool = False,
-                       metrics: tuple[str, ...] | None = None, references: bool = True):
+                       metrics: tuple[str, ...] | None = None, references: bool = True, cost: bool = True):
     """{metric: DataFrame} for ``protocol``, plus the list of skipped result files with reasons.
 
     Without ``metrics``: ``ia`` and ``ta``, then ``ia_dino``, ``context_acc`` and the neglect table (``cnr``)
-    where any run has them.
+    where any run has them. ``cost`` appends the compute table (wall time, parameters, memory) last.
     """
     from cifc_bench.protocol import load_protocol
 
@@ -166,6 +222,8 @@ def leaderboard_tables(protocol: str, results_dir: Path, include_failed: bool = 
     ref = spec.raw.get("reference_results", {}) if references else {}
     tables = {m: neglect_table(runs) if m == NEGLECT else
               metric_table(m, runs, concepts, reference_rows(ref, m) if ref else None) for m in metrics}
+    if cost and runs:
+        tables[COST] = cost_table(runs)
     return tables, skipped, len(runs)
 
 
@@ -181,7 +239,8 @@ def render(tables: dict[str, Any], fmt: str) -> str:
     for metric, df in tables.items():
         title = (f"{metric.upper()} (x100, lower is better; q-columns are the final model's neglect rate per "
                  "multi-concept prompt)" if metric == NEGLECT else
-                 f"{metric.upper()} (x100; per-concept columns are the final model's scores)")
+                 "COST (per run, mean ± std over seeds; times depend on the machine and on what else ran on it)"
+                 if metric == COST else f"{metric.upper()} (x100; per-concept columns are the final model's scores)")
         if fmt == "md":
             parts.append(f"### {title}\n\n" + df.to_markdown(index=False, disable_numparse=True))
         else:

@@ -62,7 +62,7 @@ def test_rows_are_sorted_by_the_metric_direction(results_dir, tiny_protocol):
 
 def test_neglect_table_and_optional_metrics_appear_when_runs_have_them(results_dir, tiny_protocol, capsys):
     tables, _, _ = leaderboard_tables(str(tiny_protocol), results_dir, include_dirty=True)
-    assert list(tables) == ["ia", "ta", "cnr"]  # no run measured ia_dino or context_acc
+    assert list(tables) == ["ia", "ta", "cnr", "cost"]  # no run measured ia_dino or context_acc
     cnr = tables["cnr"].set_index("method")
     assert cnr.loc["fake", "q0"] == "40.0 ± 14.1" and cnr.loc["fake", "cnr final"] == "40.0 ± 14.1"
     finals = [float(v.split(" ")[0]) for v in tables["cnr"]["cnr final"]]
@@ -70,6 +70,29 @@ def test_neglect_table_and_optional_metrics_appear_when_runs_have_them(results_d
     assert main(["leaderboard", "--protocol", str(tiny_protocol), "--results", str(results_dir), "--include-dirty",
                  "--format", "csv"]) == 0
     assert ",cnr" in capsys.readouterr().out
+
+
+def test_cost_table_sums_the_runs_timings(results_dir, tiny_protocol):
+    import datetime
+
+    from cifc_bench.leaderboard import RunRecord, cost_table
+
+    real = json.loads(next(results_dir.rglob("real/result.json")).read_text())
+    runs = []
+    for k, (train, minutes) in enumerate(((30.0, 2.0), (90.0, 4.0))):
+        r = copy.deepcopy(real)
+        for t in r["tasks"]:
+            t["train_seconds"], t["eval_seconds"] = train / len(r["tasks"]), 60.0
+        start = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+        r["run_info"]["started"] = start.isoformat()
+        r["run_info"]["finished"] = (start + datetime.timedelta(minutes=minutes)).isoformat()
+        runs.append(RunRecord(results_dir / f"x{k}", r))
+    row = cost_table(runs).set_index("method").loc["base"]
+    assert row["seeds"] == 2 and row["wall min"] == "3.0 ± 1.4" and row["train min"] == "1.0 ± 0.7"
+    assert row["eval min"] == f"{len(real['tasks']):.1f} ± 0.0" and row["device"] == "cpu"
+    with_slow = cost_table([*runs, RunRecord(results_dir / "slow", {**runs[0].data, "run_info": {
+        **runs[0].data["run_info"], "method": "slow", "finished": "2026-01-01T01:00:00+00:00"}})])
+    assert list(with_slow["method"]) == ["base", "slow"]  # fastest first
 
 
 def test_cifc10_reference_rows_in_all_formats(tmp_path, capsys):
