@@ -310,9 +310,17 @@ class CIDM(Method):
     def generate(self, requests, settings):
         images = generate_unboxed(self.bundle, requests, settings, self.placeholders, self.n_layers,
                                   around=self._merged_for if self.task_placeholders else None)
+        # boxed requests that differ only in their seed share every conditioning: sample them as one batch
+        groups: dict[tuple, list[int]] = {}
         for k, r in enumerate(requests):
             if r.boxes:
-                images[k] = self.generate_regions(r, settings)
+                key = (r.prompt, tuple(b.as_tuple() for b in r.boxes), tuple(c.name for c in r.concepts))
+                groups.setdefault(key, []).append(k)
+        for idx in groups.values():
+            for start in range(0, len(idx), settings.batch_size):
+                chunk = idx[start : start + settings.batch_size]
+                for k, im in zip(chunk, self.generate_regions([requests[k] for k in chunk], settings), strict=True):
+                    images[k] = im
         return images
 
     @contextlib.contextmanager
@@ -324,20 +332,25 @@ class CIDM(Method):
         finally:
             self.set_merged(None)
 
-    def generate_regions(self, request, settings):
-        """Context-controllable synthesis for one prompt with one box per concept (U + 2 passes per step)."""
+    def generate_regions(self, requests, settings):
+        """Context-controllable synthesis (1 + U passes per step, U = number of boxes, one box per concept).
+
+        ``requests`` share prompt, boxes and concepts and differ in their seeds; they are sampled as one batch.
+        """
         from cifc_bench.sampling import decode, initial_latents
 
         bundle, phs, L = self.bundle, self.placeholders, self.n_layers
-        cond = encode_layerwise(bundle, [request.prompt], phs, L)
-        uncond = encode_layerwise(bundle, [settings.negative_prompt], phs, L)
+        request, n = requests[0], len(requests)
+        cond = encode_layerwise(bundle, [request.prompt], phs, L).expand(n, -1, -1, -1)
+        uncond = encode_layerwise(bundle, [settings.negative_prompt], phs, L).expand(n, -1, -1, -1)
         # region u's prompt, for the CFG batch [uncond; cond]: the unconditional half keeps the empty prompt
-        regions = [(torch.cat([uncond, encode_layerwise(bundle, [f"a {c.eval_replacement}"], phs, L)]), box.as_tuple())
+        regions = [(torch.cat([uncond, encode_layerwise(bundle, [f"a {c.eval_replacement}"], phs, L).expand(n, -1, -1, -1)]),
+                    box.as_tuple())
                    for c, box in zip(request.concepts, request.boxes, strict=True)]
         weights = self.task_weights(cond) if self.task_placeholders else None
         scheduler = type(bundle.scheduler).from_config(bundle.scheduler.config)
         scheduler.set_timesteps(settings.num_inference_steps, device=bundle.device)
-        latents = initial_latents(bundle, [request.seed], settings.resolution) * scheduler.init_noise_sigma
+        latents = initial_latents(bundle, [r.seed for r in requests], settings.resolution) * scheduler.init_noise_sigma
         h, w = latents.shape[-2:]
         masks = [box_mask(box, h, w, latents.device) for _, box in regions]
 
@@ -363,7 +376,7 @@ class CIDM(Method):
                 latents = scheduler.step(eps, t, latents).prev_sample
         finally:
             self.set_merged(None)
-        return decode(bundle, latents)[0]
+        return decode(bundle, latents)
 
     # ------------------------------------------------------------------ state
     def trainable_parameters(self) -> int:
