@@ -2,6 +2,8 @@
 
 Run with timing: ``pytest tests/benchmarks --benchmark-enable``. Each CIDM benchmark records its mean time
 as a ratio to the base model's in ``extra_info['ratio_to_base']`` (shown in the JSON report and printed).
+On a machine that is busy with other work, time CPU instead of wall clock, on one thread:
+``OMP_NUM_THREADS=1 pytest tests/benchmarks --benchmark-enable --benchmark-timer time.process_time``.
 Without ``--benchmark-enable`` (the default test run) every benchmark runs once, as a smoke test.
 """
 
