@@ -73,3 +73,17 @@ def tiny_run_config(protocol: Path, **overrides: Any) -> RunConfig:
     )
     settings.update(overrides)
     return RunConfig(**settings)
+
+
+def store_random_cidm_task(method, concept, generator, std: float) -> None:
+    """Give a CIDM instance one more stored task without training: the concept's layer-wise tokens and a random
+    LoRA (up ~ N(0, std)) per module. For tests and benchmarks that need stored tasks, not learned ones."""
+    import torch
+
+    method._add_tokens(concept, generator)
+    for m in method.modules:
+        m.reset_task()
+        with torch.no_grad():
+            m.up.normal_(0, std, generator=generator)
+        m.store_task()
+    method.task_placeholders.append(list(concept.placeholders))

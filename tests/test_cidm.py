@@ -152,6 +152,7 @@ def test_ccs_batches_seeds_of_one_prompt_and_matches_one_at_a_time():
 
     from cifc_bench.api import Box, Concept, GenerationRequest, GenerationSettings
     from cifc_bench.models import load_bundle
+    from cifc_bench.testing import store_random_cidm_task
 
     torch.manual_seed(0)
     method = CIDM(load_bundle("tiny-random"))
@@ -160,13 +161,7 @@ def test_ccs_batches_seeds_of_one_prompt_and_matches_one_at_a_time():
     for name in ("dog", "cat"):
         c = Concept(name=name, placeholders=(f"<{name}1>",), initializers=(name,), class_word=name, kind="object",
                     image_dir=None, caption_dir=None, prompt_set="pet", eval_replacement=f"<{name}1>", eval_prompts=())
-        method._add_tokens(c, gen)
-        for m in method.modules:
-            m.reset_task()
-            with torch.no_grad():
-                m.up.normal_(0, 0.05, generator=gen)
-            m.store_task()
-        method.task_placeholders.append(list(c.placeholders))
+        store_random_cidm_task(method, c, gen, std=0.05)
         concepts.append(c)
     boxes = (Box(0.0, 0.0, 1.0, 0.5), Box(0.0, 0.5, 1.0, 1.0))
     multi = [GenerationRequest("a <dog1> and a <cat1>", seed=s, concepts=tuple(concepts), boxes=boxes) for s in (3, 4, 5)]

@@ -27,19 +27,13 @@ def _cidm(merge: str):
     from cifc_bench.methods.cidm import CIDM
 
     from cifc_bench.models import load_bundle
+    from cifc_bench.testing import store_random_cidm_task
 
     torch.manual_seed(0)
     method = CIDM(load_bundle("tiny-random"), merge=merge)
     gen = torch.Generator().manual_seed(0)
     for i in range(N_TASKS):  # 10 stored task learners with non-trivial LoRAs (training is not what we time)
-        c = _concept(i)
-        method._add_tokens(c, gen)
-        for m in method.modules:
-            m.reset_task()
-            with torch.no_grad():
-                m.up.normal_(0, 0.02, generator=gen)
-            m.store_task()
-        method.task_placeholders.append(list(c.placeholders))
+        store_random_cidm_task(method, _concept(i), gen, std=0.02)
     return method
 
 
