@@ -57,25 +57,31 @@ def find_runs(results_dir: Path, protocol: str, include_failed: bool = False, in
     return runs, skipped
 
 
-def _fmt(values: list[float]) -> str:
+def _fmt(values: list[float], digits: int = 1) -> str:
     values = [v for v in values if v is not None and not math.isnan(v)]
     if not values:
         return "–"
     mean = sum(values) / len(values)
     if len(values) == 1:
-        return f"{mean:.1f}"
+        return f"{mean:.{digits}f}"
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-    return f"{mean:.1f} ± {std:.1f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _by_label(runs: list[RunRecord], keep=lambda r: True) -> dict[str, list[RunRecord]]:
+    """The runs that ``keep`` accepts, grouped by method label (method plus its arguments), in input order."""
+    groups: dict[str, list[RunRecord]] = {}
+    for r in runs:
+        if keep(r):
+            groups.setdefault(r.label, []).append(r)
+    return groups
 
 
 def metric_table(metric: str, runs: list[RunRecord], concepts: list[str], reference: dict[str, Any] | None):
     """One metric's DataFrame: a row per method (mean ± std over its runs), then the reference rows."""
     import pandas as pd
 
-    by_label: dict[str, list[RunRecord]] = {}
-    for r in runs:
-        if metric in r.data["matrices"]:
-            by_label.setdefault(r.label, []).append(r)
+    by_label = _by_label(runs, lambda r: metric in r.data["matrices"])
     rows, sort_keys = [], []
     for label, group in by_label.items():
         row: dict[str, Any] = {"method": label, "seeds": len(group), "storage": group[0].data["run_info"].get("storage")}
@@ -106,10 +112,7 @@ def neglect_table(runs: list[RunRecord]):
     model, then the mean at the end, at first availability, and their change; plus ``min_sim``."""
     import pandas as pd
 
-    by_label: dict[str, list[RunRecord]] = {}
-    for r in runs:
-        if r.data.get("neglect"):
-            by_label.setdefault(r.label, []).append(r)
+    by_label = _by_label(runs, lambda r: bool(r.data.get("neglect")))
     n_prompts = max((len(g[0].data["neglect"]["prompts"]) for g in by_label.values()), default=0)
     prompts = [f"q{q}" for q in range(n_prompts)]
     rows, keys = [], []
@@ -148,9 +151,7 @@ def cost_table(runs: list[RunRecord]):
     resident memory (GiB), and the device it ran on. Times are only comparable between runs of one machine."""
     import pandas as pd
 
-    by_label: dict[str, list[RunRecord]] = {}
-    for r in runs:
-        by_label.setdefault(r.label, []).append(r)
+    by_label = _by_label(runs)
     rows, keys = [], []
     for label, group in by_label.items():
         tasks = [r.data.get("tasks") or [] for r in group]
@@ -163,7 +164,7 @@ def cost_table(runs: list[RunRecord]):
             "trainable k/task": _fmt([sum(t.get("trainable_params") or 0 for t in ts) / len(ts) / 1e3
                                       for ts in tasks if ts]),
             "stored k": _fmt([ts[-1].get("stored_params", 0) / 1e3 for ts in tasks if ts]),
-            "peak RSS GiB": _fmt2([max(t.get("peak_rss_mb") or 0 for t in ts) / 1024 for ts in tasks if ts]),
+            "peak RSS GiB": _fmt([max(t.get("peak_rss_mb") or 0 for t in ts) / 1024 for ts in tasks if ts], digits=2),
             "device": ", ".join(sorted({str(r.data["run_info"]["config"].get("device")) for r in group})),
         }
         known = [w for w in wall if w is not None]
@@ -171,17 +172,6 @@ def cost_table(runs: list[RunRecord]):
         rows.append(row)
     rows = [row for _, row in sorted(zip(keys, rows, strict=True), key=lambda kv: kv[0])]
     return pd.DataFrame(rows, dtype=object).fillna("–")
-
-
-def _fmt2(values: list[float]) -> str:
-    """Like :func:`_fmt`, two decimals (for quantities below ten)."""
-    values = [v for v in values if v is not None]
-    if not values:
-        return "–"
-    mean = sum(values) / len(values)
-    if len(values) == 1:
-        return f"{mean:.2f}"
-    return f"{mean:.2f} ± {math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)):.2f}"
 
 
 def _last(rows, q):

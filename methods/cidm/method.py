@@ -341,11 +341,13 @@ class CIDM(Method):
 
         bundle, phs, L = self.bundle, self.placeholders, self.n_layers
         request, n = requests[0], len(requests)
-        cond = encode_layerwise(bundle, [request.prompt], phs, L).expand(n, -1, -1, -1)
-        uncond = encode_layerwise(bundle, [settings.negative_prompt], phs, L).expand(n, -1, -1, -1)
+
+        def encode(prompt):  # encoded once, shared by the n seeds
+            return encode_layerwise(bundle, [prompt], phs, L).expand(n, -1, -1, -1)
+
+        cond, uncond = encode(request.prompt), encode(settings.negative_prompt)
         # region u's prompt, for the CFG batch [uncond; cond]: the unconditional half keeps the empty prompt
-        regions = [(torch.cat([uncond, encode_layerwise(bundle, [f"a {c.eval_replacement}"], phs, L).expand(n, -1, -1, -1)]),
-                    box.as_tuple())
+        regions = [(torch.cat([uncond, encode(f"a {c.eval_replacement}")]), box.as_tuple())
                    for c, box in zip(request.concepts, request.boxes, strict=True)]
         weights = self.task_weights(cond) if self.task_placeholders else None
         scheduler = type(bundle.scheduler).from_config(bundle.scheduler.config)
