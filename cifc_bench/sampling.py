@@ -73,14 +73,15 @@ def sample(
     scheduler.set_timesteps(settings.num_inference_steps, device=bundle.device)
     latents = initial_latents(bundle, seeds, settings.resolution) * scheduler.init_noise_sigma
     guided = settings.guidance_scale > 1.0
+    context = torch.cat([uncond, cond]) if guided else cond  # one tensor for every step
     for t in scheduler.timesteps:
         model_in = scheduler.scale_model_input(latents, t)
         if guided:
-            both = predict(torch.cat([model_in, model_in]), t, torch.cat([uncond, cond]))
+            both = predict(torch.cat([model_in, model_in]), t, context)
             eps_u, eps_c = both.chunk(2)
             eps = eps_u + settings.guidance_scale * (eps_c - eps_u)
         else:
-            eps = predict(model_in, t, cond)
+            eps = predict(model_in, t, context)
         latents = scheduler.step(eps, t, latents).prev_sample
     return decode(bundle, latents)
 

@@ -177,3 +177,71 @@ def test_ccs_batches_seeds_of_one_prompt_and_matches_one_at_a_time():
     small = GenerationSettings(resolution=32, num_inference_steps=3, guidance_scale=5.0, batch_size=2)
     for b, s in zip(batched, method.generate(requests, small), strict=True):  # batches split at batch_size
         assert np.abs(b - np.asarray(s, dtype=int)).max() <= 1
+
+
+def test_kv_cache_computes_each_contexts_keys_once_and_changes_no_image(monkeypatch):
+    """Under merged weights, K/V of a context are computed at the first denoising step only (plain and CCS
+    sampling), images are bit-identical to recomputing them at every step, and another context is never served
+    the cached K/V."""
+    import numpy as np
+    from cifc_bench.methods.cidm import CIDM
+
+    from cifc_bench.api import Box, Concept, GenerationRequest, GenerationSettings
+    from cifc_bench.models import load_bundle
+    from cifc_bench.testing import store_random_cidm_task
+
+    torch.manual_seed(0)
+    method = CIDM(load_bundle("tiny-random"))
+    gen = torch.Generator().manual_seed(0)
+    concepts = []
+    for name in ("dog", "cat"):
+        c = Concept(name=name, placeholders=(f"<{name}1>",), initializers=(name,), class_word=name, kind="object",
+                    image_dir=None, caption_dir=None, prompt_set="pet", eval_replacement=f"<{name}1>", eval_prompts=())
+        store_random_cidm_task(method, c, gen, std=0.05)
+        concepts.append(c)
+    boxes = (Box(0.0, 0.0, 1.0, 0.5), Box(0.0, 0.5, 1.0, 1.0))
+    requests = [GenerationRequest("a <dog1> on the beach", seed=1, concepts=(concepts[0],)),
+                GenerationRequest("a <dog1> and a <cat1>", seed=2, concepts=tuple(concepts), boxes=boxes)]
+    steps = 4
+    settings = GenerationSettings(resolution=32, num_inference_steps=steps, guidance_scale=5.0, batch_size=8)
+    to_k = method.processors[0].loras[1]
+    calls = []
+    to_k.register_forward_hook(lambda *_: calls.append(1))
+
+    cached = [np.asarray(im, dtype=int) for im in method.generate(requests, settings)]
+    cached_calls = len(calls)
+    assert cached_calls == 1 + 3  # plain: one context; CCS: the global prompt and two regions, once each
+
+    original = method.set_merged
+
+    def without_cache(weights):
+        original(weights)
+        for proc in method.processors:
+            proc.kv_cache = None
+
+    monkeypatch.setattr(method, "set_merged", without_cache)
+    calls.clear()
+    fresh = [np.asarray(im, dtype=int) for im in method.generate(requests, settings)]
+    # per step: plain 1; CCS the global pass 1, and each regional pass the global prompt and its region's
+    assert len(calls) == steps * 1 + steps * (1 + 2 * 2)
+    for a, b in zip(cached, fresh, strict=True):
+        assert np.array_equal(a, b)
+
+    # a second context of the same shape gets its own K/V, never the cached one
+    from cifc_bench.methods.cidm.layerwise import cross_attention_layers
+
+    attn = cross_attention_layers(method.bundle.unet)[0][1]
+    proc = method.processors[0]
+    hidden = torch.randn(2, 16, attn.to_q.base.in_features)
+    c1, c2 = (torch.randn(2, 77, attn.to_k.base.in_features) for _ in range(2))
+    with torch.no_grad():
+        proc.kv_cache = None
+        want1, want2 = attn(hidden, encoder_hidden_states=c1), attn(hidden, encoder_hidden_states=c2)
+        proc.kv_cache = {}
+        got1, got2 = attn(hidden, encoder_hidden_states=c1), attn(hidden, encoder_hidden_states=c2)
+        c1.add_(1.0)  # an in-place change invalidates c1's entry
+        got1b = attn(hidden, encoder_hidden_states=c1)
+        proc.kv_cache = None
+        want1b = attn(hidden, encoder_hidden_states=c1)
+    assert torch.equal(got1, want1) and torch.equal(got2, want2) and torch.equal(got1b, want1b)
+    assert not torch.allclose(want1, want1b)

@@ -108,9 +108,25 @@ class LayerwiseAttnProcessor:
         # the release's per-call mixture: a function of this layer's context giving [N, g] branch weights
         self.per_call = None
         self.loras: list[TaskLoRALinear] = []
+        # while the weights are fixed (merged per prompt), K and V of a context are the same at every denoising
+        # step: computed at the first step and reused. id(context) -> (context, its _version, K, V); holding the
+        # context keeps its id from being reused by another tensor.
+        self.kv_cache: dict[int, tuple] | None = None
 
-    def _attend(self, attn, query: torch.Tensor, context: torch.Tensor, keep_probs: bool) -> torch.Tensor:
-        key, value = attn.to_k(context), attn.to_v(context)
+    def _key_value(self, attn, context: torch.Tensor, dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V of this layer's slice of ``context`` ([B, L, T, d] or [B, T, d]), from the cache when valid."""
+        hit = self.kv_cache.get(id(context)) if self.kv_cache is not None else None
+        if hit is not None and hit[0] is context and hit[1] == context._version:
+            return hit[2], hit[3]
+        ctx = context[:, self.index] if context.ndim == 4 else context
+        ctx = ctx.to(dtype) if dtype is not None else ctx
+        key, value = attn.to_k(ctx), attn.to_v(ctx)
+        if self.kv_cache is not None:
+            self.kv_cache[id(context)] = (context, context._version, key, value)
+        return key, value
+
+    def _attend(self, attn, query: torch.Tensor, context: torch.Tensor, keep_probs: bool, dtype=None) -> torch.Tensor:
+        key, value = self._key_value(attn, context, dtype)
         b, n, _ = query.shape
         heads = attn.heads
         q = query.view(b, n, heads, -1).transpose(1, 2)
@@ -128,13 +144,13 @@ class LayerwiseAttnProcessor:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
         if encoder_hidden_states is None:
             raise ValueError("LayerwiseAttnProcessor is for cross-attention (attn2) only")
-        context = encoder_hidden_states[:, self.index] if encoder_hidden_states.ndim == 4 else encoder_hidden_states
         if self.per_call is not None:
+            context = encoder_hidden_states[:, self.index] if encoder_hidden_states.ndim == 4 else encoder_hidden_states
             weights = self.per_call(context)
             for m in self.loras:
                 m.branch_weights = weights
         query = attn.to_q(hidden_states)
-        out = self._attend(attn, query, context, keep_probs=True)
+        out = self._attend(attn, query, encoder_hidden_states, keep_probs=True)
         if self.regions:
             out = self._regional(attn, query, out)
         out = attn.to_out[0](out)
@@ -147,9 +163,8 @@ class LayerwiseAttnProcessor:
         total = torch.zeros_like(out)
         count = torch.zeros(1, n, 1, device=out.device, dtype=out.dtype)
         for context, box in self.regions:
-            ctx = context[:, self.index] if context.ndim == 4 else context
             mask = box_mask(box, side, side, out.device).view(1, n, 1).to(out.dtype)
-            total = total + self._attend(attn, query, ctx.to(query.dtype), keep_probs=False) * mask
+            total = total + self._attend(attn, query, context, keep_probs=False, dtype=query.dtype) * mask
             count = count + mask
         inside = count > 0
         return torch.where(inside, total / count.clamp(min=1), out)
@@ -184,7 +199,7 @@ class TaskLoRALinear(nn.Module):
         self.active = False
         self.ups: list[torch.Tensor] = []
         self.downs: list[torch.Tensor] = []
-        self.merged: torch.Tensor | None = None  # [N, out, in] per-sample full weights
+        self.merged: torch.Tensor | None = None  # [N, in, out] per-sample full weights, transposed for baddbmm
         self.branch_weights: torch.Tensor | None = None  # [N, g] for the naive mixture
 
     def reset_task(self) -> None:
@@ -205,12 +220,14 @@ class TaskLoRALinear(nn.Module):
             self.merged = None
             return
         deltas = torch.stack([self.delta(i) for i in range(len(self.ups))])  # [g, out, in]
-        self.merged = self.base.weight.unsqueeze(0) + alpha * torch.einsum("ng,goi->noi", weights.to(deltas), deltas)
+        merged = self.base.weight.unsqueeze(0) + alpha * torch.einsum("ng,goi->noi", weights.to(deltas), deltas)
+        self.merged = merged.transpose(1, 2).contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged is not None:
-            y = torch.bmm(x, self.merged.transpose(1, 2))
-            return y + self.base.bias if self.base.bias is not None else y
+            if self.base.bias is None:
+                return torch.bmm(x, self.merged)
+            return torch.baddbmm(self.base.bias, x, self.merged)  # bias fused, as nn.Linear's addmm
         y = self.base(x)
         if self.active:
             y = y + (x @ self.down.t()) @ self.up.t()

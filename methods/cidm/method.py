@@ -282,6 +282,8 @@ class CIDM(Method):
         if self.merge == "call":
             self._set_per_call(weights is not None)
             return
+        for proc in self.processors:  # fixed weights: each context's K and V are computed once, at the first step
+            proc.kv_cache = None if weights is None else {}
         for layer, modules in enumerate(self.loras):
             w = None if weights is None else torch.cat([weights[:, layer], weights[:, layer]])
             for m in modules:
@@ -356,11 +358,13 @@ class CIDM(Method):
         h, w = latents.shape[-2:]
         masks = [box_mask(box, h, w, latents.device) for _, box in regions]
 
+        context = torch.cat([uncond, cond])
+
         def guided(model_in, t, region=None):
             for proc in self.processors:
                 proc.regions = [region] if region is not None else None
             try:
-                both = bundle.unet(torch.cat([model_in, model_in]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
+                both = bundle.unet(torch.cat([model_in, model_in]), t, encoder_hidden_states=context).sample
             finally:
                 for proc in self.processors:
                     proc.regions = None
