@@ -20,7 +20,7 @@ from cifc_bench.metrics import DIRECTIONS
 from cifc_bench.results import RESULT_FILE, SCHEMA_VERSION
 
 SCALE = 100.0
-SUMMARY_COLUMNS = ("final", "avg_incremental", "forgetting", "forgetting_max", "bwt")
+SUMMARY_COLUMNS = ("final", "avg_incremental", "learning", "forgetting", "forgetting_max", "bwt")
 FORMATS = ("md", "csv", "latex")
 
 
@@ -68,6 +68,18 @@ def _fmt(values: list[float], digits: int = 1) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def _summary(run: RunRecord, metric: str) -> dict[str, float | None]:
+    """The run's stored summary of ``metric``; a summary newer than the file is computed from its matrix."""
+    stored = dict(run.data["summary"].get(metric, {}))
+    if metric in run.data["matrices"] and not set(SUMMARY_COLUMNS) <= stored.keys():
+        from cifc_bench.metrics import from_json_matrix, summarize
+
+        done = len(run.data.get("tasks") or [])
+        for key, value in summarize(from_json_matrix(run.data["matrices"][metric])[:done, :done]).items():
+            stored.setdefault(key, None if math.isnan(value) else value)
+    return stored
+
+
 def _by_label(runs: list[RunRecord], keep=lambda r: True) -> dict[str, list[RunRecord]]:
     """The runs that ``keep`` accepts, grouped by method label (method plus its arguments), in input order."""
     groups: dict[str, list[RunRecord]] = {}
@@ -87,9 +99,10 @@ def metric_table(metric: str, runs: list[RunRecord], concepts: list[str], refere
         row: dict[str, Any] = {"method": label, "seeds": len(group), "storage": group[0].data["run_info"].get("storage")}
         for i, name in enumerate(concepts):
             row[name] = _fmt([_scaled(r.data["matrices"][metric][-1][i]) for r in group])
+        summaries = [_summary(r, metric) for r in group]
         for key in SUMMARY_COLUMNS:
-            row[key] = _fmt([_scaled(r.data["summary"].get(metric, {}).get(key)) for r in group])
-        finals = [_scaled(r.data["summary"].get(metric, {}).get("final")) for r in group]
+            row[key] = _fmt([_scaled(s.get(key)) for s in summaries])
+        finals = [_scaled(s.get("final")) for s in summaries]
         finals = [f for f in finals if f is not None]
         sort_keys.append(sum(finals) / len(finals) if finals else -math.inf)
         rows.append(row)

@@ -19,6 +19,7 @@ TA_SCALE = 2.5  # CLIPScore's w, as in the CIDM evaluator
 DIRECTIONS = {
     "final": "higher",
     "avg_incremental": "higher",
+    "learning": "higher",
     "forgetting": "lower",
     "forgetting_max": "lower",
     "bwt": "higher",
@@ -68,6 +69,14 @@ def average_incremental(R: np.ndarray) -> float:
     return float(np.mean([r.mean() for r in rows]))
 
 
+def learning_accuracy(R: np.ndarray) -> float:
+    """Mean of the diagonal: each concept's score right after its own task (plasticity; Riemer et al. 2019's
+    learning accuracy). Read beside forgetting: a method that stops learning also stops forgetting."""
+    R = _check_square(R)
+    diagonal = np.diag(R)
+    return math.nan if np.isnan(diagonal).any() else float(diagonal.mean())
+
+
 def forgetting(R: np.ndarray) -> float:
     """Mean over i < T of R[i][i] - R[T][i]: the drop from just-learned to final (= -BWT)."""
     R = _check_square(R)
@@ -99,6 +108,7 @@ def summarize(R: np.ndarray) -> dict[str, float]:
     return {
         "final": final_average(R),
         "avg_incremental": average_incremental(R),
+        "learning": learning_accuracy(R),
         "forgetting": forgetting(R),
         "forgetting_max": forgetting_max(R),
         "bwt": backward_transfer(R),

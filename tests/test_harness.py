@@ -23,7 +23,7 @@ def test_each_task_schedule_fills_the_lower_triangle(tmp_path, tiny_protocol):
         for j in range(3):
             for i in range(3):
                 assert (R[j][i] is None) == (i > j)
-        assert set(result["summary"][metric]) == {"final", "avg_incremental", "forgetting", "forgetting_max", "bwt"}
+        assert set(result["summary"][metric]) == {"final", "avg_incremental", "learning", "forgetting", "forgetting_max", "bwt"}
         assert result["summary"][metric]["forgetting"] == pytest.approx(
             sum(R[i][i] - R[-1][i] for i in range(2)) / 2)
     assert [t["index"] for t in result["tasks"]] == [0, 1, 2]

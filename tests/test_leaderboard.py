@@ -46,6 +46,29 @@ def test_mean_and_std_over_seeds(results_dir, tiny_protocol):
     assert "broken" not in ia.index and any("status 'failed'" in s for s in skipped)
 
 
+def test_learning_column_is_the_diagonal_and_is_computed_for_files_that_predate_it(results_dir):
+    """``learning`` (mean of the after-own-task scores) comes from the stored summary, or, in a result file
+    written before it existed, from the file's matrix."""
+    from cifc_bench.leaderboard import RunRecord, metric_table
+
+    real = json.loads(next(results_dir.rglob("real/result.json")).read_text())
+    old = copy.deepcopy(real)
+    old["matrices"]["ia"] = [[0.2, None, None], [0.1, 0.4, None], [0.0, 0.3, 0.9]]
+    del old["summary"]["ia"]["learning"]
+    stored = copy.deepcopy(real)
+    stored["run_info"]["method"] = "stored"
+    stored["summary"]["ia"]["learning"] = 0.33
+    table = metric_table("ia", [RunRecord(results_dir / "old", old), RunRecord(results_dir / "s", stored)],
+                         ["a", "b", "c"], None).set_index("method")
+    assert table.loc["base", "learning"] == "50.0"  # (0.2 + 0.4 + 0.9) / 3, from the matrix
+    assert table.loc["base", "final"] == _pct(real["summary"]["ia"]["final"])  # stored values are kept
+    assert table.loc["stored", "learning"] == "33.0"
+
+
+def _pct(v):
+    return f"{v * 100:.1f}"
+
+
 def test_dirty_and_failed_runs_are_left_out_unless_asked(results_dir, tiny_protocol):
     tables, skipped, _ = leaderboard_tables(str(tiny_protocol), results_dir)
     assert "dirtyrun" not in set(tables["ia"]["method"])

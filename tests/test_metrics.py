@@ -17,6 +17,7 @@ def test_summaries_on_a_hand_computed_matrix():
     s = metrics.summarize(R)
     assert s["final"] == pytest.approx((0.60 + 0.85 + 0.50) / 3)
     assert s["avg_incremental"] == pytest.approx((0.80 + (0.70 + 0.90) / 2 + (0.60 + 0.85 + 0.50) / 3) / 3)
+    assert s["learning"] == pytest.approx((0.80 + 0.90 + 0.50) / 3)  # the diagonal: each right after its task
     # drop from just-learned to final, over the first T-1 concepts
     assert s["forgetting"] == pytest.approx(((0.80 - 0.60) + (0.90 - 0.85)) / 2)
     assert s["bwt"] == pytest.approx(-s["forgetting"])
@@ -39,7 +40,7 @@ def test_final_only_schedule_gives_final_and_nan_for_the_rest():
     R[-1] = [0.3, 0.6, 0.9]
     s = metrics.summarize(R)
     assert s["final"] == pytest.approx(0.6)
-    assert all(math.isnan(s[k]) for k in ("avg_incremental", "forgetting", "forgetting_max", "bwt"))
+    assert all(math.isnan(s[k]) for k in ("avg_incremental", "learning", "forgetting", "forgetting_max", "bwt"))
 
 
 def test_single_task_has_no_forgetting():
