@@ -1,10 +1,10 @@
 """Generation cost on tiny models: base model vs CIDM with 10 stored tasks vs the release's per-call mixture.
 
-Run with timing: ``pytest tests/benchmarks --benchmark-enable``. Each benchmark warms up once (the first call
-of a process pays one-time costs: CIDM's concept encoding, allocator growth) and then times ``ROUNDS`` calls.
+Run with timing: ``pytest tests/benchmarks --benchmark-enable``. Each benchmark warms up once (so one-time
+costs such as CIDM's cached concept encoding are not timed) and then times ``ROUNDS`` calls.
 Each CIDM benchmark records its median and mean time as ratios to the base model's in ``extra_info``
-(``ratio_to_base`` is the median's: one slow round from another process on a 2-core machine moves the mean a
-lot) and prints them. On a machine that is busy with other work, time CPU instead of wall clock, on one
+(``ratio_to_base`` is the median's: two-thread rounds on a 2-core machine vary by up to 30 %, which moves the
+mean a lot) and prints them. On a machine that is busy with other work, time CPU instead of wall clock, on one
 thread: ``OMP_NUM_THREADS=1 pytest tests/benchmarks --benchmark-enable --benchmark-timer time.process_time``.
 Without ``--benchmark-enable`` (the default test run) every benchmark runs once, as a smoke test.
 """
