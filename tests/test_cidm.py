@@ -144,13 +144,11 @@ def test_sd15_architecture_gets_16_layerwise_tokens_and_64_lora_modules():
     assert Task(0, (concept,)).name == "dog"
 
 
-def test_ccs_batches_seeds_of_one_prompt_and_matches_one_at_a_time():
-    """Boxed requests that share prompt and boxes are sampled as one batch; each image equals its unbatched one
-    up to float rounding (≤ 1 grey level on < 1 % of pixels), and the order of the requests is kept."""
-    import numpy as np
+def _cidm_with_dog_and_cat():
+    """A tiny-random CIDM with two stored random task learners (<dog1>, <cat1>) and two side-by-side boxes."""
     from cifc_bench.methods.cidm import CIDM
 
-    from cifc_bench.api import Box, Concept, GenerationRequest, GenerationSettings
+    from cifc_bench.api import Box, Concept
     from cifc_bench.models import load_bundle
     from cifc_bench.testing import store_random_cidm_task
 
@@ -164,6 +162,17 @@ def test_ccs_batches_seeds_of_one_prompt_and_matches_one_at_a_time():
         store_random_cidm_task(method, c, gen, std=0.05)
         concepts.append(c)
     boxes = (Box(0.0, 0.0, 1.0, 0.5), Box(0.0, 0.5, 1.0, 1.0))
+    return method, concepts, boxes
+
+
+def test_ccs_batches_seeds_of_one_prompt_and_matches_one_at_a_time():
+    """Boxed requests that share prompt and boxes are sampled as one batch; each image equals its unbatched one
+    up to float rounding (≤ 1 grey level on < 1 % of pixels), and the order of the requests is kept."""
+    import numpy as np
+
+    from cifc_bench.api import GenerationRequest, GenerationSettings
+
+    method, concepts, boxes = _cidm_with_dog_and_cat()
     multi = [GenerationRequest("a <dog1> and a <cat1>", seed=s, concepts=tuple(concepts), boxes=boxes) for s in (3, 4, 5)]
     plain = GenerationRequest("a <dog1> on the beach", seed=9, concepts=(concepts[0],))
     requests = [multi[0], plain, multi[1], multi[2]]
@@ -184,22 +193,10 @@ def test_kv_cache_computes_each_contexts_keys_once_and_changes_no_image(monkeypa
     sampling), images are bit-identical to recomputing them at every step, and another context is never served
     the cached K/V."""
     import numpy as np
-    from cifc_bench.methods.cidm import CIDM
 
-    from cifc_bench.api import Box, Concept, GenerationRequest, GenerationSettings
-    from cifc_bench.models import load_bundle
-    from cifc_bench.testing import store_random_cidm_task
+    from cifc_bench.api import GenerationRequest, GenerationSettings
 
-    torch.manual_seed(0)
-    method = CIDM(load_bundle("tiny-random"))
-    gen = torch.Generator().manual_seed(0)
-    concepts = []
-    for name in ("dog", "cat"):
-        c = Concept(name=name, placeholders=(f"<{name}1>",), initializers=(name,), class_word=name, kind="object",
-                    image_dir=None, caption_dir=None, prompt_set="pet", eval_replacement=f"<{name}1>", eval_prompts=())
-        store_random_cidm_task(method, c, gen, std=0.05)
-        concepts.append(c)
-    boxes = (Box(0.0, 0.0, 1.0, 0.5), Box(0.0, 0.5, 1.0, 1.0))
+    method, concepts, boxes = _cidm_with_dog_and_cat()
     requests = [GenerationRequest("a <dog1> on the beach", seed=1, concepts=(concepts[0],)),
                 GenerationRequest("a <dog1> and a <cat1>", seed=2, concepts=tuple(concepts), boxes=boxes)]
     steps = 4
