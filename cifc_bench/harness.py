@@ -288,21 +288,8 @@ def _loop(ctx: RunContext, result: dict[str, Any]) -> None:
             "trainable_params": ctx.method.trainable_parameters(),
             "stored_params": ctx.method.stored_parameters(),
         })
-        result["summary"] = summarize_result(result)
+        result["summary"] = metrics.summarize_result(result)
         write_json_atomic(ctx.run_dir / RESULT_FILE, result)
-
-
-def summarize_result(result: dict[str, Any]) -> dict[str, dict[str, float | None]]:
-    out = {}
-    done = len(result["tasks"])
-    for m, rows in result["matrices"].items():
-        R = metrics.from_json_matrix(rows)
-        stats = metrics.summarize(R[:done, :done]) if done else {}
-        out[m] = {k: (None if math.isnan(v) else v) for k, v in stats.items()}
-    for m, rows in ((result.get("neglect") or {}).get("matrices") or {}).items():
-        stats = metrics.summarize_available(metrics.from_json_matrix(rows)[:done]) if done else {}
-        out[m] = {k: (None if math.isnan(v) else v) for k, v in stats.items()}
-    return out
 
 
 def generate_cached(ctx: RunContext, pairs, folder: Path, desc: str) -> list:

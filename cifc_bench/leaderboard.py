@@ -70,14 +70,12 @@ def _fmt(values: list[float], digits: int = 1) -> str:
 
 def _summary(run: RunRecord, metric: str) -> dict[str, float | None]:
     """The run's stored summary of ``metric``; a summary newer than the file is computed from its matrix."""
-    stored = dict(run.data["summary"].get(metric, {}))
-    if metric in run.data["matrices"] and not set(SUMMARY_COLUMNS) <= stored.keys():
-        from cifc_bench.metrics import from_json_matrix, summarize
+    stored = run.data["summary"].get(metric, {})
+    if metric not in run.data["matrices"] or set(SUMMARY_COLUMNS) <= stored.keys():
+        return stored
+    from cifc_bench.metrics import summarize_result
 
-        done = len(run.data.get("tasks") or [])
-        for key, value in summarize(from_json_matrix(run.data["matrices"][metric])[:done, :done]).items():
-            stored.setdefault(key, None if math.isnan(value) else value)
-    return stored
+    return {**summarize_result(run.data).get(metric, {}), **stored}
 
 
 def _by_label(runs: list[RunRecord], keep=lambda r: True) -> dict[str, list[RunRecord]]:

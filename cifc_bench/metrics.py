@@ -133,6 +133,20 @@ def summarize_available(R: np.ndarray) -> dict[str, float]:
     return {"final": _mean(list(R[-1])), "first": _mean(firsts), "change": _mean(changes)}
 
 
+def summarize_result(result: dict) -> dict[str, dict[str, float | None]]:
+    """Every summary of a result file's matrices, over the tasks it finished (JSON-ready: NaN becomes None)."""
+    out = {}
+    done = len(result["tasks"])
+    for m, rows in result["matrices"].items():
+        R = from_json_matrix(rows)
+        stats = summarize(R[:done, :done]) if done else {}
+        out[m] = {k: (None if math.isnan(v) else v) for k, v in stats.items()}
+    for m, rows in ((result.get("neglect") or {}).get("matrices") or {}).items():
+        stats = summarize_available(from_json_matrix(rows)[:done]) if done else {}
+        out[m] = {k: (None if math.isnan(v) else v) for k, v in stats.items()}
+    return out
+
+
 def to_json_matrix(R: np.ndarray) -> list[list[float | None]]:
     return [[None if math.isnan(v) else float(v) for v in row] for row in np.asarray(R, dtype=np.float64)]
 
