@@ -6,6 +6,7 @@
     cifc-bench data fetch cifc10 [--to DIR]
     cifc-bench leaderboard --protocol cifc10 --format md|csv|latex
     cifc-bench report RUN_DIR [RUN_DIR ...] [--out DIR]
+    cifc-bench rescore RUN_DIR [RUN_DIR ...] [--scorer NAME]   # new scores from a run's saved images
     cifc-bench ls methods|protocols
 
 Heavy libraries are imported inside the commands, so ``ls`` and ``--help`` stay fast.
@@ -127,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
     rp.add_argument("--out", type=Path,
                     help="report folder (default: RUN_DIR/report for one run, ./report for several)")
+
+    rs = sub.add_parser("rescore", help="score runs again from their saved images (after a scorer change)")
+    rs.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
+    rs.add_argument("--scorer", help="score with this scorer instead of the run's own (default: its name, current "
+                                     "weights)")
+    rs.add_argument("--device", help="device to score on (default: the run's)")
 
     ls = sub.add_parser("ls", help="list registered plugins")
     ls.add_argument("what", choices=("methods", "protocols"))
@@ -284,6 +291,27 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rescore(args: argparse.Namespace) -> int:
+    from cifc_bench.rescore import rescore_run
+    from cifc_bench.results import read_result
+
+    missing = [str(r) for r in args.runs if not (r / "result.json").is_file()]
+    if missing:
+        raise CLIError(f"no result.json in {', '.join(missing)}; pass run directories (results/<protocol>/<method>/<run>)")
+    for run_dir in args.runs:
+        before = _summary_line(read_result(run_dir))
+        result = rescore_run(run_dir, args.scorer, args.device)
+        print(f"rescored {run_dir} with {result['run_info']['scorer']}\n  before: {before}\n  after:  "
+              f"{_summary_line(result)}")
+    return 0
+
+
+def _summary_line(result: dict) -> str:
+    return "; ".join(f"{m} final={s['final']:.4f} forgetting={s['forgetting']:.4f}"
+                     for m, s in result.get("summary", {}).items()
+                     if isinstance(s, dict) and s.get("final") is not None and s.get("forgetting") is not None)
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
     from cifc_bench.registry import METHODS, PROTOCOLS, list_plugins
 
@@ -293,7 +321,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "data": cmd_data, "leaderboard": cmd_leaderboard, "ls": cmd_ls,
-            "synth": cmd_synth, "report": cmd_report}
+            "synth": cmd_synth, "report": cmd_report, "rescore": cmd_rescore}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -49,7 +49,7 @@ class RunContext:
 
     config: RunConfig
     sequence: TaskSequence
-    method: Method
+    method: Method | None  # None when rescoring a run's saved images
     scorer: Any
     run_dir: Path
     metrics: tuple[str, ...] = METRICS
@@ -94,11 +94,13 @@ def multi_requests(sequence: TaskSequence, q: int, n_images: int):
                                boxes=m.boxes), f"q{q:03d}_s{k:03d}.png") for k in range(n_images)]
 
 
-def load_context(config: RunConfig, run_dir: Path, calibration: dict[str, Any] | None = None) -> RunContext:
+def load_context(config: RunConfig, run_dir: Path, calibration: dict[str, Any] | None = None,
+                 with_method: bool = True) -> RunContext:
     """Bind the protocol to its data and load model, scorer and method for ``config``.
 
     The neglect rate's presence thresholds are calibrated here (or taken from ``calibration``, a resumed run's
-    own), on the base model before the method can touch it.
+    own), on the base model before the method can touch it. Without ``with_method`` (rescoring saved images)
+    no method is built and nothing can be generated.
     """
     from cifc_bench.models import load_bundle
     from cifc_bench.protocol import load_protocol
@@ -130,10 +132,12 @@ def load_context(config: RunConfig, run_dir: Path, calibration: dict[str, Any] |
     import torch
 
     torch.manual_seed(derive_seed("method-init", config.seed))  # adapters initialised at construction
-    try:
-        method = method_cls(bundle, **config.method_args)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"method {config.method!r} rejected its arguments {config.method_args}: {err}") from err
+    method = None
+    if with_method:
+        try:
+            method = method_cls(bundle, **config.method_args)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"method {config.method!r} rejected its arguments {config.method_args}: {err}") from err
     metrics = tuple(spec.defaults.get("metrics", METRICS))
     unknown = [m for m in metrics if m not in METRICS and m not in EXTRA_METRICS]
     if unknown:
@@ -143,6 +147,13 @@ def load_context(config: RunConfig, run_dir: Path, calibration: dict[str, Any] |
         metrics = (*metrics, DINO_METRIC)
     return RunContext(config=config, sequence=sequence, method=method, scorer=scorer, run_dir=Path(run_dir),
                       metrics=metrics, dino=dino, calibration=calibration)
+
+
+def scorer_fingerprint(scorer) -> str:
+    """A digest of the scorer's weights: scores made with different weights under one name must not be mixed."""
+    from cifc_bench.neglect import weights_fingerprint
+
+    return weights_fingerprint(scorer.model)
 
 
 def _settings(c: RunConfig) -> GenerationSettings:
@@ -167,6 +178,7 @@ def new_result(ctx: RunContext) -> dict[str, Any]:
             "seed": ctx.config.seed,
             "model": ctx.config.model,
             "scorer": ctx.config.scorer,
+            "scorer_fingerprint": scorer_fingerprint(ctx.scorer),
             "git": git_info(),
             "packages": package_versions(),
             "started": now(),
@@ -270,14 +282,8 @@ def _loop(ctx: RunContext, result: dict[str, Any]) -> None:
             train_seconds = time.perf_counter() - started
             save_state(checkpoint, ctx.method.state_dict())
         eval_started = time.perf_counter()
-        if cfg.eval_schedule == "each-task" or j == len(tasks) - 1:
-            for concept in ctx.sequence.concepts[: j + 1]:
-                scores = evaluate_concept(ctx, j, concept, references)
-                i = ctx.sequence.concepts.index(concept)
-                for m, v in scores.items():
-                    result["matrices"][m][j][i] = v
-            if result.get("neglect"):
-                evaluate_neglect(ctx, j, result["neglect"], references)
+        if evaluated_after(cfg, j, len(tasks)):
+            evaluate_task(ctx, result, j, references)
         result["tasks"].append({
             "index": j,
             "task": task.name,
@@ -292,9 +298,28 @@ def _loop(ctx: RunContext, result: dict[str, Any]) -> None:
         write_json_atomic(ctx.run_dir / RESULT_FILE, result)
 
 
+def evaluated_after(cfg: RunConfig, j: int, n_tasks: int) -> bool:
+    """Whether the run's schedule evaluates the model state after task ``j``."""
+    return cfg.eval_schedule == "each-task" or j == n_tasks - 1
+
+
+def evaluate_task(ctx: RunContext, result: dict[str, Any], j: int, references: dict[str, np.ndarray]) -> None:
+    """Fill row j of every matrix (and of the neglect matrices): all concepts learned so far, scored."""
+    for concept in ctx.sequence.concepts[: j + 1]:
+        scores = evaluate_concept(ctx, j, concept, references)
+        i = ctx.sequence.concepts.index(concept)
+        for m, v in scores.items():
+            result["matrices"][m][j][i] = v
+    if result.get("neglect"):
+        evaluate_neglect(ctx, j, result["neglect"], references)
+
+
 def generate_cached(ctx: RunContext, pairs, folder: Path, desc: str) -> list:
     """The images of ``pairs`` (request, file name): generated for the files missing in ``folder``, then read."""
     missing = [(r, name) for r, name in pairs if not (folder / name).exists()]
+    if missing and ctx.method is None:
+        raise ConfigError(f"{folder} lacks {len(missing)} of the run's images (first: {missing[0][1]}); rescoring "
+                          "reads the images a run saved and generates none. Re-run the method instead.")
     settings = ctx.settings
     for start in progress(range(0, len(missing), settings.batch_size), desc=desc, leave=False):
         chunk = missing[start : start + settings.batch_size]

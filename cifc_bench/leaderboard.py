@@ -50,11 +50,37 @@ def find_runs(results_dir: Path, protocol: str, include_failed: bool = False, in
         if data.get("status") != "completed" and not include_failed:
             skipped.append(f"{path}: status {data.get('status')!r} (use --include-failed)")
             continue
-        if data["run_info"].get("git", {}).get("dirty") and not include_dirty:
-            skipped.append(f"{path}: run from a dirty source tree (use --include-dirty)")
+        info = data["run_info"]
+        if any(g.get("dirty") for g in (info.get("git", {}), *(r.get("git", {}) for r in info.get("rescores", ())))) \
+                and not include_dirty:
+            skipped.append(f"{path}: run (or its rescoring) from a dirty source tree (use --include-dirty)")
             continue
         runs.append(RunRecord(path, data))
-    return runs, skipped
+    return _same_scorer_weights(runs, skipped)
+
+
+def _scored_at(info: dict) -> str:
+    return max([info.get("started") or "", *(r.get("at") or "" for r in info.get("rescores", ()))])
+
+
+def _same_scorer_weights(runs: list[RunRecord], skipped: list[str]):
+    """Scores made with different weights under one scorer name are not comparable: keep the runs scored with
+    the newest-scored run's weights, and say how to bring the others up to date."""
+    newest: dict[str, tuple[str, str | None]] = {}
+    for r in runs:
+        info = r.data["run_info"]
+        when = _scored_at(info)
+        if info.get("scorer") not in newest or when > newest[info.get("scorer")][0]:
+            newest[info.get("scorer")] = (when, info.get("scorer_fingerprint"))
+    kept = []
+    for r in runs:
+        info = r.data["run_info"]
+        if info.get("scorer_fingerprint") != newest[info.get("scorer")][1]:
+            skipped.append(f"{r.path}: scored with other weights of scorer {info.get('scorer')!r} than the newest "
+                           f"runs; rescore it with `cifc-bench rescore {r.path.parent}`")
+        else:
+            kept.append(r)
+    return kept, skipped
 
 
 def _fmt(values: list[float], digits: int = 1) -> str:
