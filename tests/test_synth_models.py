@@ -45,6 +45,19 @@ def test_pretraining_is_reproducible_from_the_seed(tmp_path):
     assert c["files"]["base/unet/diffusion_pytorch_model.safetensors"] != a["files"]["base/unet/diffusion_pytorch_model.safetensors"]
 
 
+def test_retraining_one_part_keeps_the_other_parts_manifest_entry_only_if_its_recipe_is_unchanged(tmp_path):
+    from dataclasses import replace
+
+    small = PretrainConfig(text_steps=2, unet_steps=2, scorer_steps=2, batch_size=4, scorer_batch_size=8,
+                           text_batch_size=8)
+    first = pretrain(small, tmp_path)
+    new_scorer = pretrain(replace(small, scorer_steps=3), tmp_path, parts=("scorer",))
+    assert new_scorer["base"] == first["base"] and new_scorer["scorer"]["config"]["scorer_steps"] == 3
+    assert new_scorer["files"]["scorer.pt"] != first["files"]["scorer.pt"]
+    new_base_recipe = pretrain(replace(small, scorer_steps=3, unet_steps=3), tmp_path, parts=("scorer",))
+    assert "base" not in new_base_recipe  # the base files on disk no longer match the recipe: no entry vouches for them
+
+
 def test_pretraining_rejects_an_unknown_part(tmp_path):
     with pytest.raises(ValueError, match="unknown pretraining part.*'vae'"):
         pretrain(PretrainConfig(), tmp_path, parts=("vae",))

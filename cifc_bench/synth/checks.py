@@ -63,6 +63,7 @@ def base_model_report(bundle, scorer, n_prompts: int = 200, images_per_class: in
         "context_acc": context_accuracy(images, prompts),
         "context_acc_by_attribute": {k: float(np.mean(v)) for k, v in per_attr.items()},
         "class_acc": float(np.mean(predicted == truth)),
+        "class_acc_by_class": {s: float(np.mean(predicted[truth == k] == k)) for k, s in enumerate(world.SHAPES)},
         "n_prompts": len(prompts),
         "n_class_images": len(class_prompts),
         "images": images,

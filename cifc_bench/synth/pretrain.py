@@ -28,8 +28,10 @@ TEXT_LENGTH = 32
 SCORER_ARCH = "cifc-synth-clip"
 SCORER_CFG = {
     "embed_dim": 64,
-    # a small conv tower (open_clip's ModifiedResNet): a ViT of this size stayed blind to object shape
-    "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 16},
+    # a small conv tower (open_clip's ModifiedResNet): a ViT of this size stayed blind to object shape. Its stem
+    # quarters the input, so 32-pixel pictures go in upsampled to 64 (its preprocessing): at 32 the stem left 8x8
+    # maps and the scorer named the class of clean renders 70 % of the time, at 64 it does 94 %
+    "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16},
     "text_cfg": {"context_length": TEXT_LENGTH, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 2},
 }
 # v-prediction: an epsilon loss hardly rewards getting the picture right at high noise, which is exactly where
@@ -327,13 +329,30 @@ def _grain(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 PARTS = ("scorer", "base")
+#: the config fields each part's weights depend on: retraining one part keeps the other's manifest entry when
+#: its own fields are unchanged
+PART_FIELDS = {
+    "scorer": ("seed", "scorer_steps", "scorer_batch_size", "scorer_lr", "caption_keep", "two_object_fraction",
+               "threads"),
+    "base": ("seed", "text_steps", "unet_steps", "text_batch_size", "batch_size", "lr", "caption_keep",
+             "two_object_fraction", "uncond_fraction", "threads"),
+}
+
+
+def part_config(cfg: PretrainConfig, part: str) -> dict:
+    """What ``part``'s weights are a function of: its config fields (and the scorer's architecture)."""
+    out = {k: getattr(cfg, k) for k in PART_FIELDS[part]}
+    if part == "scorer":
+        out |= {"architecture": SCORER_CFG, "grain": SCORER_GRAIN}
+    return out
 
 
 def pretrain(cfg: PretrainConfig, out_dir: Path, parts: tuple[str, ...] = PARTS) -> dict:
     """Both models (or the named ``parts``) plus a manifest (config, timings, sha256 of every file) in ``out_dir``.
 
     The parts draw from separate seeded streams, so training them in separate calls gives the same files as one
-    call; the manifest keeps the entries of parts trained earlier with the same config.
+    call; the manifest keeps the entry of a part trained earlier whose own config (:func:`part_config`) is
+    unchanged.
     """
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
@@ -344,14 +363,16 @@ def pretrain(cfg: PretrainConfig, out_dir: Path, parts: tuple[str, ...] = PARTS)
     report: dict = {"config": asdict(cfg)}
     if manifest.exists():
         previous = json.loads(manifest.read_text())
-        if previous.get("config") == report["config"]:
-            report.update({k: previous[k] for k in PARTS if k in previous and k not in parts})
+        for part in set(PARTS) - set(parts):
+            if part in previous and previous[part].get("config") == part_config(cfg, part):
+                report[part] = previous[part]
     for part, train in (("scorer", lambda: pretrain_scorer(cfg, out_dir / "scorer.pt")),
                         ("base", lambda: pretrain_base(cfg, out_dir / "base"))):
         if part in parts:
             started = time.perf_counter()
             report[part] = train()
             report[part]["seconds"] = time.perf_counter() - started
+            report[part]["config"] = part_config(cfg, part)
     report["files"] = {
         str(p.relative_to(out_dir)): _sha256(p) for p in sorted(out_dir.rglob("*")) if p.is_file() and p.name != "manifest.json"
     }
