@@ -1,7 +1,8 @@
 """Leaderboard tables: mean ± std over seeds per method, per-concept final scores plus summaries.
 
 Runs are found by scanning for ``result.json``; failed runs and runs from a dirty source tree are left out
-unless asked for. A protocol may carry the paper's reported numbers, shown as clearly labelled reference
+unless asked for, and runs scored with other weights of a scorer than the newest are always left out (they
+need ``cifc-bench rescore``). A protocol may carry the paper's reported numbers, shown as clearly labelled reference
 rows. Scores are shown ×100, like the CIDM tables::
 
     tables = leaderboard_tables("cifc10", Path("results"))

@@ -55,9 +55,8 @@ def rescore_run(run_dir: Path, scorer: str | None = None, device: str | None = N
                 "summary": result.get("summary")}
     rows = [j for j in range(done) if evaluated_after(config, j, n_tasks)]
     result["matrices"] = {m: [[None] * n_tasks for _ in range(n_tasks)] for m in ctx.metrics}
-    if result.get("neglect") is not None:
-        result["neglect"] = new_neglect(dataclasses.replace(ctx, config=dataclasses.replace(
-            ctx.config, multi_images_per_prompt=result["neglect"]["images_per_prompt"])))
+    if result.get("neglect") is not None:  # thresholds calibrated for this scorer, matrices empty
+        result["neglect"] = new_neglect(ctx)
     references: dict = {}
     for j in progress(rows, desc=f"rescore {run_dir.name}"):
         evaluate_task(ctx, result, j, references)
