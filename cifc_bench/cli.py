@@ -183,11 +183,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = args.out or Path("results") / config.protocol / config.method.replace(":", "_") / f"{stamp}-s{config.seed}"
         result = run_benchmark(config, run_dir)
-    print(f"run {result['status']}: {run_dir}/result.json")
-    for metric, summary in result["summary"].items():
-        parts = ", ".join(f"{k}={v:.4f}" for k, v in summary.items() if v is not None)
-        print(f"  {metric}: {parts}")
+    print(f"run {result['status']}: {run_dir}/result.json\n{_summary_lines(result['summary'])}")
     return 0
+
+
+def _summary_lines(summary: dict, indent: str = "  ") -> str:
+    return "\n".join(f"{indent}{metric}: " + ", ".join(f"{k}={v:.4f}" for k, v in stats.items() if v is not None)
+                     for metric, stats in summary.items())
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -299,17 +301,11 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     if missing:
         raise CLIError(f"no result.json in {', '.join(missing)}; pass run directories (results/<protocol>/<method>/<run>)")
     for run_dir in args.runs:
-        before = _summary_line(read_result(run_dir))
+        before = read_result(run_dir)["summary"]
         result = rescore_run(run_dir, args.scorer, args.device)
-        print(f"rescored {run_dir} with {result['run_info']['scorer']}\n  before: {before}\n  after:  "
-              f"{_summary_line(result)}")
+        print(f"rescored {run_dir} with {result['run_info']['scorer']}\n  before:\n{_summary_lines(before, '    ')}"
+              f"\n  after:\n{_summary_lines(result['summary'], '    ')}")
     return 0
-
-
-def _summary_line(result: dict) -> str:
-    return "; ".join(f"{m} final={s['final']:.4f} forgetting={s['forgetting']:.4f}"
-                     for m, s in result.get("summary", {}).items()
-                     if isinstance(s, dict) and s.get("final") is not None and s.get("forgetting") is not None)
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
