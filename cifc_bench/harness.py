@@ -55,6 +55,7 @@ class RunContext:
     metrics: tuple[str, ...] = METRICS
     dino: Any = None  # the DINO encoder behind ia_dino, when the run asks for it
     calibration: dict[str, Any] | None = None  # presence thresholds of the neglect rate (None: no multi prompts)
+    model_fingerprint: str = ""  # of the base model's weights, taken before the method could change them
 
     @property
     def settings(self) -> GenerationSettings:
@@ -117,6 +118,7 @@ def load_context(config: RunConfig, run_dir: Path, calibration: dict[str, Any] |
             f"{spec.name!r} ({min(len(c.eval_prompts) for c in sequence.concepts)} prompts)"
         )
     bundle = load_bundle(config.model, config.device)
+    fingerprint = model_fingerprint(bundle)
     scorer = load_scorer(config.scorer, config.device)
     dino = None
     if config.dino and config.dino != "none":
@@ -146,7 +148,7 @@ def load_context(config: RunConfig, run_dir: Path, calibration: dict[str, Any] |
     if dino is not None:
         metrics = (*metrics, DINO_METRIC)
     return RunContext(config=config, sequence=sequence, method=method, scorer=scorer, run_dir=Path(run_dir),
-                      metrics=metrics, dino=dino, calibration=calibration)
+                      metrics=metrics, dino=dino, calibration=calibration, model_fingerprint=fingerprint)
 
 
 def scorer_fingerprint(scorer) -> str:
@@ -154,6 +156,13 @@ def scorer_fingerprint(scorer) -> str:
     from cifc_bench.neglect import weights_fingerprint
 
     return weights_fingerprint(scorer.model)
+
+
+def model_fingerprint(bundle) -> str:
+    """A digest of the base model's weights: runs on different weights under one model name are not comparable."""
+    from cifc_bench.neglect import weights_fingerprint
+
+    return weights_fingerprint(*(m for m in (bundle.unet, bundle.text_encoder, bundle.vae) if m is not None))
 
 
 def _settings(c: RunConfig) -> GenerationSettings:
@@ -179,6 +188,7 @@ def new_result(ctx: RunContext) -> dict[str, Any]:
             "model": ctx.config.model,
             "scorer": ctx.config.scorer,
             "scorer_fingerprint": scorer_fingerprint(ctx.scorer),
+            "model_fingerprint": ctx.model_fingerprint,
             "git": git_info(),
             "packages": package_versions(),
             "started": now(),
@@ -228,6 +238,11 @@ def run_benchmark(config: RunConfig | None, run_dir: Path, resume: bool = False,
         _check_resume_config(given, stored)
         ctx = load_context(dataclasses.replace(stored, device=device), run_dir,
                            calibration=(result.get("neglect") or {}).get("calibration"))
+        began_on = result["run_info"].get("model_fingerprint")
+        if began_on and began_on != ctx.model_fingerprint:
+            raise ConfigError(f"{run_dir} began on other weights of model {stored.model!r} (fingerprint {began_on}, "
+                              f"now {ctx.model_fingerprint}); its matrix cannot mix two base models. Start a new run "
+                              f"with --out, or restore the weights it began on.")
         result["status"], result["error"] = "running", None
     else:
         if (run_dir / RESULT_FILE).exists():

@@ -1,8 +1,9 @@
 """Leaderboard tables: mean ± std over seeds per method, per-concept final scores plus summaries.
 
 Runs are found by scanning for ``result.json``; failed runs and runs from a dirty source tree are left out
-unless asked for, and runs scored with other weights of a scorer than the newest are always left out (they
-need ``cifc-bench rescore``). A protocol may carry the paper's reported numbers, shown as clearly labelled reference
+unless asked for. Runs scored with other weights of a scorer than the newest are always left out (they need
+``cifc-bench rescore``), and so are runs made on other weights of the base model than the newest (they need a
+new run). A protocol may carry the paper's reported numbers, shown as clearly labelled reference
 rows. Scores are shown ×100, like the CIDM tables::
 
     tables = leaderboard_tables("cifc10", Path("results"))
@@ -57,7 +58,7 @@ def find_runs(results_dir: Path, protocol: str, include_failed: bool = False, in
             skipped.append(f"{path}: run (or its rescoring) from a dirty source tree (use --include-dirty)")
             continue
         runs.append(RunRecord(path, data))
-    return _same_scorer_weights(runs, skipped)
+    return _same_scorer_weights(*_same_model_weights(runs, skipped))
 
 
 def _scored_at(info: dict) -> str:
@@ -67,18 +68,31 @@ def _scored_at(info: dict) -> str:
 def _same_scorer_weights(runs: list[RunRecord], skipped: list[str]):
     """Scores made with different weights under one scorer name are not comparable: keep the runs scored with
     the newest-scored run's weights, and say how to bring the others up to date."""
+    return _same_weights(runs, skipped, "scorer", "scored", _scored_at,
+                         lambda r: f"rescore it with `cifc-bench rescore {r.path.parent}`")
+
+
+def _same_model_weights(runs: list[RunRecord], skipped: list[str]):
+    """Runs on different weights under one model name (a re-pretrained synth base model) are not comparable:
+    keep the runs on the newest run's weights. Only a new run helps, as the images themselves must change."""
+    return _same_weights(runs, skipped, "model", "made", lambda info: info.get("started") or "",
+                         lambda r: f"run it again (`cifc-bench run --method {r.data['run_info']['method']} ...`)")
+
+
+def _same_weights(runs: list[RunRecord], skipped: list[str], kind: str, verb: str, when, fix):
+    """Keep the runs whose ``<kind>_fingerprint`` is that of the newest run (by ``when``) of the same ``kind``."""
     newest: dict[str, tuple[str, str | None]] = {}
     for r in runs:
         info = r.data["run_info"]
-        when = _scored_at(info)
-        if info.get("scorer") not in newest or when > newest[info.get("scorer")][0]:
-            newest[info.get("scorer")] = (when, info.get("scorer_fingerprint"))
+        name, at = info.get(kind), when(info)
+        if name not in newest or at > newest[name][0]:
+            newest[name] = (at, info.get(f"{kind}_fingerprint"))
     kept = []
     for r in runs:
         info = r.data["run_info"]
-        if info.get("scorer_fingerprint") != newest[info.get("scorer")][1]:
-            skipped.append(f"{r.path}: scored with other weights of scorer {info.get('scorer')!r} than the newest "
-                           f"runs; rescore it with `cifc-bench rescore {r.path.parent}`")
+        if info.get(f"{kind}_fingerprint") != newest[info.get(kind)][1]:
+            skipped.append(f"{r.path}: {verb} with other weights of {kind} {info.get(kind)!r} than the newest runs; "
+                           f"{fix(r)}")
         else:
             kept.append(r)
     return kept, skipped

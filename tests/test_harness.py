@@ -81,6 +81,19 @@ def test_resume_refuses_changed_settings(tmp_path, tiny_protocol):
         run_benchmark(None, tmp_path / "run", resume=True, given={"steps": 5})
 
 
+def test_resume_refuses_a_base_model_whose_weights_changed(tmp_path, tiny_protocol):
+    import json
+
+    run_benchmark(tiny_run_config(tiny_protocol, method="base"), tmp_path / "run")
+    result_file = tmp_path / "run" / "result.json"
+    result = json.loads(result_file.read_text())
+    result["run_info"]["model_fingerprint"] = "0" * 16  # as if the model was re-pretrained since
+    result_file.write_text(json.dumps(result))
+    with pytest.raises(ConfigError, match="began on other weights of model .* Start a new run with --out"):
+        run_benchmark(None, tmp_path / "run", resume=True)
+    assert json.loads(result_file.read_text()) == result  # the finished work is untouched
+
+
 def test_bad_method_args_are_reported(tmp_path, tiny_protocol):
     with pytest.raises(ConfigError, match=r"method .finetune. rejected its arguments \{.rank.: .big.\}"):
         run_benchmark(tiny_run_config(tiny_protocol, method_args={"rank": "big"}), tmp_path / "run")

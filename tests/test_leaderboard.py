@@ -77,6 +77,26 @@ def test_dirty_and_failed_runs_are_left_out_unless_asked(results_dir, tiny_proto
     assert {"dirtyrun", "broken", "fake"} <= set(tables["ia"]["method"])
 
 
+def test_runs_on_other_weights_of_the_base_model_are_left_out_with_the_fix(results_dir, tmp_path, tiny_protocol):
+    """A re-pretrained base model (same name, new weights) makes older runs incomparable: only the newest
+    run's weights count, and the message says to run again (rescoring cannot change the images)."""
+    from cifc_bench.leaderboard import find_runs
+
+    real = json.loads(next(results_dir.rglob("real/result.json")).read_text())
+    assert len(real["run_info"]["model_fingerprint"]) == 16  # every run records its base model's weights
+    for name, fingerprint, started in (("old", "0" * 16, "2026-01-01T00:00:00"), ("new", "1" * 16, "2026-02-01T00:00:00"),
+                                       ("new2", "1" * 16, "2026-01-15T00:00:00")):
+        r = copy.deepcopy(real)
+        r["run_info"].update(model_fingerprint=fingerprint, started=started, method=name)
+        r["run_info"]["git"]["dirty"] = False
+        (tmp_path / "tiny" / name).mkdir(parents=True)
+        (tmp_path / "tiny" / name / "result.json").write_text(json.dumps(r))
+    runs, skipped = find_runs(tmp_path, real["run_info"]["protocol"]["name"])
+    assert sorted(r.data["run_info"]["method"] for r in runs) == ["new", "new2"]
+    assert len(skipped) == 1 and "old" in skipped[0] and "other weights of model" in skipped[0]
+    assert "cifc-bench run --method old" in skipped[0]
+
+
 def test_rows_are_sorted_by_the_metric_direction(results_dir, tiny_protocol):
     tables, _, _ = leaderboard_tables(str(tiny_protocol), results_dir, include_dirty=True)
     finals = [float(v.split(" ")[0]) for v in tables["ia"]["final"]]
