@@ -111,3 +111,10 @@ def test_synth10_data_matches_its_published_checksums(tmp_path):
     assert all(4 <= len(c.image_paths()) <= 7 for c in seq.concepts)
     assert all(len(c.eval_prompts) == 20 for c in seq.concepts)
     assert len(seq.multi_concept_prompts) == 4 and all(m.boxes for m in seq.multi_concept_prompts)
+
+
+@pytest.mark.parametrize("scene", [Scene(shape="ball", fill="red", pattern="stripes"),  # a pattern needs its colour
+                                   Scene(shape="ball", fill="white")])  # a background name, not an object colour
+def test_rendering_names_a_missing_or_unknown_colour(scene):
+    with pytest.raises(ValueError, match="must be colours of the world: \\['red'"):
+        world.render(scene)

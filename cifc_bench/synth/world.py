@@ -138,9 +138,12 @@ def _draw_object(img: np.ndarray, scene: Scene, rng: np.random.Generator) -> np.
     yy, xx = np.mgrid[0:SIZE, 0:SIZE]
     r = SIZES[scene.size]
     mask = _shape_mask(scene.shape, (yy - cy).astype(np.float32), (xx - cx).astype(np.float32), r)
+    if scene.fill not in COLORS or (scene.pattern != "solid" and scene.pattern_color not in COLORS):
+        raise ValueError(f"fill {scene.fill!r} / pattern_color {scene.pattern_color!r} of {scene}: the fill, and the "
+                         f"pattern colour of a patterned object, must be colours of the world: {list(COLORS)}")
     img[mask] = COLORS[scene.fill]
     if scene.pattern != "solid":
-        img[mask & _pattern_mask(scene.pattern, yy - cy, xx - cx)] = COLORS[scene.pattern_color or "white"]
+        img[mask & _pattern_mask(scene.pattern, yy - cy, xx - cx)] = COLORS[scene.pattern_color]
     if scene.mark is not None:
         colour, corner = scene.mark
         sy, sx = MARK_CORNERS[corner]
