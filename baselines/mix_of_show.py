@@ -28,6 +28,7 @@ from cifc_bench.methods.cidm.layerwise import (
     encode_layerwise,
     generate_unboxed,
     layer_token,
+    slice_context_for_attn1,
 )
 
 from cifc_bench.api import Method
@@ -59,6 +60,7 @@ class MixOfShow(Method):
             proc = LayerwiseAttnProcessor(index)
             attn.set_processor(proc)
             self.processors.append(proc)
+        slice_context_for_attn1(bundle.unet)
         self.n_layers = len(self.processors)
         self.layers = self._target_layers()
         self.base = {n: m.weight.detach().clone() for n, m in self.layers.items()}

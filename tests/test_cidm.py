@@ -6,7 +6,13 @@ import pytest
 import torch
 from cifc_bench.methods.cidm.consolidation import SharedSubspace, enhance, orthogonality
 from cifc_bench.methods.cidm.ewa import ewa_weights
-from cifc_bench.methods.cidm.layerwise import TaskLoRALinear, bind_layerwise, box_mask, layer_token
+from cifc_bench.methods.cidm.layerwise import (
+    LayerwiseAttnProcessor,
+    TaskLoRALinear,
+    bind_layerwise,
+    box_mask,
+    layer_token,
+)
 from cifc_bench.methods.cidm.method import combine_region_noise
 
 
@@ -242,3 +248,31 @@ def test_kv_cache_computes_each_contexts_keys_once_and_changes_no_image(monkeypa
         want1b = attn(hidden, encoder_hidden_states=c1)
     assert torch.equal(got1, want1) and torch.equal(got2, want2) and torch.equal(got1b, want1b)
     assert not torch.allclose(want1, want1b)
+
+
+@pytest.mark.parametrize("only_cross", [False, True])
+def test_layerwise_context_reaches_attn1_when_it_reads_the_prompt(only_cross):
+    """The synthetic UNet's attn1 reads the prompt too: it must get its layer's 3-D slice, not the 4-D whole."""
+    from cifc_bench.methods.cidm.layerwise import install
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=8, attention_head_dim=4, norm_num_groups=4, only_cross_attention=only_cross,
+    ).eval()
+    processors, _ = install(unet, rank=2)
+    n_layers = len(processors)
+    context = torch.randn(2, n_layers, 5, 8)
+    with torch.no_grad():
+        out = unet(torch.randn(2, 3, 8, 8), 10, encoder_hidden_states=context).sample
+        # a context whose every layer slice is the same equals the plain 3-D context
+        same = unet(torch.zeros(2, 3, 8, 8), 10, encoder_hidden_states=context[:, :1].expand(-1, n_layers, -1, -1)).sample
+        plain = unet(torch.zeros(2, 3, 8, 8), 10, encoder_hidden_states=context[:, 0]).sample
+    assert out.shape == (2, 3, 8, 8)
+    torch.testing.assert_close(same, plain)
+    attn1 = [m for n, m in unet.named_modules() if n.endswith("attn1")]
+    # diffusers' mid block keeps a self-attention attn1 even with only_cross_attention
+    assert sum(a.is_cross_attention for a in attn1) == (len(attn1) - 1 if only_cross else 0)
+    assert all(isinstance(a.processor, LayerwiseAttnProcessor) == a.is_cross_attention for a in attn1)

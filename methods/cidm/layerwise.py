@@ -26,6 +26,23 @@ def cross_attention_layers(unet) -> list[tuple[str, nn.Module]]:
     return sorted(found, key=lambda nm: rank[nm[0].split(".")[0]])
 
 
+def slice_context_for_attn1(unet) -> int:
+    """Let every ``attn1`` that reads the prompt see its block's layer slice of a 4-D context; returns how many.
+
+    On SD-1.5 ``attn1`` is a self-attention and nothing changes. The synthetic tier's UNet is built with
+    ``only_cross_attention`` (``attn1`` reads the prompt too), and would otherwise receive the 4-D context whole.
+    ``attn1`` keeps the base model's plain softmax attention and gets no LoRA: it reads the layer-wise tokens
+    through its frozen K/V, as any other text-reading layer the method does not adapt.
+    """
+    count = 0
+    for index, (name, _) in enumerate(cross_attention_layers(unet)):
+        attn1 = unet.get_submodule(name.removesuffix("attn2") + "attn1")
+        if attn1.is_cross_attention:
+            attn1.set_processor(LayerwiseAttnProcessor(index))
+            count += 1
+    return count
+
+
 def layer_token(placeholder: str, layer: int) -> str:
     return f"{placeholder[:-1]}_l{layer}>" if placeholder.endswith(">") else f"{placeholder}_l{layer}"
 
@@ -257,4 +274,5 @@ def install(unet, rank: int, sigmoid: bool = False) -> tuple[list[LayerwiseAttnP
             layer.append(wrapped)
         proc.loras = layer
         loras.append(layer)
+    slice_context_for_attn1(unet)
     return processors, loras
