@@ -29,8 +29,8 @@ def cross_attention_layers(unet) -> list[tuple[str, nn.Module]]:
 def slice_context_for_attn1(unet) -> int:
     """Let every ``attn1`` that reads the prompt see its block's layer slice of a 4-D context; returns how many.
 
-    On SD-1.5 ``attn1`` is a self-attention and nothing changes. The synthetic tier's UNet is built with
-    ``only_cross_attention`` (``attn1`` reads the prompt too), and would otherwise receive the 4-D context whole.
+    On SD-1.5 and the synthetic tier ``attn1`` is a self-attention and nothing changes. A UNet built with
+    diffusers' ``only_cross_attention`` (``attn1`` reads the prompt too) would otherwise get the 4-D context whole.
     ``attn1`` keeps the base model's plain softmax attention and gets no LoRA: it reads the layer-wise tokens
     through its frozen K/V, as any other text-reading layer the method does not adapt.
     """
