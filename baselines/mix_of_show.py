@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import torch
 from cifc_bench.methods.cidm.layerwise import (
-    LayerwiseAttnProcessor,
     add_layer_tokens,
-    cross_attention_layers,
     encode_layerwise,
     generate_unboxed,
+    install_processors,
     layer_token,
-    slice_context_for_attn1,
 )
 
 from cifc_bench.api import Method
@@ -55,12 +53,7 @@ class MixOfShow(Method):
                          fusion_prompts=fusion_prompts, fusion_steps=fusion_steps, eps=eps)
         self.rank, self.lr, self.embedding_lr = int(rank), float(lr), float(embedding_lr)
         self.fusion_prompts, self.fusion_steps, self.eps = int(fusion_prompts), int(fusion_steps), float(eps)
-        self.processors = []
-        for index, (_, attn) in enumerate(cross_attention_layers(bundle.unet)):
-            proc = LayerwiseAttnProcessor(index)
-            attn.set_processor(proc)
-            self.processors.append(proc)
-        slice_context_for_attn1(bundle.unet)
+        self.processors = install_processors(bundle.unet)
         self.n_layers = len(self.processors)
         self.layers = self._target_layers()
         self.base = {n: m.weight.detach().clone() for n, m in self.layers.items()}

@@ -252,7 +252,7 @@ def test_kv_cache_computes_each_contexts_keys_once_and_changes_no_image(monkeypa
 
 @pytest.mark.parametrize("only_cross", [False, True])
 def test_layerwise_context_reaches_attn1_when_it_reads_the_prompt(only_cross):
-    """The synthetic UNet's attn1 reads the prompt too: it must get its layer's 3-D slice, not the 4-D whole."""
+    """An attn1 that reads the prompt (only_cross_attention) must get its layer's 3-D slice, not the 4-D whole."""
     from cifc_bench.methods.cidm.layerwise import install
     from diffusers import UNet2DConditionModel
 

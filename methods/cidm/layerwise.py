@@ -26,21 +26,23 @@ def cross_attention_layers(unet) -> list[tuple[str, nn.Module]]:
     return sorted(found, key=lambda nm: rank[nm[0].split(".")[0]])
 
 
-def slice_context_for_attn1(unet) -> int:
-    """Let every ``attn1`` that reads the prompt see its block's layer slice of a 4-D context; returns how many.
+def install_processors(unet, sigmoid: bool = False) -> list[LayerwiseAttnProcessor]:
+    """A :class:`LayerwiseAttnProcessor` on every cross-attention layer (attn2), in the spec's order.
 
-    On SD-1.5 and the synthetic tier ``attn1`` is a self-attention and nothing changes. A UNet built with
-    diffusers' ``only_cross_attention`` (``attn1`` reads the prompt too) would otherwise get the 4-D context whole.
-    ``attn1`` keeps the base model's plain softmax attention and gets no LoRA: it reads the layer-wise tokens
+    An ``attn1`` that reads the prompt too (a UNet built with diffusers' ``only_cross_attention``; on SD-1.5 and
+    the synthetic tier it is a self-attention) gets a plain one reading its block's layer slice, so that the 4-D
+    context never reaches it whole. It keeps softmax attention and gets no LoRA: it reads the layer-wise tokens
     through its frozen K/V, as any other text-reading layer the method does not adapt.
     """
-    count = 0
-    for index, (name, _) in enumerate(cross_attention_layers(unet)):
+    processors = []
+    for index, (name, attn) in enumerate(cross_attention_layers(unet)):
+        proc = LayerwiseAttnProcessor(index, sigmoid=sigmoid)
+        attn.set_processor(proc)
+        processors.append(proc)
         attn1 = unet.get_submodule(name.removesuffix("attn2") + "attn1")
         if attn1.is_cross_attention:
             attn1.set_processor(LayerwiseAttnProcessor(index))
-            count += 1
-    return count
+    return processors
 
 
 def layer_token(placeholder: str, layer: int) -> str:
@@ -257,11 +259,8 @@ class TaskLoRALinear(nn.Module):
 
 def install(unet, rank: int, sigmoid: bool = False) -> tuple[list[LayerwiseAttnProcessor], list[list[TaskLoRALinear]]]:
     """Put layer-wise processors and task LoRAs on every cross-attention layer; returns both, per layer."""
-    processors, loras = [], []
-    for index, (_, attn) in enumerate(cross_attention_layers(unet)):
-        proc = LayerwiseAttnProcessor(index, sigmoid=sigmoid)
-        attn.set_processor(proc)
-        processors.append(proc)
+    processors, loras = install_processors(unet, sigmoid), []
+    for proc, (_, attn) in zip(processors, cross_attention_layers(unet), strict=True):
         layer = []
         for name in TARGETS:
             parent, attr = (attn.to_out, "0") if name == "to_out.0" else (attn, name)
@@ -274,5 +273,4 @@ def install(unet, rank: int, sigmoid: bool = False) -> tuple[list[LayerwiseAttnP
             layer.append(wrapped)
         proc.loras = layer
         loras.append(layer)
-    slice_context_for_attn1(unet)
     return processors, loras
