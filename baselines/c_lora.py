@@ -15,7 +15,7 @@ import torch
 
 from cifc_bench.api import Method
 from cifc_bench.sampling import generate_batched
-from cifc_bench.training import add_placeholder_tokens, train_lora_and_tokens
+from cifc_bench.training import add_placeholder_tokens, lora_config, train_lora_and_tokens
 
 KV = r".*attn2\.(to_k|to_v)"
 
@@ -28,6 +28,7 @@ def self_regularization(past: list[torch.Tensor | None], current: list[torch.Ten
 
 class CLoRA(Method):
     storage = "single-model"
+    version = 2  # v2: Kaiming-uniform LoRA A (was peft "gaussian"), the release's style templates
 
     def __init__(self, bundle, rank: int = 4, lr: float = 1e-4, embedding_lr: float = 1e-3, reg_lambda: float = 1e6,
                  class_word_init: bool = False) -> None:
@@ -49,13 +50,10 @@ class CLoRA(Method):
         return dataclasses.replace(concept, initializers=tuple(0.01 for _ in concept.placeholders))
 
     def learn_task(self, task, budget) -> None:
-        from peft import LoraConfig
-
         unet = self.bundle.unet
         gen = torch.Generator().manual_seed(budget.seed)
         name = f"task{self._tasks}"
-        unet.add_adapter(LoraConfig(r=self.rank, lora_alpha=self.rank, target_modules=KV, init_lora_weights="gaussian"),
-                         adapter_name=name)
+        unet.add_adapter(lora_config(self.rank, KV), adapter_name=name)
         unet.set_adapters([name])
         new_ids = []
         for c in task.concepts:

@@ -11,10 +11,15 @@ cross-attention layer** are fine-tuned on its images, with prior preservation: t
 
       W = argmin ‖(W − W₀) Xᵀ‖²  s.t.  W Cᵀ = V   ⇒   W = W₀ + (V − W₀Cᵀ)(C M⁻¹Cᵀ)⁺ C M⁻¹,   M = XᵀX + εI
 
-  C stacks each concept's target features (the top ``constraint_rank`` principal directions of the text
-  features at its placeholder positions, scaled by their singular values), V = W_τ Cᵀ their outputs under the
-  concept's own fine-tuned W_τ, and X the text features of plain class-word prompts (the paper uses 1,000
-  LAION captions; this benchmark has no caption corpus, so the class prompts of the tasks seen so far stand in).
+  As the official ``diffusers_composenW.py`` builds them (@ 7c19c9a, lines 55-130): C stacks every non-BOS row
+  (modifier tokens, class word, EOS) of the unpadded text features of "<V> cls" and "photo of a <V> cls" ("painting
+  in the style of <V> cls" for a style), identical rows once; V = W_τ Cᵀ their outputs under the concept's own
+  fine-tuned W_τ; X the unpadded, BOS-free features of caption prompts. The official code takes 200 LAION
+  captions; this benchmark has no caption corpus, so the class prompt and the image captions of every task seen
+  so far stand in (text only: no image is kept).
+
+Training as the official README's recipe: lr 1e-5 scaled by the batch size (``scale_lr``, the official
+``--scale_lr`` on one process; the budget never depends on the GPU count) and 200 class images (``reg_images``).
 
 Storage: ``merge`` keeps, per task, its C (rank × d) and its V per layer; ``sequential`` keeps one model. Neither
 replays data; the regularisation images come from the base model, as in the paper.
@@ -47,30 +52,38 @@ def closed_form_merge(w0: torch.Tensor, targets: torch.Tensor, values: torch.Ten
     return (w0 + (v - w0 @ c.T) @ gain @ m_inv_ct.T).to(dtype)
 
 
-def principal_features(features: torch.Tensor, rank: int) -> torch.Tensor:
-    """The top ``rank`` right-singular directions of ``features`` (rows), scaled by singular value / √rows."""
-    _, s, vh = torch.linalg.svd(features.double(), full_matrices=False)
-    k = min(rank, int((s > s[0] * 1e-6).sum()))
-    return (s[:k, None] * vh[:k] / features.shape[0] ** 0.5).to(features.dtype)
+def text_rows(bundle, prompts) -> torch.Tensor:
+    """The official ``get_text_embedding``: each prompt encoded unpadded, BOS dropped (and "photo of a" after it,
+    for prompts that start so), rows of all prompts stacked; no padding row is ever included."""
+    rows = []
+    for prompt in prompts:
+        ids = bundle.tokenizer(prompt, truncation=True, max_length=bundle.tokenizer.model_max_length).input_ids
+        states = bundle.text_encoder(torch.tensor([ids], device=bundle.text_encoder.device))[0][0]
+        rows.append(states[4:] if prompt[:15].startswith("photo of a") else states[1:])
+    return torch.cat(rows).float()
+
+
+def unique_rows(rows: torch.Tensor) -> torch.Tensor:
+    """Rows in order, each exact duplicate dropped (the official ``removal_indices``)."""
+    keep = [i for i in range(rows.shape[0]) if not any(torch.equal(rows[i], rows[j]) for j in range(i))]
+    return rows[keep]
 
 
 class CustomDiffusion(Method):
     storage = "single-model"
+    version = 2  # v2: the official merge inputs (unpadded non-BOS rows), --scale_lr and 200 class images
 
     def __init__(self, bundle, variant: str = "merge", lr: float = 1e-5, embedding_lr: float = 1e-3,
-                 reg_images: int = 8, prior_weight: float = 1.0, constraint_rank: int = 4,
-                 constraint_prompts: int = 16) -> None:
+                 reg_images: int = 200, prior_weight: float = 1.0, scale_lr: bool = True) -> None:
         super().__init__(bundle, variant=variant, lr=lr, embedding_lr=embedding_lr, reg_images=reg_images,
-                         prior_weight=prior_weight, constraint_rank=constraint_rank,
-                         constraint_prompts=constraint_prompts)
+                         prior_weight=prior_weight, scale_lr=scale_lr)
         if variant not in VARIANTS:
             raise ValueError(f"variant={variant!r} is not one of {list(VARIANTS)}")
         if reg_images < 0:
             raise ValueError(f"reg_images={reg_images} must be >= 0 (0 switches prior preservation off)")
         self.variant, self.lr, self.embedding_lr = variant, float(lr), float(embedding_lr)
         self.storage = "single-model" if variant == "sequential" else "per-task-features"
-        self.reg_images, self.prior_weight = int(reg_images), float(prior_weight)
-        self.constraint_rank, self.constraint_prompts = int(constraint_rank), int(constraint_prompts)
+        self.reg_images, self.prior_weight, self.scale_lr = int(reg_images), float(prior_weight), bool(scale_lr)
         self.layers = {n: m for n, m in bundle.unet.named_modules() if n.endswith(("attn2.to_k", "attn2.to_v"))}
         self.base = {n: m.weight.detach().clone() for n, m in self.layers.items()}  # W₀: part of the base model
         self.token_ids: dict[str, list[int]] = {}
@@ -100,12 +113,13 @@ class CustomDiffusion(Method):
             return self.prior_weight * diffusion_loss(self.bundle, noise_scheduler, reg_pixels, reg_embeds,
                                                       generator=generator)
 
-        self._trainable, streams, _ = train_lora_and_tokens(self.bundle, task, budget, weights, new_ids, self.lr,
+        lr = self.lr * budget.batch_size if self.scale_lr else self.lr  # --scale_lr: × batch × accumulation × GPUs
+        self._trainable, streams, _ = train_lora_and_tokens(self.bundle, task, budget, weights, new_ids, lr,
                                                             self.embedding_lr, gen, extra_loss=prior_loss)
         for w in weights:
             w.requires_grad_(False)
         if self.variant == "merge":
-            self._record_constraints(task, class_prompts, gen)
+            self._record_constraints(task, class_prompts)
             self._merge()
 
     @staticmethod
@@ -136,23 +150,18 @@ class CustomDiffusion(Method):
         return stream()
 
     @torch.no_grad()
-    def _record_constraints(self, task, class_prompts, gen) -> None:
-        """C_τ, V_τ = W_τ C_τᵀ of each new concept, and the class prompts' contribution to M = XᵀX."""
-        import random
+    def _record_constraints(self, task, class_prompts) -> None:
+        """C_τ, V_τ = W_τ C_τᵀ of each new concept, and its caption prompts' contribution to M = XᵀX."""
+        from cifc_bench.training import concept_dataset
 
-        from cifc_bench.training import concept_dataset, training_prompt
-
-        rng = random.Random(int(torch.randint(1 << 30, (1,), generator=gen)))
+        reg_prompts = list(class_prompts)
         for concept in task.concepts:
-            captions = concept_dataset(concept)["caption"]
-            prompts = [training_prompt(concept, captions[k % len(captions)], rng) for k in range(self.constraint_prompts)]
-            states = encode_prompts(self.bundle, prompts)
-            ids = self.bundle.tokenizer(prompts, padding="max_length", max_length=states.shape[1], truncation=True,
-                                        return_tensors="pt").input_ids
-            at_tokens = torch.isin(ids, torch.tensor(self.token_ids[concept.name]))
-            self.targets[concept.name] = principal_features(states[at_tokens].float(), self.constraint_rank)
+            named = f"{concept.token_string} {concept.class_word}"
+            framing = "painting in the style of" if concept.kind == "style" else "photo of a"
+            self.targets[concept.name] = unique_rows(text_rows(self.bundle, [named, f"{framing} {named}"]))
             self.values[concept.name] = {n: m.weight.float() @ self.targets[concept.name].T for n, m in self.layers.items()}
-        x = encode_prompts(self.bundle, class_prompts).float().flatten(0, 1)
+            reg_prompts += list(dict.fromkeys(concept_dataset(concept)["caption"]))
+        x = text_rows(self.bundle, reg_prompts)
         self.reg_gram = x.T @ x + (self.reg_gram if self.reg_gram is not None else 0)
 
     @torch.no_grad()

@@ -13,13 +13,14 @@ import torch
 
 from cifc_bench.api import Method
 from cifc_bench.sampling import generate_batched
-from cifc_bench.training import add_placeholder_tokens, train_lora_and_tokens
+from cifc_bench.training import add_placeholder_tokens, lora_config, train_lora_and_tokens
 
 CROSS_ATTN = r".*attn2\.(to_q|to_k|to_v|to_out\.0)"
 
 
 class LoRAMerge(Method):
     storage = "per-task-adapters"
+    version = 2  # v2: Kaiming-uniform LoRA A (was peft "gaussian"), the release's style templates; LoRA-C inherits it
 
     def __init__(self, bundle, rank: int = 4, lr: float = 1e-4, embedding_lr: float = 1e-3,
                  weights: str = "uniform") -> None:
@@ -32,13 +33,8 @@ class LoRAMerge(Method):
         self._trainable = 0
 
     def _new_adapter(self) -> str:
-        from peft import LoraConfig
-
         name = f"task{len(self.adapters)}"
-        self.bundle.unet.add_adapter(
-            LoraConfig(r=self.rank, lora_alpha=self.rank, target_modules=CROSS_ATTN, init_lora_weights="gaussian"),
-            adapter_name=name,
-        )
+        self.bundle.unet.add_adapter(lora_config(self.rank, CROSS_ATTN), adapter_name=name)
         return name
 
     def learn_task(self, task, budget) -> None:

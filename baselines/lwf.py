@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from cifc_bench.methods.finetune import ADAPTER, TARGETS, SequentialFinetune
+from cifc_bench.training import lora_config
 
 TEACHER = "previous"
 
@@ -26,13 +27,11 @@ class LwF(SequentialFinetune):
 
     def before_task(self) -> None:
         """Snapshot the current LoRA as the frozen teacher adapter (from the second task on)."""
-        from peft import LoraConfig
         from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
         unet = self.bundle.unet
         if self.tasks_seen and TEACHER not in unet.peft_config:
-            unet.add_adapter(LoraConfig(r=self.rank, lora_alpha=self.rank, target_modules=TARGETS[self._targets]),
-                             adapter_name=TEACHER)
+            unet.add_adapter(lora_config(self.rank, TARGETS[self._targets]), adapter_name=TEACHER)
         if self.tasks_seen:
             set_peft_model_state_dict(unet, get_peft_model_state_dict(unet, adapter_name=ADAPTER), adapter_name=TEACHER)
             for n, p in unet.named_parameters():

@@ -1,17 +1,28 @@
 """``mix-of-show``: Mix-of-Show (Gu et al., NeurIPS 2023), adapted to the concept stream.
 
 Per task, an **ED-LoRA** is trained from the base model: layer-wise embeddings for the concept's placeholders
-(one token per cross-attention layer, the design CIDM later borrowed) plus a rank-``rank`` peft LoRA on every
-UNet attention projection (self- and cross-attention q/k/v/out) and on the text encoder's self-attention
-(q/k/v/out_proj).
+(one token per cross-attention layer, the design CIDM later borrowed) plus a rank-``rank`` LoRA on every UNet
+attention projection (self- and cross-attention q/k/v/out) and on the text encoder's self-attention
+(q/k/v/out_proj), at the official rates (TencentARC/Mix-of-Show @ 51270fd, ``options/train/EDLoRA``):
+embeddings 1e-3, UNet LoRA 1e-4, text-encoder LoRA 1e-5 (``text_lr``, a tenth of ``lr`` by default).
 
 After each task, **gradient fusion** merges all ED-LoRAs learned so far into one model. For every LoRA'd
-linear layer it finds the single weight that best reproduces each concept's layer outputs on that concept's
-own inputs: W* = argmin_W Σ_i ‖W X_i − W_i X_i‖². Mix-of-Show solves this by gradient descent; here the same
-least-squares problem is solved in closed form, W* = (Σ_i W_i G_i)(Σ_i G_i + εI)⁻¹ with G_i = X_i X_iᵀ. The
-inputs X_i are captured data-free, as in the paper: by sampling concept i's own prompts through its
-single-concept ED-LoRA model. Only the two running sums per layer are kept, so the cost of re-fusing does not
-grow with the number of tasks.
+layer it finds the weight that best reproduces each concept's layer outputs on that concept's own inputs,
+starting from the base weight W₀: the official code runs L-BFGS from W₀, so every input direction that no
+concept's inputs span keeps W₀. Here the same problem is solved in closed form (:func:`fuse`),
+
+    W* = argmin_W Σ_i ‖W X_iᵀ − W_i X_iᵀ‖² + ε‖W − W₀‖² = (Σ_i W_i G_i + ε W₀)(Σ_i G_i + ε I)⁻¹,  G_i = X_iᵀ X_i.
+
+The inputs X_i are captured data-free, as ``gradient_fusion.py`` takes them, in its order:
+1. text-encoder layers: the concept's own ED-LoRA text encoder on the layer-wise bound prompts "photo of a <V>"
+   and "<V>", unpadded (every row, BOS to EOS);
+2. cross-attention K/V (``attn2.to_k``/``to_v``) of layer l: the fused text encoder's features of layer l's bound
+   prompts at the new-token and EOS positions only;
+3. every other (spatial) layer: a 20-step sampling of "photo of a <V>" without guidance, through the fused text
+   encoder and K/V and the concept's own spatial LoRA.
+The official code fuses all concepts at once, after the last; in a stream, a concept's K/V and spatial inputs
+are captured when it is learned, through the text encoder and K/V fused up to then (``docs/fidelity.md``).
+Only the two running sums per layer are kept, so the cost of re-fusing does not grow with the number of tasks.
 
 Generation uses the fused model; a multi-concept request with boxes uses regionally controllable sampling:
 queries inside a box attend to that concept's own (layer-wise) region prompt. Storage: the running fusion
@@ -23,6 +34,8 @@ from __future__ import annotations
 import torch
 from cifc_bench.methods.cidm.layerwise import (
     add_layer_tokens,
+    bind_layerwise,
+    cross_attention_layers,
     encode_layerwise,
     generate_unboxed,
     install_processors,
@@ -30,29 +43,38 @@ from cifc_bench.methods.cidm.layerwise import (
 )
 
 from cifc_bench.api import Method
-from cifc_bench.training import train_lora_and_tokens
+from cifc_bench.training import lora_config, train_lora_and_tokens
 
 UNET_TARGETS = r".*attn[12]\.(to_q|to_k|to_v|to_out\.0)"
 TEXT_TARGETS = r".*self_attn\.(q_proj|k_proj|v_proj|out_proj)"
 ADAPTER = "edlora"
+TEMPLATE = "photo of a {}"  # gradient_fusion.py's TEMPLATE_SIMPLE
 
 
-def fuse(weighted_grams: torch.Tensor, grams: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
-    """W* = (Σ W_i G_i)(Σ G_i + εI)⁻¹, ``eps`` relative to the mean eigenvalue of Σ G_i."""
+def fuse(weighted_grams: torch.Tensor, grams: torch.Tensor, base: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """W* = (Σ W_i G_i + ε W₀)(Σ G_i + εI)⁻¹, ``eps`` relative to the mean eigenvalue of Σ G_i.
+
+    Directions orthogonal to every task's inputs (G v = 0) map exactly as W₀ maps them; on the inputs' span W*
+    reproduces the tasks' outputs, up to ε, where the tasks do not conflict.
+    """
     d = grams.shape[0]
-    g = grams.double() + eps * (torch.trace(grams.double()) / d + 1e-12) * torch.eye(d, dtype=torch.float64)
-    return torch.linalg.solve(g, weighted_grams.double().T).T  # g is symmetric: (A g⁻¹)ᵀ = g⁻¹ Aᵀ
+    e = eps * (torch.trace(grams.double()) / d + 1e-12)
+    g = grams.double() + e * torch.eye(d, dtype=torch.float64, device=grams.device)
+    rhs = weighted_grams.double() + e * base.double()
+    return torch.linalg.solve(g, rhs.T).T  # g is symmetric: (A g⁻¹)ᵀ = g⁻¹ Aᵀ
 
 
 class MixOfShow(Method):
     storage = "per-task-features"
+    version = 2  # v2: fusion toward W₀, the official fusion inputs, text-encoder lr lr/10, Kaiming-uniform LoRA A
 
     def __init__(self, bundle, rank: int = 4, lr: float = 1e-4, embedding_lr: float = 1e-3,
-                 fusion_prompts: int = 4, fusion_steps: int = 10, eps: float = 1e-4) -> None:
-        super().__init__(bundle, rank=rank, lr=lr, embedding_lr=embedding_lr,
-                         fusion_prompts=fusion_prompts, fusion_steps=fusion_steps, eps=eps)
-        self.rank, self.lr, self.embedding_lr = int(rank), float(lr), float(embedding_lr)
-        self.fusion_prompts, self.fusion_steps, self.eps = int(fusion_prompts), int(fusion_steps), float(eps)
+                 text_lr: float | None = None, fusion_steps: int = 20, eps: float = 1e-4) -> None:
+        text_lr = float(lr) / 10 if text_lr is None else float(text_lr)
+        super().__init__(bundle, rank=rank, lr=lr, embedding_lr=embedding_lr, text_lr=text_lr,
+                         fusion_steps=fusion_steps, eps=eps)
+        self.rank, self.lr, self.embedding_lr, self.text_lr = int(rank), float(lr), float(embedding_lr), text_lr
+        self.fusion_steps, self.eps = int(fusion_steps), float(eps)
         self.processors = install_processors(bundle.unet)
         self.n_layers = len(self.processors)
         self.layers = self._target_layers()
@@ -82,7 +104,7 @@ class MixOfShow(Method):
 
     # -- learning ------------------------------------------------------------------------------------------
     def learn_task(self, task, budget) -> None:
-        from peft import LoraConfig, inject_adapter_in_model
+        from peft import inject_adapter_in_model
 
         gen = torch.Generator().manual_seed(budget.seed)
         self._set_weights(self.base)  # every ED-LoRA trains from the pretrained model
@@ -91,16 +113,16 @@ class MixOfShow(Method):
             new_ids += add_layer_tokens(self.bundle, concept, self.n_layers, gen)
             self.concepts.append(concept)
         unet, text = self.bundle.unet, self.bundle.text_encoder
-        unet.add_adapter(LoraConfig(r=self.rank, lora_alpha=self.rank, target_modules=UNET_TARGETS,
-                                    init_lora_weights="gaussian"), adapter_name=ADAPTER)
-        inject_adapter_in_model(LoraConfig(r=self.rank, lora_alpha=self.rank, target_modules=TEXT_TARGETS,
-                                           init_lora_weights="gaussian"), text, adapter_name=ADAPTER)
-        lora = [p for model in (unet, text) for n, p in model.named_parameters() if "lora_" in n]
-        self._trainable, _, _ = train_lora_and_tokens(self.bundle, task, budget, lora, new_ids, self.lr,
-                                                      self.embedding_lr, gen, encode=self._encode)
-        for p in lora:
+        unet.add_adapter(lora_config(self.rank, UNET_TARGETS), adapter_name=ADAPTER)
+        inject_adapter_in_model(lora_config(self.rank, TEXT_TARGETS), text, adapter_name=ADAPTER)
+        unet_lora = [p for n, p in unet.named_parameters() if "lora_" in n]
+        text_lora = [p for n, p in text.named_parameters() if "lora_" in n]
+        self._trainable, _, _ = train_lora_and_tokens(self.bundle, task, budget, unet_lora, new_ids, self.lr,
+                                                      self.embedding_lr, gen, encode=self._encode,
+                                                      groups=[(text_lora, self.text_lr)])
+        for p in unet_lora + text_lora:
             p.requires_grad_(False)
-        self._accumulate(task, budget)
+        self._fuse_task(task, new_ids, budget)
         unet.delete_adapters(ADAPTER)
         for module in text.modules():  # peft's wrappers stay, empty: they then compute their base layer only
             if hasattr(module, "delete_adapter") and ADAPTER in getattr(module, "lora_A", {}):
@@ -110,17 +132,54 @@ class MixOfShow(Method):
             if not text.peft_config:
                 del text.peft_config
         self.layers = self._target_layers()
-        self._set_weights({n: fuse(*self.sums[n], eps=self.eps) for n in self.layers})
+        self._set_weights({n: fuse(*self.sums[n], self.base[n], eps=self.eps) for n in self.layers})
 
     @torch.no_grad()
-    def _accumulate(self, task, budget) -> None:
-        """Add W_i G_i and G_i of the single-concept ED-LoRA model to the running sums of every layer."""
-        import random
-
+    def _fuse_task(self, task, new_ids: list[int], budget) -> None:
+        """Add the new concept's W_i G_i and G_i to every layer's sums, group by group as the official fusion
+        does; after each group its layers are set to the fused weight, so the next group's inputs see it."""
         from cifc_bench.api import GenerationSettings
         from cifc_bench.sampling import sample
-        from cifc_bench.training import concept_dataset, training_prompt
 
+        modules = self._target_layers()
+        kv = {n for n in modules if n.endswith(("attn2.to_k", "attn2.to_v"))}
+        text = {n for n in modules if n.startswith("text.")}
+        spatial = set(modules) - kv - text
+        names = [c.token_string for c in task.concepts]
+        bound = bind_layerwise([p for v in names for p in (TEMPLATE.format(v), v)], self.placeholders, self.n_layers)
+
+        def text_states(prompt):  # unpadded, like the official ``padding='do_not_pad'``
+            ids = self.bundle.tokenizer(prompt, truncation=True, max_length=self.bundle.tokenizer.model_max_length).input_ids
+            ids = torch.tensor([ids], device=self.bundle.text_encoder.device)
+            return ids[0], self.bundle.text_encoder(ids)[0][0]
+
+        # 1. the text encoder's layers, on its own ED-LoRA
+        grams = self._captured(text, lambda: [text_states(p) for p in bound])
+        self._add_and_fuse({n: modules[n] for n in text}, grams)
+        # 2. cross-attention K/V of layer l: the fused encoder's new-token and EOS rows of layer l's prompts
+        keep = torch.tensor([*new_ids, self.bundle.tokenizer.eos_token_id])
+        grams = {}
+        per_layer = len(bound) // self.n_layers  # bound is prompt-major: prompt k's layer l is k * L + l
+        for layer, (name, _) in enumerate(cross_attention_layers(self.bundle.unet)):
+            rows = []
+            for k in range(per_layer):
+                ids, states = text_states(bound[k * self.n_layers + layer])
+                rows.append(states[torch.isin(ids.cpu(), keep)].double())
+            x = torch.cat(rows)
+            for proj in ("to_k", "to_v"):
+                grams[f"unet.{name}.{proj}"] = x.T @ x
+        self._add_and_fuse({n: modules[n] for n in kv}, grams)
+        # 3. the spatial layers: 20 unguided steps of "photo of a <V>" through the fused text side
+        settings = GenerationSettings(resolution=budget.resolution, num_inference_steps=self.fusion_steps,
+                                      guidance_scale=1.0, batch_size=1)
+        prompts = [TEMPLATE.format(v) for v in names]
+        grams = self._captured(spatial, lambda: [sample(self.bundle, self._encode(self.bundle, [p]), None, [budget.seed + k],
+                                                        settings) for k, p in enumerate(prompts)])
+        self._add_and_fuse({n: modules[n] for n in spatial}, grams)
+
+    def _captured(self, names, run) -> dict[str, torch.Tensor]:
+        """X_iᵀ X_i of the inputs every layer in ``names`` receives while ``run()`` runs."""
+        modules = self._target_layers()
         grams: dict[str, torch.Tensor] = {}
 
         def capture(name):
@@ -129,25 +188,24 @@ class MixOfShow(Method):
                 grams[name] = grams.get(name, 0) + x.T @ x
             return hook
 
-        modules = self._target_layers()
-        handles = [modules[n].register_forward_pre_hook(capture(n)) for n in modules]
+        handles = [modules[n].register_forward_pre_hook(capture(n)) for n in names]
         try:
-            rng = random.Random(budget.seed)
-            for concept in task.concepts:
-                captions = concept_dataset(concept)["caption"]
-                prompts = [training_prompt(concept, captions[k % len(captions)], rng) for k in range(self.fusion_prompts)]
-                settings = GenerationSettings(resolution=budget.resolution, num_inference_steps=self.fusion_steps,
-                                              guidance_scale=3.0, batch_size=len(prompts))
-                sample(self.bundle, self._encode(self.bundle, prompts), self._encode(self.bundle, [""] * len(prompts)),
-                       list(range(len(prompts))), settings)
+            run()
         finally:
             for h in handles:
                 h.remove()
+        return grams
+
+    def _add_and_fuse(self, modules: dict[str, torch.nn.Module], grams: dict[str, torch.Tensor]) -> None:
+        """Add W_i G_i (W_i: the layer's own weight with the task's LoRA) to the sums, then make the layer compute
+        the fused weight alone: the base weight becomes W*, the LoRA's B zero."""
         for name, module in modules.items():
-            w = module.get_delta_weight(ADAPTER) + module.base_layer.weight if hasattr(module, "base_layer") else module.weight
-            wg, g = w.double() @ grams[name], grams[name]
+            w = (module.get_delta_weight(ADAPTER) + module.base_layer.weight).double()
+            g = grams[name].to(w)
             old = self.sums.get(name)
-            self.sums[name] = (wg, g) if old is None else (old[0] + wg, old[1] + g)
+            self.sums[name] = (w @ g, g) if old is None else (old[0] + w @ g, old[1] + g)
+            module.base_layer.weight.copy_(fuse(*self.sums[name], self.base[name], eps=self.eps).to(w.device))
+            module.lora_B[ADAPTER].weight.zero_()
 
     @torch.no_grad()
     def _set_weights(self, weights: dict[str, torch.Tensor]) -> None:

@@ -145,12 +145,18 @@ class GenerationSettings:
 
 @dataclass(frozen=True)
 class TrainBudget:
-    """The fixed per-task budget. It comes from the run config and never depends on the GPU count."""
+    """The fixed budget of one task. It comes from the run config and never depends on the GPU count.
+
+    ``steps`` and ``lr_scale`` may differ per task when the run uses one of the protocol's named schedules (the
+    CIDM release trains every cifc10 task for its own number of steps, and its style tasks 6 and 8 at 1.5× the
+    LoRA learning rate); a method multiplies its adapter learning rates, not its token rates, by ``lr_scale``.
+    """
 
     steps: int
     batch_size: int = 2
     resolution: int = 512
     seed: int = 0
+    lr_scale: float = 1.0
 
 
 class Method(abc.ABC):
@@ -165,6 +171,10 @@ class Method(abc.ABC):
     #: ("none", "single-model", "per-task-adapters", "per-task-features", ...). A method whose variants store
     #: different things may set it per instance. Replay of old data is never allowed.
     storage: str = "single-model"
+
+    #: The version of the method's implementation, recorded in every run. Bump it whenever a change alters the
+    #: numbers the method produces: the leaderboard never mixes runs of two versions of one method.
+    version: int = 1
 
     def __init__(self, bundle: ModelBundle, **hparams: Any) -> None:
         self.bundle = bundle

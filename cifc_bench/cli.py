@@ -64,7 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--data-dir", help="dataset folder (else $CIFC_BENCH_DATA, else the user cache)")
     r.add_argument("--model", help="hub id, local diffusers folder, or tiny-random (default: the protocol's)")
     r.add_argument("--scorer", help="clip-vit-b32, tiny-random or open_clip:ARCH:PRETRAINED (default: the protocol's)")
-    r.add_argument("--steps", type=int, help="training steps per task (fixed budget, independent of GPU count)")
+    r.add_argument("--steps", type=int, help="training steps of every task (fixed budget, independent of GPU count); "
+                                            "implies --schedule shared")
+    r.add_argument("--schedule", help="per-task training schedule: shared (--steps for every task) or one the "
+                                      "protocol names, e.g. release on cifc10 (default: the protocol's for the method)")
     r.add_argument("--batch-size", type=int, help="training batch size")
     r.add_argument("--prompts-per-concept", type=int, help="evaluation prompts per concept (first N of its set)")
     r.add_argument("--images-per-prompt", type=int, help="evaluation images per prompt")
@@ -140,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-RUN_FLAGS = ("method", "protocol", "data_dir", "model", "scorer", "steps", "batch_size", "prompts_per_concept",
+RUN_FLAGS = ("method", "protocol", "data_dir", "model", "scorer", "steps", "schedule", "batch_size", "prompts_per_concept",
              "images_per_prompt", "resolution", "num_inference_steps", "guidance_scale", "eval_schedule",
              "eval_batch_size", "seed", "device", "dino", "multi_images_per_prompt", "calibration_images")
 
@@ -161,9 +164,12 @@ def _given_settings(args: argparse.Namespace) -> dict:
 
 
 def _run_config(data: dict):
-    from cifc_bench.results import RunConfig
+    from cifc_bench.results import SHARED, RunConfig
 
     data = dict(data)
+    if data.get("steps") is not None and data.get("schedule") not in (None, SHARED):
+        raise CLIError(f"--steps {data['steps']} gives every task the same budget, but --schedule {data['schedule']} "
+                       "gives each task its own: drop one of them")
     if "device" not in data:
         import torch
 

@@ -56,6 +56,7 @@ class RunContext:
     dino: Any = None  # the DINO encoder behind ia_dino, when the run asks for it
     calibration: dict[str, Any] | None = None  # presence thresholds of the neglect rate (None: no multi prompts)
     model_fingerprint: str = ""  # of the base model's weights, taken before the method could change them
+    budgets: tuple[dict[str, Any], ...] = ()  # per task: the schedule's steps and lr_scale
 
     @property
     def settings(self) -> GenerationSettings:
@@ -111,6 +112,7 @@ def load_context(config: RunConfig, run_dir: Path, calibration: dict[str, Any] |
     method_cls = load_method(config.method)  # cheap, and a typo should not wait for data checks
     spec = load_protocol(config.protocol)
     config = config.resolved(dict(spec.defaults))
+    budgets = tuple(spec.task_budgets(config.schedule, config.steps))  # a bad schedule should not wait for data
     sequence = spec.bind(spec.data_root(config.data_dir))
     if config.prompts_per_concept > min(len(c.eval_prompts) for c in sequence.concepts):
         raise ConfigError(
@@ -148,7 +150,8 @@ def load_context(config: RunConfig, run_dir: Path, calibration: dict[str, Any] |
     if dino is not None:
         metrics = (*metrics, DINO_METRIC)
     return RunContext(config=config, sequence=sequence, method=method, scorer=scorer, run_dir=Path(run_dir),
-                      metrics=metrics, dino=dino, calibration=calibration, model_fingerprint=fingerprint)
+                      metrics=metrics, dino=dino, calibration=calibration, model_fingerprint=fingerprint,
+                      budgets=budgets)
 
 
 def scorer_fingerprint(scorer) -> str:
@@ -182,6 +185,8 @@ def new_result(ctx: RunContext) -> dict[str, Any]:
             "method": ctx.config.method,
             "method_args": ctx.config.method_args,
             "method_class": f"{type(ctx.method).__module__}:{type(ctx.method).__qualname__}",
+            "method_version": type(ctx.method).version,
+            "schedule": {"name": ctx.config.schedule, "tasks": list(ctx.budgets)},
             "storage": ctx.method.storage,
             "protocol": {"name": seq.name, "version": seq.version, "file": str(seq.source)},
             "seed": ctx.config.seed,
@@ -293,7 +298,9 @@ def _loop(ctx: RunContext, result: dict[str, Any]) -> None:
         else:
             seed = train_seed(cfg.seed, j)
             torch.manual_seed(seed)
-            ctx.method.learn_task(task, TrainBudget(cfg.steps, cfg.batch_size, cfg.resolution, seed))
+            budget = ctx.budgets[j]
+            ctx.method.learn_task(task, TrainBudget(budget["steps"], cfg.batch_size, cfg.resolution, seed,
+                                                    lr_scale=budget["lr_scale"]))
             train_seconds = time.perf_counter() - started
             save_state(checkpoint, ctx.method.state_dict())
         eval_started = time.perf_counter()
@@ -302,6 +309,7 @@ def _loop(ctx: RunContext, result: dict[str, Any]) -> None:
         result["tasks"].append({
             "index": j,
             "task": task.name,
+            **ctx.budgets[j],
             "train_seconds": train_seconds,
             "eval_seconds": time.perf_counter() - eval_started,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

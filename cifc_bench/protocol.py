@@ -77,6 +77,23 @@ class ProtocolSpec:
 
         return resolve_data_dir(self.dataset, cli_dir)
 
+    @property
+    def schedules(self) -> Mapping[str, Any]:
+        """Named per-task training schedules (``schedules.<name>.tasks``: one ``{steps, lr_scale}`` per task)."""
+        return self.raw.get("schedules") or {}
+
+    def task_budgets(self, schedule: str, steps: int) -> list[dict[str, Any]]:
+        """Per task, the ``steps`` and ``lr_scale`` of ``schedule``; ``shared`` gives every task ``steps`` at 1×."""
+        from cifc_bench.results import SHARED, ConfigError
+
+        if schedule == SHARED:
+            return [{"steps": int(steps), "lr_scale": 1.0} for _ in self.raw["concepts"]]
+        if schedule not in self.schedules:
+            raise ConfigError(f"--schedule {schedule!r}: protocol {self.name!r} ({self.path}) defines "
+                              f"{[SHARED, *self.schedules]}; pick one of them")
+        return [{"steps": int(t["steps"]), "lr_scale": float(t.get("lr_scale", 1.0))}
+                for t in self.schedules[schedule]["tasks"]]
+
     def _err(self, field: str, value: Any, fix: str) -> ProtocolError:
         return ProtocolError(f"{self.path}: field {field!r} has bad value {value!r}: {fix}")
 
@@ -241,6 +258,7 @@ def _check_schema(spec: ProtocolSpec) -> None:
             owner[t] = c["name"]
         if " ".join(ph) not in c["eval_replacement"]:
             raise err(f"{f}.eval_replacement", c["eval_replacement"], f"must contain the placeholders {' '.join(ph)!r}")
+    _check_schedules(spec)
     for k, m in enumerate(raw.get("multi_concept_prompts") or []):
         f = f"multi_concept_prompts[{k}]"
         if not isinstance(m, dict) or "prompt" not in m or "concepts" not in m:
@@ -257,3 +275,35 @@ def _check_schema(spec: ProtocolSpec) -> None:
                     Box(*b)
                 except (TypeError, ValueError) as e:
                     raise err(f"{f}.boxes", b, str(e)) from e
+
+
+def _check_schedules(spec: ProtocolSpec) -> None:
+    """``schedules`` has one ``{steps, lr_scale}`` entry per task; ``defaults.schedule`` names defined ones."""
+    from cifc_bench.results import SHARED
+
+    raw, err = spec.raw, spec._err
+    schedules = raw.get("schedules") or {}
+    if not isinstance(schedules, dict):
+        raise err("schedules", schedules, "give a mapping from schedule name to {description, tasks}")
+    n_tasks = len(raw["concepts"])
+    for name, sched in schedules.items():
+        f = f"schedules.{name}"
+        if name == SHARED:
+            raise err(f, name, f"{SHARED!r} is the built-in schedule (defaults.train_steps for every task); rename it")
+        tasks = sched.get("tasks") if isinstance(sched, dict) else None
+        if not isinstance(tasks, list) or len(tasks) != n_tasks:
+            raise err(f"{f}.tasks", tasks, f"give a list of {n_tasks} entries, one {{steps, lr_scale}} per task")
+        for j, t in enumerate(tasks):
+            if not isinstance(t, dict) or set(t) - {"steps", "lr_scale"} or "steps" not in t:
+                raise err(f"{f}.tasks[{j}]", t, "give a mapping with 'steps' and an optional 'lr_scale'")
+            if isinstance(t["steps"], bool) or not isinstance(t["steps"], int) or t["steps"] < 0:
+                raise err(f"{f}.tasks[{j}].steps", t["steps"], "give a whole number >= 0")
+            scale = t.get("lr_scale", 1.0)
+            if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
+                raise err(f"{f}.tasks[{j}].lr_scale", scale, "give a positive number (1 keeps the method's rates)")
+    chosen = (raw.get("defaults") or {}).get("schedule") or {}
+    if not isinstance(chosen, dict):
+        raise err("defaults.schedule", chosen, "give a mapping from method name to schedule name")
+    for method, name in chosen.items():
+        if name != SHARED and name not in schedules:
+            raise err(f"defaults.schedule.{method}", name, f"unknown schedule; defined: {[SHARED, *schedules]}")

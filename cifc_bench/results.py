@@ -20,6 +20,7 @@ from typing import Any
 SCHEMA_VERSION = 1
 RESULT_FILE = "result.json"
 EVAL_SCHEDULES = ("each-task", "final")
+SHARED = "shared"  # the training schedule that gives every task ``steps`` steps at the method's own rates
 
 
 class ConfigError(ValueError):
@@ -37,6 +38,7 @@ class RunConfig:
     model: str | None = None
     scorer: str | None = None
     steps: int | None = None
+    schedule: str | None = None  # "shared" (``steps`` for every task) or a protocol's named per-task schedule
     batch_size: int | None = None
     prompts_per_concept: int | None = None
     images_per_prompt: int | None = None
@@ -85,6 +87,9 @@ class RunConfig:
             "calibration_images": defaults.get("calibration_images", 100),
         }
         updates: dict[str, Any] = {k: v for k, v in fallback.items() if getattr(self, k) is None}
+        if self.schedule is None:  # typed --steps means one budget for every task
+            updates["schedule"] = SHARED if self.steps is not None else \
+                (defaults.get("schedule") or {}).get(self.method, SHARED)
         protocol_args = (defaults.get("method_args") or {}).get(self.method, {})
         if protocol_args:
             updates["method_args"] = {**protocol_args, **self.method_args}

@@ -25,11 +25,24 @@ OBJECT_TEMPLATES = (
     "a good photo of a {}", "a photo of the nice {}", "a photo of the small {}", "a photo of the weird {}",
     "a photo of the large {}", "a photo of a cool {}", "a photo of a small {}",
 )
+# the release's 16 style templates as it lists them (lib/data/pil_transform.py, EnhanceText), repeats included:
+# "a cropped {}" and "a close-up {}" appear twice, so they are drawn twice as often
 STYLE_TEMPLATES = (
-    "a {}", "a rendering {}", "a cropped {}", "the {}", "a clean {}", "a dirty {}", "a dark {}", "a picture {}",
-    "a cool {}", "a close-up {}", "a bright {}", "a good {}", "a rendition {}", "a nice {}", "a small {}",
-    "a weird {}",
+    "a {}", "a rendering {}", "a cropped {}", "the {}", "a clean {}", "a dirty {}", "a cool painting {}",
+    "a close-up {}", "a bright {}", "a cropped {}", "a good {}", "a close-up {}", "a nice {}", "a small {}",
+    "a weird {}", "a large {}",
 )
+
+
+def lora_config(rank: int, targets: str):
+    """The peft LoRA config every LoRA baseline uses: rank ``rank`` at scale 1 (alpha = r) on the modules matching
+    ``targets``, with peft's default init, Kaiming-uniform A (a = √5, |A| ≤ 1/√fan_in) and zero B. That is the
+    init of CIDM's own LoRA and of both official codes (CIDM ``edlora.py``, Mix-of-Show ``edlora.py``); peft's
+    ``"gaussian"`` (A ~ N(0, 1/r)) would let ΔW grow 8-15× faster per Adam step at SD-1.5 widths.
+    """
+    from peft import LoraConfig
+
+    return LoraConfig(r=int(rank), lora_alpha=int(rank), target_modules=targets, init_lora_weights=True)
 
 
 def add_tokens(bundle, groups: list[list[str]], initializers, generator: torch.Generator | None = None,
@@ -184,11 +197,13 @@ def count_parameters(params) -> int:
 
 
 def train_lora_and_tokens(bundle, task, budget, lora_params, new_ids, lr: float, embedding_lr: float,
-                          generator: torch.Generator, extra_loss=None, encode=None):
+                          generator: torch.Generator, extra_loss=None, encode=None, groups=()):
     """The customisation loop shared by the LoRA methods: AdamW (weight decay 0.01) on ``lora_params`` (``lr``)
     and the embedding rows ``new_ids`` (``embedding_lr``); loss = diffusion loss on the task's own images
     + ``extra_loss(pixels, embeds, noise_scheduler, generator)``; every other embedding row is restored after
     each step. ``encode(bundle, prompts)`` turns prompts into UNet context (default: plain text-encoder states).
+    ``groups`` are further (parameters, learning rate) pairs trained alongside (Mix-of-Show's text-encoder LoRA).
+    Adapter rates, not the token rate, are scaled by the task's ``budget.lr_scale``.
     Returns (trainable parameter count, the task's batch streams, the training noise scheduler).
     """
     from diffusers import DDPMScheduler
@@ -196,13 +211,15 @@ def train_lora_and_tokens(bundle, task, budget, lora_params, new_ids, lr: float,
     from cifc_bench.progress import progress
     from cifc_bench.sampling import encode_prompts
 
-    for p in lora_params:
-        p.requires_grad_(True)
+    adapter_groups = [(list(lora_params), lr), *((list(ps), g_lr) for ps, g_lr in groups)]
+    for ps, _ in adapter_groups:
+        for p in ps:
+            p.requires_grad_(True)
     emb = bundle.text_encoder.get_input_embeddings().weight
     original = emb.detach().clone()
     emb.requires_grad_(True)
-    optimizer = torch.optim.AdamW([{"params": list(lora_params), "lr": lr}, {"params": [emb], "lr": embedding_lr}],
-                                  weight_decay=0.01)
+    optimizer = torch.optim.AdamW([*({"params": ps, "lr": g_lr * budget.lr_scale} for ps, g_lr in adapter_groups),
+                                   {"params": [emb], "lr": embedding_lr}], weight_decay=0.01)
     noise_scheduler = DDPMScheduler.from_config(bundle.scheduler.config)
     streams = [iter(ConceptBatches(c, budget.resolution, budget.batch_size, budget.seed + k))
                for k, c in enumerate(task.concepts)]
@@ -219,4 +236,5 @@ def train_lora_and_tokens(bundle, task, budget, lora_params, new_ids, lr: float,
         restore_rows(emb, original, new_ids)
     bundle.unet.eval()
     emb.requires_grad_(False)
-    return count_parameters(lora_params) + len(new_ids) * emb.shape[1], streams, noise_scheduler
+    trained = sum(count_parameters(ps) for ps, _ in adapter_groups)
+    return trained + len(new_ids) * emb.shape[1], streams, noise_scheduler

@@ -14,7 +14,7 @@ import torch
 
 from cifc_bench.api import Method
 from cifc_bench.sampling import generate_batched
-from cifc_bench.training import add_placeholder_tokens, train_lora_and_tokens
+from cifc_bench.training import add_placeholder_tokens, lora_config, train_lora_and_tokens
 
 TARGETS = {
     "cross-attn": r".*attn2\.(to_q|to_k|to_v|to_out\.0)",
@@ -25,19 +25,15 @@ ADAPTER = "continual"
 
 class SequentialFinetune(Method):
     storage = "single-model"
+    version = 2  # v2: Kaiming-uniform LoRA A (was peft "gaussian"), the release's style templates; EWC and LwF inherit it
 
     def __init__(self, bundle, rank: int = 4, lr: float = 1e-4, embedding_lr: float = 1e-3,
                  targets: str = "cross-attn") -> None:
         super().__init__(bundle, rank=rank, lr=lr, embedding_lr=embedding_lr, targets=targets)
-        from peft import LoraConfig
-
         if targets not in TARGETS:
             raise ValueError(f"targets={targets!r} is not one of {sorted(TARGETS)}")
         self.rank, self.lr, self.embedding_lr = int(rank), float(lr), float(embedding_lr)
-        self.bundle.unet.add_adapter(
-            LoraConfig(r=self.rank, lora_alpha=self.rank, target_modules=TARGETS[targets], init_lora_weights="gaussian"),
-            adapter_name=ADAPTER,
-        )
+        self.bundle.unet.add_adapter(lora_config(self.rank, TARGETS[targets]), adapter_name=ADAPTER)
         self.token_ids: dict[str, list[int]] = {}
         self._trainable = 0
 

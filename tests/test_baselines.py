@@ -1,19 +1,20 @@
 """Baseline-specific checks (the shared contract is in test_methods_contract.py)."""
 
+import pytest
 import torch
 
 from cifc_bench.api import TrainBudget
 
 
-def _trained(cls, tiny_protocol, **kwargs):
+def _trained(cls, tiny_protocol, steps=2, tasks=2, **kwargs):
     from cifc_bench.models import load_bundle
     from cifc_bench.protocol import load_protocol
 
     seq = load_protocol(str(tiny_protocol)).bind(tiny_protocol.with_name("tiny-data"))
     torch.manual_seed(0)
     method = cls(load_bundle("tiny-random"), **kwargs)
-    for task in seq.tasks[:2]:
-        method.learn_task(task, TrainBudget(steps=2, batch_size=2, resolution=32, seed=task.index))
+    for task in seq.tasks[:tasks]:
+        method.learn_task(task, TrainBudget(steps=steps, batch_size=2, resolution=32, seed=task.index))
     return method
 
 
@@ -161,29 +162,37 @@ def test_custom_diffusion_merge_keeps_each_concept_constraint_on_a_tiny_model(ti
     assert all(torch.equal(named[n], fresh[n]) for n in named if "attn2.to_k" not in n and "attn2.to_v" not in n)
 
 
-def test_mix_of_show_fusion_reproduces_each_concepts_outputs_on_its_own_inputs():
+def test_mix_of_show_fusion_keeps_the_base_weight_where_no_task_has_inputs():
     from cifc_bench.baselines.mix_of_show import fuse
 
     g = torch.Generator().manual_seed(0)
-    basis = torch.linalg.qr(torch.randn(8, 8, generator=g, dtype=torch.float64))[0]
-    xs = [torch.randn(20, 3, generator=g, dtype=torch.float64) @ basis[:, 3 * i : 3 * i + 3].T for i in range(2)]
-    ws = [torch.randn(5, 8, generator=g, dtype=torch.float64) for _ in range(2)]
+    d = 64
+    basis = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))[0]
+    # rank-deficient inputs, as SD-1.5's text side (385 rows of 768-d): each task spans 10 of the 64 directions
+    xs = [torch.randn(40, 10, generator=g, dtype=torch.float64) @ basis[:, 10 * i : 10 * i + 10].T for i in range(2)]
+    w0 = torch.randn(16, d, generator=g, dtype=torch.float64)
+    ws = [w0 + 0.3 * torch.randn(16, d, generator=g, dtype=torch.float64) for _ in range(2)]
     grams = [x.T @ x for x in xs]
-    fused = fuse(sum(w @ gm for w, gm in zip(ws, grams, strict=True)), sum(grams), eps=1e-9)
-    for w, x in zip(ws, xs, strict=True):  # inputs in separate subspaces: each concept's outputs are kept exactly
+    fused = fuse(sum(w @ gm for w, gm in zip(ws, grams, strict=True)), sum(grams), w0, eps=1e-9)
+    held_out = basis[:, 20:].T  # orthogonal to every task's inputs
+    assert ((held_out @ fused.T - held_out @ w0.T).norm() / (held_out @ w0.T).norm()) < 1e-6
+    for w, x in zip(ws, xs, strict=True):  # inputs in separate subspaces: each concept's outputs are kept
         assert torch.allclose(x @ fused.T, x @ w.T, atol=1e-6)
+    # the regularisation toward 0 that v1 used loses W₀ on the held-out directions entirely
+    toward_zero = fuse(sum(w @ gm for w, gm in zip(ws, grams, strict=True)), sum(grams), torch.zeros_like(w0), eps=1e-9)
+    assert (held_out @ toward_zero.T).norm() < 1e-6 * (held_out @ w0.T).norm()
     # overlapping inputs: the least-squares optimum, Σ_i (W* − W_i) G_i = 0
-    xs = [torch.randn(20, 8, generator=g, dtype=torch.float64) for _ in range(2)]
+    xs = [torch.randn(20, d, generator=g, dtype=torch.float64) for _ in range(2)]
     grams = [x.T @ x for x in xs]
-    fused = fuse(sum(w @ gm for w, gm in zip(ws, grams, strict=True)), sum(grams), eps=0.0)
-    assert torch.allclose(sum((fused - w) @ gm for w, gm in zip(ws, grams, strict=True)), torch.zeros(5, 8, dtype=torch.float64),
-                          atol=1e-8)
+    fused = fuse(sum(w @ gm for w, gm in zip(ws, grams, strict=True)), sum(grams), w0, eps=0.0)
+    assert torch.allclose(sum((fused - w) @ gm for w, gm in zip(ws, grams, strict=True)),
+                          torch.zeros(16, d, dtype=torch.float64), atol=1e-8)
 
 
 def test_mix_of_show_fuses_unet_and_text_encoder_layers_on_a_tiny_model(tiny_protocol):
     from cifc_bench.baselines.mix_of_show import MixOfShow
 
-    method = _trained(MixOfShow, tiny_protocol, lr=1e-2, fusion_prompts=2, fusion_steps=2)
+    method = _trained(MixOfShow, tiny_protocol, lr=1e-2, fusion_steps=2)
     names = list(method.sums)
     assert any(n.startswith("unet.") and ".attn1." in n for n in names)
     assert any(n.startswith("unet.") and ".attn2." in n for n in names)
@@ -192,3 +201,79 @@ def test_mix_of_show_fuses_unet_and_text_encoder_layers_on_a_tiny_model(tiny_pro
     assert all(moved)  # every fused layer differs from the base model
     assert not any("lora_" in n for n, _ in method.bundle.unet.named_parameters())  # adapters fused, then removed
     assert len(method.placeholders) == sum(len(c.placeholders) for c in method.concepts) > 0
+
+
+def test_mix_of_show_text_side_fusion_inputs_are_new_token_and_eos_rows(tiny_protocol):
+    from cifc_bench.baselines.mix_of_show import MixOfShow
+
+    method = _trained(MixOfShow, tiny_protocol, lr=1e-2, fusion_steps=2)
+    assert method.text_lr == method.lr / 10  # the official text-encoder rate, a tenth of the UNet's
+    for name, (_, gram) in method.sums.items():
+        if name.endswith(("attn2.to_k", "attn2.to_v")):
+            # per task and layer: "photo of a <V>" and "<V>", each its placeholders' rows and one EOS row; a
+            # padded capture (77 rows per prompt) or one with BOS would span more
+            rows = sum(2 * (len(c.placeholders) + 1) for c in method.concepts)
+            assert 0 < int(torch.linalg.matrix_rank(gram)) <= rows
+
+
+def test_custom_diffusion_merge_rows_have_no_bos_or_padding(tiny_protocol):
+    from cifc_bench.baselines.custom_diffusion import CustomDiffusion, text_rows
+
+    method = _trained(CustomDiffusion, tiny_protocol, variant="merge", lr=1e-2, reg_images=2)
+    bundle = method.bundle
+    tok = bundle.tokenizer
+    with torch.no_grad():
+        bos_row = text_rows(bundle, ["x"])  # [x, EOS]: BOS dropped
+        padded = bundle.text_encoder(tok(["a"], padding="max_length", max_length=tok.model_max_length,
+                                         return_tensors="pt").input_ids)[0][0]
+    assert bos_row.shape[0] == 2
+    bos, pad = padded[0], padded[-1]  # causal encoder: BOS's state is the same in every prompt
+    for name, c in method.targets.items():
+        concept = next(t for t in _tiny_concepts(tiny_protocol) if t.name == name)
+        named = f"{concept.token_string} {concept.class_word}"
+        n_tokens = len(tok(named).input_ids)  # BOS, placeholders, class word, EOS
+        assert c.shape[0] <= 2 * (n_tokens - 1)  # "<V> cls" and "photo of a <V> cls", from the placeholder on
+        assert not any(torch.allclose(row, bos.float(), atol=1e-5) for row in c)
+        assert not any(torch.allclose(row, pad.float(), atol=1e-5) for row in c)
+    with torch.no_grad():
+        rows = text_rows(bundle, ["photo of a dog", "a dog"])
+    assert rows.shape[0] == (len(tok("photo of a dog").input_ids) - 4) + (len(tok("a dog").input_ids) - 1)
+
+
+def _tiny_concepts(tiny_protocol):
+    from cifc_bench.protocol import load_protocol
+
+    return load_protocol(str(tiny_protocol)).bind(tiny_protocol.with_name("tiny-data")).concepts
+
+
+LORA_METHODS = ("finetune", "lora-m", "lora-c", "c-lora", "ewc", "lwf", "mix-of-show")
+
+
+@pytest.mark.parametrize("name", LORA_METHODS)
+def test_every_baseline_lora_starts_kaiming_uniform_a_and_zero_b(name, tiny_protocol, monkeypatch):
+    """Like CIDM and both official codes: |A| ≤ 1/√fan_in with the Kaiming-uniform std 1/√(3 fan_in), B = 0."""
+    import math
+
+    from peft.tuners.lora.layer import LoraLayer
+
+    from cifc_bench.registry import load_method
+
+    seen = []
+    original = LoraLayer.reset_lora_parameters
+
+    def recording(self, adapter_name, init_lora_weights):
+        original(self, adapter_name, init_lora_weights)
+        if adapter_name in self.lora_A:
+            seen.append((self.lora_A[adapter_name].weight.detach().clone(),
+                         self.lora_B[adapter_name].weight.detach().clone()))
+
+    monkeypatch.setattr(LoraLayer, "reset_lora_parameters", recording)
+    method = _trained(load_method(name), tiny_protocol, steps=0, tasks=1, fusion_steps=1) if name == "mix-of-show" \
+        else _trained(load_method(name), tiny_protocol, steps=0, tasks=1)
+    assert method is not None and seen
+    for a, b in seen:
+        fan_in = a.shape[1]
+        bound = 1 / math.sqrt(fan_in)
+        assert float(a.abs().max()) <= bound + 1e-7
+        assert 0.75 < float(a.std()) / (bound / math.sqrt(3)) < 1.25
+        assert not b.any()

@@ -7,8 +7,11 @@ Per adapted module m, A (``up``, out × r) is the task's concept subspace and B 
 - ``release``: R1 plus the "enhance" term mean (A_g − 1)², weights 0.1 and 0.1 (trainer_edlora.py:258-282).
 - ``paper``: R1 with γ1 plus R2 = Σ_i ‖ΔW_i − H_i W*‖² with γ2, over modules, with a shared W* (out × in) and a
   per-task H_i (out × out) per module. They persist across tasks (§G.4). Each batch: step 1 trains the task
-  (H, W* fixed); step 2 moves every H_i and W* one gradient-*descent* step on R2 (the paper prints an ascent
-  sign; §G.3). R2 is averaged over entries, modules and tasks, like R1 (documented choice).
+  (H, W* fixed); step 2 minimises R2 over every H_i and W* with the ΔW fixed. Step 2 is a least-squares
+  problem in each block, so it is solved exactly by alternating least squares (one sweep per batch, warm-started
+  from the last solution): H_i = ΔW_i W*ᵀ (W* W*ᵀ)⁻¹, then W* = (Σ H_iᵀ H_i)⁻¹ Σ H_iᵀ ΔW_i. A gradient step at
+  the LoRA learning rate, the literal reading, moves W* by 3e-8 relative per 1,000 steps on SD-1.5 shapes and
+  so does nothing. R2 is averaged over entries, modules and tasks, like R1 (documented choice).
   Initialisation (unspecified in the paper): W* = ΔW_1 and H_1 = I after task 1; H_g = I for a new task.
 """
 
@@ -55,13 +58,27 @@ class SharedSubspace(nn.Module):
                  for m, per_task in enumerate(deltas) for i, d in enumerate(per_task)]
         return torch.stack(terms).mean()
 
-    def descend(self, deltas: list[list[torch.Tensor]], lr: float) -> float:
-        """Step 2: with every ΔW fixed, one gradient-descent step of H_i and W* on R2; returns R2 before it."""
-        fixed = [[d.detach() for d in per_task] for per_task in deltas]
-        loss = self.r2(fixed)
-        params = list(self.parameters())
-        grads = torch.autograd.grad(loss, params)
-        with torch.no_grad():
-            for p, g in zip(params, grads, strict=True):
-                p -= lr * g
-        return float(loss.detach())
+    @torch.no_grad()
+    def solve(self, deltas: list[list[torch.Tensor]], sweeps: int = 1, ridge: float = 1e-6) -> float:
+        """Step 2: with every ΔW fixed, ``sweeps`` alternating least-squares sweeps of H_i, then W*, on R2.
+
+        Each block update is that block's exact minimiser; ``ridge`` (relative to the mean eigenvalue of the
+        gram being inverted) only keeps a rank-deficient gram invertible. Returns R2 before the update.
+        """
+        before = float(self.r2([[d.detach() for d in per_task] for per_task in deltas]))
+        for m, per_task in enumerate(deltas):
+            w, hs = self.w_star[m], self.h[m]
+            ds = [d.detach().to(w) for d in per_task]
+            for _ in range(sweeps):
+                gram = _ridged(w @ w.T, ridge)  # W* W*ᵀ (out × out)
+                for h, d in zip(hs, ds, strict=True):
+                    h.copy_(torch.linalg.solve(gram, (d @ w.T).T).T)  # ΔW_i W*ᵀ (W* W*ᵀ)⁻¹; the gram is symmetric
+                hth = _ridged(sum(h.T @ h for h in hs), ridge)
+                w.copy_(torch.linalg.solve(hth, sum(h.T @ d for h, d in zip(hs, ds, strict=True))))
+        return before
+
+
+def _ridged(gram: torch.Tensor, ridge: float) -> torch.Tensor:
+    n = gram.shape[0]
+    scale = torch.trace(gram) / n
+    return gram + (ridge * scale + torch.finfo(gram.dtype).tiny) * torch.eye(n, device=gram.device, dtype=gram.dtype)

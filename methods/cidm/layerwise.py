@@ -115,8 +115,10 @@ class LayerwiseAttnProcessor:
     """Cross-attention that reads its layer's slice of a 4-D context, with optional regional attention.
 
     ``regions`` (set by CCS) is a list of (context ``[B, L, T, d]``, box) pairs: queries inside a box attend to
-    that region's prompt instead of the global one, overlapping boxes averaged (spec §B.4). ``record`` collects
-    attention probabilities for the training-time attention regulariser.
+    that region's prompt instead of the global one, overlapping boxes averaged (spec §B.4). ``sigmoid`` replaces
+    the softmax by a sigmoid on those region features only (paper Eq. 4); the global prompt, training and plain
+    sampling always use the softmax. ``record`` collects attention probabilities for the training-time
+    attention regulariser.
     """
 
     def __init__(self, index: int, sigmoid: bool = False) -> None:
@@ -144,18 +146,19 @@ class LayerwiseAttnProcessor:
             self.kv_cache[id(context)] = (context, context._version, key, value)
         return key, value
 
-    def _attend(self, attn, query: torch.Tensor, context: torch.Tensor, keep_probs: bool, dtype=None) -> torch.Tensor:
+    def _attend(self, attn, query: torch.Tensor, context: torch.Tensor, keep_probs: bool, dtype=None,
+                sigmoid: bool = False) -> torch.Tensor:
         key, value = self._key_value(attn, context, dtype)
         b, n, _ = query.shape
         heads = attn.heads
         q = query.view(b, n, heads, -1).transpose(1, 2)
         k = key.view(b, key.shape[1], heads, -1).transpose(1, 2)
         v = value.view(b, value.shape[1], heads, -1).transpose(1, 2)
-        if not self.sigmoid and not (keep_probs and self.record is not None):  # the fused kernel, as diffusers
+        if not sigmoid and not (keep_probs and self.record is not None):  # the fused kernel, as diffusers
             out = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=attn.scale)
             return out.transpose(1, 2).reshape(b, n, -1)
         logits = q @ k.transpose(-1, -2) * attn.scale
-        probs = torch.sigmoid(logits) if self.sigmoid else logits.softmax(-1)
+        probs = torch.sigmoid(logits) if sigmoid else logits.softmax(-1)
         if keep_probs and self.record is not None:
             self.record.append(probs.mean(1))  # [b, n, tokens], averaged over heads
         return (probs @ v).transpose(1, 2).reshape(b, n, -1)
@@ -183,7 +186,8 @@ class LayerwiseAttnProcessor:
         count = torch.zeros(1, n, 1, device=out.device, dtype=out.dtype)
         for context, box in self.regions:
             mask = box_mask(box, side, side, out.device).view(1, n, 1).to(out.dtype)
-            total = total + self._attend(attn, query, context, keep_probs=False, dtype=query.dtype) * mask
+            region = self._attend(attn, query, context, keep_probs=False, dtype=query.dtype, sigmoid=self.sigmoid)
+            total = total + region * mask
             count = count + mask
         inside = count > 0
         return torch.where(inside, total / count.clamp(min=1), out)

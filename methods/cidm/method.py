@@ -72,8 +72,10 @@ def paste_augment(image, resolution: int):
 class CIDM(Method):
     storage = "per-task-adapters"
 
-    def __init__(self, bundle, variant: str = "paper", rank: int = 4, lr: float = 1e-4, style_lr: float | None = None,
-                 embedding_lr: float = 1e-3, gamma1: float = 0.1, gamma2: float | None = None, tsp: bool = True,
+    version = 2  # v2: release attention regulariser (batch mean, skipped without outside), exact R2 step 2,
+    # sigmoid on region features only, the release's style templates; v1 runs are not comparable
+
+    def __init__(self, bundle, variant: str = "paper", rank: int = 4, lr: float = 1e-4, embedding_lr: float = 1e-3, gamma1: float = 0.1, gamma2: float | None = None, tsp: bool = True,
                  tsh: bool = True, ewa: bool = True, alpha: float = 0.8, ccs_alpha: float = 0.1,
                  sigmoid_attention: bool = False, extras: bool | None = None, noise_offset: float = 0.01,
                  attn_reg_weight: float = 0.01, emb_norm_threshold: float = 0.55, merge: str = "prompt") -> None:
@@ -81,7 +83,7 @@ class CIDM(Method):
             raise ValueError(f"variant={variant!r}: use one of {VARIANTS}")
         extras = (variant == "release") if extras is None else bool(extras)
         gamma2 = (1.0 if variant == "paper" else 0.1) if gamma2 is None else float(gamma2)
-        super().__init__(bundle, variant=variant, rank=rank, lr=lr, style_lr=style_lr, embedding_lr=embedding_lr,
+        super().__init__(bundle, variant=variant, rank=rank, lr=lr, embedding_lr=embedding_lr,
                          gamma1=gamma1, gamma2=gamma2, tsp=tsp, tsh=tsh, ewa=ewa, alpha=alpha, ccs_alpha=ccs_alpha,
                          sigmoid_attention=sigmoid_attention, extras=extras, noise_offset=noise_offset,
                          attn_reg_weight=attn_reg_weight, emb_norm_threshold=emb_norm_threshold, merge=merge)
@@ -90,7 +92,7 @@ class CIDM(Method):
                              "per-call mixture of task branches, slower)")
         self.merge = merge
         self.variant, self.rank = variant, int(rank)
-        self.lr, self.style_lr, self.embedding_lr = float(lr), style_lr, float(embedding_lr)
+        self.lr, self.embedding_lr = float(lr), float(embedding_lr)
         self.gamma1, self.gamma2 = float(gamma1), gamma2
         self.tsp, self.tsh, self.use_ewa = bool(tsp), bool(tsh), bool(ewa)
         self.alpha, self.ccs_alpha, self.extras = float(alpha), float(ccs_alpha), extras
@@ -137,8 +139,7 @@ class CIDM(Method):
         emb = bundle.text_encoder.get_input_embeddings().weight
         snapshot = emb.detach().clone()
         emb.requires_grad_(True)
-        is_style = any(c.kind == "style" for c in task.concepts)
-        lora_lr = float(self.style_lr) if (is_style and self.style_lr is not None) else self.lr
+        lora_lr = self.lr * budget.lr_scale  # the release's style tasks 6 and 8 train at 1.5x (schedule release)
         lora_params = [p for m in self.modules for p in (m.up, m.down)]
         optimizer = torch.optim.AdamW([{"params": lora_params, "lr": lora_lr},
                                        {"params": [emb], "lr": self.embedding_lr}], weight_decay=0.01)
@@ -173,7 +174,7 @@ class CIDM(Method):
             if self.extras and not frozen_embeddings and emb[new_ids].norm(dim=-1).mean() >= self.emb_norm_threshold:
                 frozen_embeddings, snapshot = True, emb.detach().clone()  # the release's embedding-norm freeze
             if self.shared is not None and self.tsh and old > 0:
-                self.shared.descend(self._deltas(include_current=True), lr=lora_lr)
+                self.shared.solve(self._deltas(include_current=True))
         for proc in self.processors:
             proc.record = None
         bundle.unet.eval()
@@ -220,7 +221,11 @@ class CIDM(Method):
         return loss
 
     def _attention_reg(self, prompts, placeholders, first_ids, masks) -> torch.Tensor:
-        """The release's cross-attention regulariser (spec §B.5.1) on the first two placeholders."""
+        """The release's cross-attention regulariser (spec §B.5.1) on the first two placeholders.
+
+        Per sample, Σ over resolutions of MSE(subject map, mask) + mean(adjective map outside the mask), averaged
+        over the batch: the release trains one sample per GPU and DDP averages. A sample whose mask leaves no
+        outside at some resolution contributes nothing (the release skips its NaN term, trainer_edlora.py:255)."""
         tok = self.bundle.tokenizer
         bound = [p for p in prompts]
         for ph in placeholders:
@@ -231,22 +236,20 @@ class CIDM(Method):
         for proc in self.processors:
             for probs in proc.record or []:
                 by_res.setdefault(probs.shape[1], []).append(probs[: len(prompts)])
-        total = masks.new_zeros(())
+        per_res = []
         for n, maps in by_res.items():
             side = int(n**0.5)
-            mean_map = torch.stack(maps).mean(0)  # [B, n, T]
-            g = F.interpolate(masks, size=(side, side), mode="nearest").flatten(1)  # [B, n]
-            for b in range(len(prompts)):
-                pos = [int((ids[b] == t).nonzero()[0]) for t in first_ids if (ids[b] == t).any()]
-                if len(pos) < 2:
-                    continue
+            per_res.append((torch.stack(maps).mean(0), F.interpolate(masks, size=(side, side), mode="nearest").flatten(1)))
+        total = masks.new_zeros(())
+        for b in range(len(prompts)):
+            pos = [int((ids[b] == t).nonzero()[0]) for t in first_ids if (ids[b] == t).any()]
+            if len(pos) < 2 or any(not (g[b] == 0).any() for _, g in per_res):
+                continue
+            for mean_map, g in per_res:  # mean_map [B, n, T], g [B, n]
                 a_adj, a_subj = (mean_map[b, :, pos[0]], mean_map[b, :, pos[1]])
                 a_adj, a_subj = a_adj / a_adj.max().clamp(min=1e-8), a_subj / a_subj.max().clamp(min=1e-8)
-                outside = g[b] == 0
-                total = total + F.mse_loss(a_subj, g[b])
-                if outside.any():
-                    total = total + a_adj[outside].mean()
-        return total
+                total = total + F.mse_loss(a_subj, g[b]) + a_adj[g[b] == 0].mean()
+        return total / len(prompts)
 
     # ------------------------------------------------------------------ generating
     def concept_encoding(self) -> tuple[torch.Tensor, list[tuple[int, int]]]:
