@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from cifc_bench.methods.finetune import ADAPTER, TARGETS, SequentialFinetune
+
 from cifc_bench.training import lora_config
 
 TEACHER = "previous"

@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "and cnr where runs have them)")
     lb.add_argument("--include-failed", action="store_true")
     lb.add_argument("--include-dirty", action="store_true", help="include runs made from an uncommitted source tree")
+    lb.add_argument("--include-old-versions", action="store_true",
+                    help="include runs made with an older version of a method's implementation (not comparable)")
     lb.add_argument("--no-reference", action="store_true", help="hide the paper's reported rows")
 
     sy = sub.add_parser("synth", help="the embedded synthetic world: pretrain and check its models")
@@ -236,6 +238,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     tables, skipped, n = leaderboard_tables(
         args.protocol, args.results, args.include_failed, args.include_dirty,
         tuple(args.metric) if args.metric else None, references=not args.no_reference,
+        include_old_versions=args.include_old_versions,
     )
     sys.stdout.write(render(tables, args.format))
     print(f"{n} run(s) from {args.results}; {len(skipped)} left out", file=sys.stderr)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cifc_bench.metrics import DIRECTIONS
-from cifc_bench.results import RESULT_FILE, SCHEMA_VERSION
+from cifc_bench.results import RESULT_FILE, SCHEMA_VERSION, SHARED
 
 SCALE = 100.0
 SUMMARY_COLUMNS = ("final", "avg_incremental", "learning", "forgetting", "forgetting_max", "bwt")
@@ -30,16 +30,28 @@ FORMATS = ("md", "csv", "latex")
 class RunRecord:
     path: Path
     data: dict[str, Any]
+    note: str = ""  # e.g. "[old v1]": shown in the label, so it is never grouped with runs without it
 
     @property
     def label(self) -> str:
+        """Method and arguments, and the training schedule when it is not the shared one (runs on two budgets
+        are two rows), e.g. ``cidm (variant=release) [schedule release]``."""
         info = self.data["run_info"]
         args = info.get("method_args") or {}
-        return info["method"] + (f" ({', '.join(f'{k}={v}' for k, v in sorted(args.items()))})" if args else "")
+        label = info["method"] + (f" ({', '.join(f'{k}={v}' for k, v in sorted(args.items()))})" if args else "")
+        schedule = info.get("config", {}).get("schedule") or SHARED
+        label = label if schedule == SHARED else f"{label} [schedule {schedule}]"
+        return f"{label} {self.note}" if self.note else label
+
+    @property
+    def method_version(self) -> int:
+        return int(self.data["run_info"].get("method_version", 1))  # runs before versions were recorded: 1
 
 
-def find_runs(results_dir: Path, protocol: str, include_failed: bool = False, include_dirty: bool = False):
-    """Result files of ``protocol`` under ``results_dir``, filtered by status and tree cleanliness."""
+def find_runs(results_dir: Path, protocol: str, include_failed: bool = False, include_dirty: bool = False,
+              include_old_versions: bool = False):
+    """Result files of ``protocol`` under ``results_dir``, filtered by status, tree cleanliness, the method's
+    implementation version, and the model and scorer weights."""
     runs, skipped = [], []
     for path in sorted(Path(results_dir).rglob(RESULT_FILE)):
         try:
@@ -58,7 +70,36 @@ def find_runs(results_dir: Path, protocol: str, include_failed: bool = False, in
             skipped.append(f"{path}: run (or its rescoring) from a dirty source tree (use --include-dirty)")
             continue
         runs.append(RunRecord(path, data))
+    runs, skipped = _current_method_versions(runs, skipped, include_old_versions)
     return _same_scorer_weights(*_same_model_weights(runs, skipped))
+
+
+def _current_method_versions(runs: list[RunRecord], skipped: list[str], include_old: bool = False):
+    """A method's numbers change with its implementation: keep the runs made with the installed version of each
+    method (for a method that cannot be imported here, the newest version among the runs). ``include_old`` keeps
+    the others too, labelled ``[old vN]`` so they form rows of their own."""
+    from cifc_bench.registry import load_method
+
+    current: dict[str, int] = {}
+    for r in runs:
+        name = r.data["run_info"]["method"]
+        if name not in current:
+            try:
+                current[name] = int(getattr(load_method(name), "version", 1))
+            except Exception:  # not installed here: fall back to the runs themselves
+                current[name] = max(o.method_version for o in runs if o.data["run_info"]["method"] == name)
+    kept = []
+    for r in runs:
+        name = r.data["run_info"]["method"]
+        if r.method_version != current[name] and include_old:
+            kept.append(RunRecord(r.path, r.data, note=f"[old v{r.method_version}]"))
+        elif r.method_version != current[name]:
+            skipped.append(f"{r.path}: made with version {r.method_version} of method {name!r}'s implementation, "
+                           f"this cifc-bench has version {current[name]} (docs/fidelity.md says what changed); run "
+                           f"it again, or show it with --include-old-versions")
+        else:
+            kept.append(r)
+    return kept, skipped
 
 
 def _scored_at(info: dict) -> str:
@@ -246,7 +287,8 @@ NEGLECT = "cnr"
 
 
 def leaderboard_tables(protocol: str, results_dir: Path, include_failed: bool = False, include_dirty: bool = False,
-                       metrics: tuple[str, ...] | None = None, references: bool = True, cost: bool = True):
+                       metrics: tuple[str, ...] | None = None, references: bool = True, cost: bool = True,
+                       include_old_versions: bool = False):
     """{metric: DataFrame} for ``protocol``, plus the list of skipped result files with reasons.
 
     Without ``metrics``: ``ia`` and ``ta``, then ``ia_dino``, ``context_acc`` and the neglect table (``cnr``)
@@ -256,7 +298,7 @@ def leaderboard_tables(protocol: str, results_dir: Path, include_failed: bool = 
 
     spec = load_protocol(protocol)
     concepts = [c["name"] for c in spec.raw["concepts"]]
-    runs, skipped = find_runs(results_dir, spec.name, include_failed, include_dirty)
+    runs, skipped = find_runs(results_dir, spec.name, include_failed, include_dirty, include_old_versions)
     if metrics is None:
         metrics = (*DEFAULT_METRICS, *(m for m in OPTIONAL_METRICS if any(m in r.data["matrices"] for r in runs)))
         if any(r.data.get("neglect") for r in runs):

@@ -174,7 +174,7 @@ def test_sd15_architecture_gets_16_layerwise_tokens_and_64_lora_modules():
     assert Task(0, (concept,)).name == "dog"
 
 
-def _cidm_with_dog_and_cat():
+def _cidm_with_dog_and_cat(**kwargs):
     """A tiny-random CIDM with two stored random task learners (<dog1>, <cat1>) and two side-by-side boxes."""
     from cifc_bench.methods.cidm import CIDM
 
@@ -183,7 +183,7 @@ def _cidm_with_dog_and_cat():
     from cifc_bench.testing import store_random_cidm_task
 
     torch.manual_seed(0)
-    method = CIDM(load_bundle("tiny-random"))
+    method = CIDM(load_bundle("tiny-random"), **kwargs)
     gen = torch.Generator().manual_seed(0)
     concepts = []
     for name in ("dog", "cat"):
@@ -300,3 +300,48 @@ def test_layerwise_context_reaches_attn1_when_it_reads_the_prompt(only_cross):
     # diffusers' mid block keeps a self-attention attn1 even with only_cross_attention
     assert sum(a.is_cross_attention for a in attn1) == (len(attn1) - 1 if only_cross else 0)
     assert all(isinstance(a.processor, LayerwiseAttnProcessor) == a.is_cross_attention for a in attn1)
+
+
+def test_sigmoid_attention_changes_region_features_only():
+    """Paper Eq. 4: the sigmoid applies to the region features of CCS; plain samples stay bit-identical."""
+    import numpy as np
+
+    from cifc_bench.api import GenerationRequest, GenerationSettings
+    from cifc_bench.models import load_bundle
+
+    load_bundle("tiny-random")  # a first use builds the model and reseeds torch: both methods must start alike
+    settings = GenerationSettings(resolution=32, num_inference_steps=3, guidance_scale=5.0, batch_size=4)
+    images = {}
+    for sigmoid in (False, True):
+        method, concepts, boxes = _cidm_with_dog_and_cat(sigmoid_attention=sigmoid)
+        requests = [GenerationRequest("a <dog1> on the beach", seed=9, concepts=(concepts[0],)),
+                    GenerationRequest("a <dog1> and a <cat1>", seed=3, concepts=tuple(concepts), boxes=boxes)]
+        images[sigmoid] = [np.asarray(im, dtype=int) for im in method.generate(requests, settings)]
+    assert np.array_equal(images[False][0], images[True][0])  # plain sampling: no sigmoid anywhere
+    assert not np.array_equal(images[False][1], images[True][1])  # region passes: the sigmoid is there
+
+
+def test_attention_regulariser_is_a_batch_mean_and_skips_samples_without_outside():
+    """The release's term per sample, averaged over the batch (one sample per GPU, DDP-averaged); a sample whose
+    mask covers the whole image has no outside and contributes nothing (the release skips its NaN)."""
+    method, concepts, _ = _cidm_with_dog_and_cat(variant="release")
+    tok = method.bundle.tokenizer
+    placeholders = ["<dog1>", "<cat1>"]  # two placeholders: the first is the "adjective", the second the subject
+    first_ids = [tok.convert_tokens_to_ids(f"<{n}1_l0>") for n in ("dog", "cat")]
+    prompt = "a <dog1> <cat1>"
+    g = torch.Generator().manual_seed(0)
+    probs = torch.rand(1, 16, tok.model_max_length, generator=g)  # one sample's [n = 4 x 4, tokens] map
+    half = torch.zeros(1, 1, 8, 8)
+    half[..., :, :4] = 1.0
+    full = torch.ones(1, 1, 8, 8)
+
+    def reg(masks, n):
+        for proc in method.processors:
+            proc.record = [probs.expand(n, -1, -1)]
+        return float(method._attention_reg([prompt] * n, placeholders, first_ids, masks))
+
+    one = reg(half, 1)
+    assert one > 0
+    assert reg(torch.cat([half, half]), 2) == pytest.approx(one)  # a mean over the batch, not a sum
+    assert reg(full, 1) == 0.0  # no outside: skipped
+    assert reg(torch.cat([full, half]), 2) == pytest.approx(one / 2)

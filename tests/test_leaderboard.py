@@ -154,3 +154,27 @@ def test_cifc10_reference_rows_in_all_formats(tmp_path, capsys):
 def test_render_rejects_unknown_format():
     with pytest.raises(ValueError, match="--format 'html'"):
         render({}, "html")
+
+
+def test_runs_of_an_older_method_implementation_are_left_out_with_a_note(results_dir, tmp_path, tiny_protocol):
+    """Runs record their method's implementation version; a leaderboard never mixes two versions of a method."""
+    import shutil
+
+    from cifc_bench.methods.finetune import SequentialFinetune
+
+    real = json.loads(next(results_dir.rglob("real/result.json")).read_text())
+    root = tmp_path / "results"
+    shutil.copytree(results_dir, root)
+    for version in (SequentialFinetune.version - 1, SequentialFinetune.version):
+        r = copy.deepcopy(real)
+        r["run_info"].update(method="finetune", method_version=version)
+        (root / "tiny" / "finetune" / f"v{version}").mkdir(parents=True)
+        (root / "tiny" / "finetune" / f"v{version}" / "result.json").write_text(json.dumps(r))
+    tables, skipped, _ = leaderboard_tables(str(tiny_protocol), root, include_dirty=True)
+    ia = tables["ia"].set_index("method")
+    assert ia.loc["finetune", "seeds"] == 1  # the current version's run only
+    assert any(f"made with version {SequentialFinetune.version - 1} of method 'finetune'" in s and
+               "--include-old-versions" in s for s in skipped)
+    tables, _, _ = leaderboard_tables(str(tiny_protocol), root, include_dirty=True, include_old_versions=True)
+    ia = tables["ia"].set_index("method")
+    assert ia.loc["finetune", "seeds"] == 1 and ia.loc[f"finetune [old v{SequentialFinetune.version - 1}]", "seeds"] == 1

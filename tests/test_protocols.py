@@ -134,3 +134,80 @@ def test_invalid_yaml_is_reported(tmp_path):
     bad.write_text("name: [unclosed\n")
     with pytest.raises(ProtocolError, match="not valid YAML"):
         load_protocol(str(bad))
+
+
+RELEASE_STEPS = [750, 500, 625, 750, 700, 1050, 750, 1200, 1000, 750]  # train.py × enlarge ratios, 2 GPUs
+
+
+def test_cifc10_release_schedule_loads_and_is_cidms_default_only():
+    from cifc_bench.results import RunConfig
+
+    spec = load_protocol("cifc10")
+    budgets = spec.task_budgets("release", 800)
+    assert [b["steps"] for b in budgets] == RELEASE_STEPS
+    assert [j for j, b in enumerate(budgets) if b["lr_scale"] != 1.0] == [5, 7]  # painting and drawing, 1.5e-4
+    assert budgets[5]["lr_scale"] * 1e-4 == pytest.approx(1.5e-4)
+    cidm = RunConfig(method="cidm", protocol="cifc10").resolved(dict(spec.defaults))
+    assert cidm.schedule == "release" and cidm.method_args["variant"] == "release"
+    assert RunConfig(method="finetune", protocol="cifc10").resolved(dict(spec.defaults)).schedule == "shared"
+    assert RunConfig(method="cidm", protocol="cifc10", steps=2).resolved(dict(spec.defaults)).schedule == "shared"
+    assert spec.task_budgets("shared", 800) == [{"steps": 800, "lr_scale": 1.0}] * 10
+    with pytest.raises(ValueError, match=r"--schedule 'fast'.*\['shared', 'release'\]"):
+        spec.task_budgets("fast", 800)
+
+
+def test_schedule_steps_and_rates_reach_each_task_and_the_result_file(tmp_path, monkeypatch):
+    import torch
+    import yaml
+
+    from cifc_bench.harness import run_benchmark
+    from cifc_bench.testing import make_tiny_protocol, tiny_run_config
+
+    path = make_tiny_protocol(tmp_path, n_concepts=3)
+    raw = yaml.safe_load(path.read_text())
+    raw["schedules"] = {"uneven": {"tasks": [{"steps": 1}, {"steps": 3, "lr_scale": 2.0}, {"steps": 0}]}}
+    raw["defaults"]["schedule"] = {"finetune": "uneven"}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    rates = []
+    adamw = torch.optim.AdamW
+
+    class Recording(adamw):
+        def __init__(self, groups, **kwargs):
+            rates.append([g["lr"] for g in groups])
+            super().__init__(groups, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "AdamW", Recording)
+    result = run_benchmark(tiny_run_config(path, steps=None, method_args={"lr": 1e-3}), tmp_path / "run")
+    assert result["run_info"]["config"]["schedule"] == "uneven"
+    assert result["run_info"]["schedule"]["tasks"] == [{"steps": 1, "lr_scale": 1.0}, {"steps": 3, "lr_scale": 2.0},
+                                                       {"steps": 0, "lr_scale": 1.0}]
+    assert [(t["steps"], t["lr_scale"]) for t in result["tasks"]] == [(1, 1.0), (3, 2.0), (0, 1.0)]
+    assert result["run_info"]["method_version"] == 2
+    # the LoRA's rate is scaled per task, the token rate never
+    assert [r[0] for r in rates] == pytest.approx([1e-3, 2e-3, 1e-3]) and {r[1] for r in rates} == {1e-3}
+
+
+def test_schedule_errors_name_the_field_and_the_fix(tmp_path, capsys):
+    import yaml
+
+    from cifc_bench.cli import main
+    from cifc_bench.testing import make_tiny_protocol
+
+    path = make_tiny_protocol(tmp_path, n_concepts=3)
+    raw = yaml.safe_load(path.read_text())
+    raw["schedules"] = {"short": {"tasks": [{"steps": 1}, {"steps": 1}]}}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(ProtocolError, match=r"'schedules.short.tasks'.*give a list of 3 entries"):
+        load_protocol(str(path))
+    raw["schedules"] = {"s": {"tasks": [{"steps": 1}, {"steps": "two"}, {"steps": 1}]}}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(ProtocolError, match=r"'schedules.s.tasks\[1\].steps' has bad value 'two'"):
+        load_protocol(str(path))
+    raw["schedules"] = {"s": {"tasks": [{"steps": 1}] * 3}}
+    raw["defaults"]["schedule"] = {"cidm": "nope"}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(ProtocolError, match=r"'defaults.schedule.cidm' has bad value 'nope'.*\['shared', 's'\]"):
+        load_protocol(str(path))
+    assert main(["run", "--protocol", "cifc10", "--steps", "2", "--schedule", "release"]) == 2
+    assert "--steps 2 gives every task the same budget, but --schedule release gives each task its own: drop one" \
+        in capsys.readouterr().err
