@@ -22,9 +22,63 @@ if TYPE_CHECKING:  # keep `cifc-bench ls` free of torch and PIL imports
     import torch
     from PIL import Image
 
-    from cifc_bench.models import ModelBundle
-
 TOKEN_MARK = "<TOK>"
+
+
+@dataclass
+class ModelBundle:
+    """The frozen text-to-image model a method starts from: SD-1.x's components, on either tier.
+
+    - ``tokenizer``: a transformers ``CLIPTokenizer`` (the real CLIP BPE on both tiers). A method's placeholder
+      tokens (``<dog1>``) are not in it: add them (``cifc_bench.training.add_placeholder_tokens``), or the
+      tokenizer silently splits them into pieces.
+    - ``text_encoder``: a transformers ``CLIPTextModel``; its ``[0]`` output (last hidden state) is the UNet's
+      context.
+    - ``unet``: a diffusers ``UNet2DConditionModel``. Its prediction type is the scheduler's
+      ``config.prediction_type``: ``epsilon`` for SD-1.5, ``v_prediction`` for the synthetic base model;
+      ``cifc_bench.training.diffusion_target`` gives the right target for either.
+    - ``scheduler``: the evaluation sampler (DPM-Solver++ for SD-1.5); build training schedulers from its config.
+    - ``vae``: a diffusers ``AutoencoderKL``, or **None** for a pixel-space model (the synthetic tier): the UNet
+      then works on pixels in [-1, 1], and ``vae_scale_factor`` is 1.
+    Everything is frozen (``requires_grad`` off, eval mode) and float32 on ``device`` when a method receives it.
+    A method may add tokens, wrap or patch modules and change weights in place, as long as its ``generate``
+    sees what it learned; the harness builds a fresh bundle per run.
+    """
+
+    name: str
+    tokenizer: Any
+    text_encoder: Any
+    unet: Any
+    scheduler: Any
+    vae: Any | None = None
+    source: str = ""
+
+    @property
+    def device(self):
+        return self.unet.device
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.unet.config.in_channels)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        if self.vae is None:
+            return 1
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def to(self, device) -> ModelBundle:
+        for module in (self.text_encoder, self.unet, self.vae):
+            if module is not None:
+                module.to(device)
+        return self
+
+    def freeze(self) -> ModelBundle:
+        for module in (self.text_encoder, self.unet, self.vae):
+            if module is not None:
+                module.requires_grad_(False)
+                module.eval()
+        return self
 
 
 @dataclass(frozen=True)
@@ -141,6 +195,28 @@ class GenerationSettings:
     guidance_scale: float = 7.5
     negative_prompt: str = ""
     batch_size: int = 4
+
+
+@dataclass(frozen=True)
+class ConceptImages:
+    """What a per-concept metric sees: one concept's generated images for one model state, with the features
+    the harness computed once for all metrics. A metric is a pure function ``(ConceptImages) -> float``
+    registered in the entry-point group ``cifc_bench.metrics`` and named in a protocol's ``defaults.metrics``.
+
+    Features are L2-normalised rows (numpy arrays): ``features`` of the images and ``reference_features`` of the
+    concept's training images under the run's scorer, ``text_features`` of ``prompts`` (the evaluation prompts
+    as the scorer reads them: placeholders replaced by the class word), and the DINO features when the run
+    measures ``ia_dino`` (else None).
+    """
+
+    concept: Concept
+    images: tuple[Any, ...]  # PIL images, one per evaluation request, in request order
+    prompts: tuple[str, ...]
+    features: Any
+    reference_features: Any
+    text_features: Any
+    dino_features: Any = None
+    dino_reference_features: Any = None
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="train a method on a protocol's task stream and evaluate it")
     r.add_argument("--method", help="registered method name or package.module:Class (default: finetune)")
-    r.add_argument("--protocol", help="protocol name or YAML path (default: synth10, the embedded CPU world)")
+    r.add_argument("--protocol", help="protocol name or YAML path (default: the installed protocol marked "
+                                      "`default: true`, the CPU world)")
     r.add_argument("--method-args", nargs="*", default=[], metavar="KEY=VALUE", help="method hyper-parameters")
     r.add_argument("--config", type=Path, help="YAML file with run settings; command-line flags override it")
     r.add_argument("--data-dir", help="dataset folder (else $CIFC_BENCH_DATA, else the user cache)")
@@ -111,24 +112,6 @@ def build_parser() -> argparse.ArgumentParser:
                     help="include runs made with an older version of a method's implementation (not comparable)")
     lb.add_argument("--no-reference", action="store_true", help="hide the paper's reported rows")
 
-    sy = sub.add_parser("synth", help="the embedded synthetic world: pretrain and check its models")
-    ssub = sy.add_subparsers(dest="synth_command", required=True)
-    sp = ssub.add_parser("pretrain", help="train the synthetic base model and scorer from a seed")
-    sp.add_argument("--out", type=Path, help="output folder (default: the package's committed weights folder)")
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--unet-steps", type=int, help="base-model training steps (default: the committed recipe's)")
-    sp.add_argument("--scorer-steps", type=int, help="scorer training steps (default: the committed recipe's)")
-    sp.add_argument("--part", choices=("all", "scorer", "base"), default="all",
-                    help="train only this model (the other's files and manifest entry are kept)")
-    sc = ssub.add_parser("check", help="measure the base model's gates: context_acc and class_acc")
-    sc.add_argument("--prompts", type=int, default=200, help="held-out prompts to generate")
-    sc.add_argument("--grid", type=Path, help="also save a PNG grid of generated samples here")
-    sc.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
-    sg = ssub.add_parser("gates", help="learning margin and forgetting of a method's synth10 runs versus base")
-    sg.add_argument("--method", default="finetune")
-    sg.add_argument("--results", type=Path, default=Path("results"))
-    sg.add_argument("--include-dirty", action="store_true")
-
     rp = sub.add_parser("report", help="write a self-contained HTML report of one run, or several side by side")
     rp.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
     rp.add_argument("--out", type=Path,
@@ -140,8 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
                                      "weights)")
     rs.add_argument("--device", help="device to score on (default: the run's)")
 
-    ls = sub.add_parser("ls", help="list registered plugins")
-    ls.add_argument("what", choices=("methods", "protocols"))
+    from cifc_bench.registry import COMMANDS, KINDS, list_plugins
+
+    ls = sub.add_parser("ls", help="list registered plugins of one kind")
+    ls.add_argument("what", choices=tuple(KINDS))
+    for name, ep in list_plugins(COMMANDS).items():  # plugins' own sub-commands (e.g. the synthetic tier's)
+        try:
+            ep.load()(sub)
+        except Exception as err:  # a broken plugin must not take the other commands down
+            print(f"cifc-bench: command plugin {name!r} ({ep.value}) failed to load: {err}", file=sys.stderr)
     return p
 
 
@@ -176,6 +166,10 @@ def _run_config(data: dict):
         import torch
 
         data["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    if data.get("protocol") is None:
+        from cifc_bench.protocol import default_protocol
+
+        data["protocol"] = default_protocol()
     return RunConfig.from_dict(data)
 
 
@@ -247,50 +241,6 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_synth(args: argparse.Namespace) -> int:
-    import dataclasses
-    import json
-
-    if args.synth_command == "pretrain":
-        from cifc_bench.synth import weights_dir
-        from cifc_bench.synth.pretrain import PretrainConfig, pretrain
-
-        overrides = {k: v for k, v in (("unet_steps", args.unet_steps), ("scorer_steps", args.scorer_steps)) if v}
-        cfg = dataclasses.replace(PretrainConfig(seed=args.seed), **overrides)
-        out = args.out or weights_dir()
-        report = pretrain(cfg, out, ("scorer", "base") if args.part == "all" else (args.part,))
-        times = ", ".join(f"{k} {report[k]['seconds']:.0f}s" for k in ("scorer", "base") if k in report)
-        print(f"pretrained into {out}: {report['total_bytes'] / 2**20:.1f} MiB; {times}")
-        return 0
-    if args.synth_command == "gates":
-        from cifc_bench.synth.gates import gate_report
-
-        try:
-            print(json.dumps(gate_report(args.results, args.method, include_dirty=args.include_dirty), indent=1))
-        except ValueError as err:
-            raise CLIError(str(err)) from err
-        return 0
-    from cifc_bench.models import load_bundle
-    from cifc_bench.scoring import load_scorer
-    from cifc_bench.synth.checks import base_model_report
-
-    report = base_model_report(load_bundle("synth"), load_scorer("synth"), n_prompts=args.prompts)
-    numbers = {k: v for k, v in report.items() if k not in ("images", "class_images")}
-    print(json.dumps(numbers, indent=1))
-    if args.json:
-        from cifc_bench.results import write_json_atomic
-
-        write_json_atomic(args.json, numbers)
-    if args.grid:
-        import numpy as np
-        from PIL import Image
-
-        ims = [np.asarray(im) for im in report["images"][:64]]
-        rows = [np.concatenate(ims[r * 8 : r * 8 + 8], axis=1) for r in range(len(ims) // 8)]
-        Image.fromarray(np.concatenate(rows, axis=0)).resize((8 * 128, len(rows) * 128), Image.NEAREST).save(args.grid)
-    return 0
-
-
 def cmd_report(args: argparse.Namespace) -> int:
     from cifc_bench.report import write_report
 
@@ -318,21 +268,21 @@ def cmd_rescore(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from cifc_bench.registry import METHODS, PROTOCOLS, list_plugins
+    from cifc_bench.registry import KINDS, list_plugins
 
-    for name, ep in list_plugins(METHODS if args.what == "methods" else PROTOCOLS).items():
+    for name, ep in list_plugins(KINDS[args.what]).items():
         print(f"{name:<20} {ep.value}")
     return 0
 
 
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "data": cmd_data, "leaderboard": cmd_leaderboard, "ls": cmd_ls,
-            "synth": cmd_synth, "report": cmd_report, "rescore": cmd_rescore}
+            "report": cmd_report, "rescore": cmd_rescore}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        return (getattr(args, "handler", None) or COMMANDS[args.command])(args)
     except _user_errors() as err:
         print(f"cifc-bench {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -49,24 +49,42 @@ def dino_transform(crop: int = 224):
     ])
 
 
-def load_dino(spec: str = DEFAULT_DINO, device: str = "cpu") -> DinoEncoder:
-    """``dino-vits16`` (timm's DINO ViT-S/16), ``tiny-random``, or ``timm:MODEL[:WEIGHTS_FILE]``."""
+def load_dino(spec: str = DEFAULT_DINO, device: str = "cpu"):
+    """A registered image encoder (entry-point group ``cifc_bench.image_encoders``: ``dino-vits16``, timm's DINO
+    ViT-S/16, and ``tiny-random``), ``package.module:function``, or ``timm:MODEL[:WEIGHTS_FILE]``. A registered
+    encoder is a function ``(device) -> ImageEncoder``."""
+    from cifc_bench.registry import IMAGE_ENCODERS, list_plugins, load_component
+
+    if spec.startswith("timm:") and spec.count(":") in (1, 2):
+        _, arch, *weights = spec.split(":")
+        overlay = {"pretrained_cfg_overlay": {"file": weights[0]}} if weights else {}
+        return timm_encoder(spec, arch, overlay, 224, device)
+    known = list_plugins(IMAGE_ENCODERS)
+    if spec not in known and ":" not in spec:
+        raise DinoLoadError(f"unknown DINO model {spec!r}; registered: {', '.join(known) or 'none'} ({TINY_RANDOM!r} "
+                            "is for smoke runs), or 'timm:MODEL' or 'timm:MODEL:/path/to/weights', or --dino none to "
+                            "skip ia_dino")
+    encoder = load_component(IMAGE_ENCODERS, spec, "image encoder")(device)
+    encoder.name = spec
+    return encoder
+
+
+def dino_vits16(device: str = "cpu") -> DinoEncoder:
+    """DINO ViT-S/16 through timm (entry point ``dino-vits16``)."""
+    return timm_encoder(DEFAULT_DINO, NAMED[DEFAULT_DINO], {}, 224, device)
+
+
+def tiny_random(device: str = "cpu") -> DinoEncoder:
+    """A toy timm ViT with random weights, for smoke runs (entry point ``tiny-random``)."""
+    overlay = {**_TINY_ARGS, "pretrained_cfg_overlay": {"file": str(_tiny_weights())}}
+    return timm_encoder(TINY_RANDOM, _TINY_ARCH, overlay, _TINY_ARGS["img_size"], device)
+
+
+def timm_encoder(spec: str, arch: str, extra: dict[str, Any], crop: int, device: str = "cpu") -> DinoEncoder:
+    """A timm ViT returning its CLS feature, frozen, with DINO's preprocessing at ``crop`` pixels."""
     import timm
 
-    kwargs: dict[str, Any] = {"num_classes": 0}  # the CLS token after the final norm, as DINO's own model returns
-    crop = 224
-    if spec == TINY_RANDOM:
-        arch, kwargs = _TINY_ARCH, {**kwargs, **_TINY_ARGS, "pretrained_cfg_overlay": {"file": str(_tiny_weights())}}
-        crop = _TINY_ARGS["img_size"]
-    elif spec in NAMED:
-        arch = NAMED[spec]
-    elif spec.startswith("timm:") and spec.count(":") in (1, 2):
-        _, arch, *weights = spec.split(":")
-        if weights:
-            kwargs["pretrained_cfg_overlay"] = {"file": weights[0]}
-    else:
-        raise DinoLoadError(f"unknown DINO model {spec!r}; use {DEFAULT_DINO!r}, {TINY_RANDOM!r} for smoke runs, "
-                            "'timm:MODEL' or 'timm:MODEL:/path/to/weights', or --dino none to skip ia_dino")
+    kwargs: dict[str, Any] = {"num_classes": 0, **extra}  # the CLS token after the final norm, as DINO returns
     try:
         model = timm.create_model(arch, pretrained=True, **kwargs)
     except (RuntimeError, OSError, ValueError) as err:

@@ -21,7 +21,15 @@ from typing import Any
 import numpy as np
 
 from cifc_bench import metrics
-from cifc_bench.api import Concept, GenerationRequest, GenerationSettings, Method, TaskSequence, TrainBudget
+from cifc_bench.api import (
+    Concept,
+    ConceptImages,
+    GenerationRequest,
+    GenerationSettings,
+    Method,
+    TaskSequence,
+    TrainBudget,
+)
 from cifc_bench.images import list_images, load_rgb, save_atomic
 from cifc_bench.progress import progress
 from cifc_bench.results import (
@@ -37,10 +45,8 @@ from cifc_bench.results import (
 )
 from cifc_bench.seeding import derive_seed, image_seed, train_seed
 
-METRICS = ("ia", "ta")
-DINO_METRIC = "ia_dino"
-#: Metrics a protocol may add under ``defaults.metrics``: functions of (images, scorer-facing prompts).
-EXTRA_METRICS = {"context_acc": "cifc_bench.synth.checks:context_accuracy"}
+METRICS = ("ia", "ta")  # per-concept metrics of a protocol that names none under ``defaults.metrics``
+DINO_METRIC = "ia_dino"  # added when the run has a DINO model (``--dino``)
 
 
 @dataclass
@@ -56,6 +62,7 @@ class RunContext:
     dino: Any = None  # the DINO encoder behind ia_dino, when the run asks for it
     calibration: dict[str, Any] | None = None  # presence thresholds of the neglect rate (None: no multi prompts)
     model_fingerprint: str = ""  # of the base model's weights, taken before the method could change them
+    metric_fns: dict[str, Any] = dataclasses.field(default_factory=dict)  # name -> (ConceptImages) -> float
     budgets: tuple[dict[str, Any], ...] = ()  # per task: the schedule's steps and lr_scale
 
     @property
@@ -105,11 +112,13 @@ def load_context(config: RunConfig, run_dir: Path, calibration: dict[str, Any] |
     no method is built and nothing can be generated.
     """
     from cifc_bench.models import load_bundle
-    from cifc_bench.protocol import load_protocol
+    from cifc_bench.protocol import default_protocol, load_protocol
     from cifc_bench.registry import load_method
     from cifc_bench.scoring import load_scorer
 
     method_cls = load_method(config.method)  # cheap, and a typo should not wait for data checks
+    if config.protocol is None:
+        config = dataclasses.replace(config, protocol=default_protocol())
     spec = load_protocol(config.protocol)
     config = config.resolved(dict(spec.defaults))
     budgets = tuple(spec.task_budgets(config.schedule, config.steps))  # a bad schedule should not wait for data
@@ -143,15 +152,28 @@ def load_context(config: RunConfig, run_dir: Path, calibration: dict[str, Any] |
         except (TypeError, ValueError) as err:
             raise ConfigError(f"method {config.method!r} rejected its arguments {config.method_args}: {err}") from err
     metrics = tuple(spec.defaults.get("metrics", METRICS))
-    unknown = [m for m in metrics if m not in METRICS and m not in EXTRA_METRICS]
-    if unknown:
-        raise ConfigError(f"{spec.path}: defaults.metrics names unknown metric(s) {unknown}; "
-                          f"known: {[*METRICS, *EXTRA_METRICS]}")
     if dino is not None:
         metrics = (*metrics, DINO_METRIC)
+    metric_fns = load_metrics(metrics, spec.path)
     return RunContext(config=config, sequence=sequence, method=method, scorer=scorer, run_dir=Path(run_dir),
                       metrics=metrics, dino=dino, calibration=calibration, model_fingerprint=fingerprint,
-                      budgets=budgets)
+                      budgets=budgets, metric_fns=metric_fns)
+
+
+def load_metrics(names, source) -> dict[str, Any]:
+    """The metric functions named by a protocol (entry-point group ``cifc_bench.metrics``, or
+    ``package.module:function``); an unknown name is the protocol's error and lists the registered ones."""
+    from cifc_bench.registry import METRICS as GROUP
+    from cifc_bench.registry import PluginError, list_plugins, load_component
+
+    fns = {}
+    for name in names:
+        try:
+            fns[name] = load_component(GROUP, name, "metric")
+        except PluginError as err:
+            raise ConfigError(f"{source}: defaults.metrics names metric {name!r}, which does not load: {err} "
+                              f"(registered: {list(list_plugins(GROUP))})") from err
+    return fns
 
 
 def scorer_fingerprint(scorer) -> str:
@@ -363,22 +385,16 @@ def evaluate_concept(ctx: RunContext, j: int, concept: Concept, references: dict
     if concept.name not in references:
         references[concept.name] = ctx.scorer.encode_images([load_rgb(p) for p in list_images(concept.image_dir)])
     class_prompts = [concept.to_class_words(r.prompt) for r, _ in pairs]
-    feats = ctx.scorer.encode_images(generated)
-    texts = ctx.scorer.encode_texts(class_prompts)
-    scores = {
-        "ia": metrics.image_alignment(feats, references[concept.name]),
-        "ta": float(metrics.text_alignment_per_image(feats, texts).mean()),
-    }
+    dino = {}
     if ctx.dino is not None:
         key = f"{DINO_METRIC}:{concept.name}"
         if key not in references:
             references[key] = ctx.dino.encode_images([load_rgb(p) for p in list_images(concept.image_dir)])
-        scores[DINO_METRIC] = metrics.image_alignment(ctx.dino.encode_images(generated), references[key])
-    for name in ctx.metrics:
-        if name in EXTRA_METRICS:
-            from cifc_bench.registry import import_object
-
-            scores[name] = float(import_object(EXTRA_METRICS[name])(generated, class_prompts))
+        dino = {"dino_features": ctx.dino.encode_images(generated), "dino_reference_features": references[key]}
+    sample = ConceptImages(concept=concept, images=tuple(generated), prompts=tuple(class_prompts),
+                           features=ctx.scorer.encode_images(generated), reference_features=references[concept.name],
+                           text_features=ctx.scorer.encode_texts(class_prompts), **dino)
+    scores = {name: float(ctx.metric_fns[name](sample)) for name in ctx.metrics}
     return {k: (None if math.isnan(v) else v) for k, v in scores.items()}
 
 

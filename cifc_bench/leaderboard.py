@@ -281,8 +281,7 @@ def reference_rows(reference_results: dict[str, Any], metric: str, backbone: str
     return {f"[paper] {name} ({backbone}, reported)": values for name, values in rows.items()}
 
 
-DEFAULT_METRICS = ("ia", "ta")
-OPTIONAL_METRICS = ("ia_dino", "context_acc")  # shown by default when any run measured them
+DEFAULT_METRICS = ("ia", "ta")  # always shown; every other metric the runs measured follows
 NEGLECT = "cnr"
 
 
@@ -291,8 +290,8 @@ def leaderboard_tables(protocol: str, results_dir: Path, include_failed: bool = 
                        include_old_versions: bool = False):
     """{metric: DataFrame} for ``protocol``, plus the list of skipped result files with reasons.
 
-    Without ``metrics``: ``ia`` and ``ta``, then ``ia_dino``, ``context_acc`` and the neglect table (``cnr``)
-    where any run has them. ``cost`` appends the compute table (wall time, parameters, memory) last.
+    Without ``metrics``: ``ia`` and ``ta``, then every other per-concept metric the runs measured (``ia_dino``,
+    a plugin's), then the neglect table (``cnr``) where any run has it. ``cost`` appends the compute table (wall time, parameters, memory) last.
     """
     from cifc_bench.protocol import load_protocol
 
@@ -300,7 +299,9 @@ def leaderboard_tables(protocol: str, results_dir: Path, include_failed: bool = 
     concepts = [c["name"] for c in spec.raw["concepts"]]
     runs, skipped = find_runs(results_dir, spec.name, include_failed, include_dirty, include_old_versions)
     if metrics is None:
-        metrics = (*DEFAULT_METRICS, *(m for m in OPTIONAL_METRICS if any(m in r.data["matrices"] for r in runs)))
+        from cifc_bench.metrics import measured_metrics
+
+        metrics = tuple(measured_metrics([r.data for r in runs], DEFAULT_METRICS))
         if any(r.data.get("neglect") for r in runs):
             metrics = (*metrics, NEGLECT)
     ref = spec.raw.get("reference_results", {}) if references else {}

@@ -42,6 +42,33 @@ def text_alignment_per_image(images: np.ndarray, texts: np.ndarray) -> np.ndarra
     return TA_SCALE * np.maximum(cos, 0.0)
 
 
+def ia(sample) -> float:
+    """IA of a concept's images (entry point ``ia``): :func:`image_alignment` with its training images."""
+    return image_alignment(sample.features, sample.reference_features)
+
+
+def ta(sample) -> float:
+    """TA of a concept's images (entry point ``ta``): mean CLIPScore against the class-word prompts."""
+    return float(text_alignment_per_image(sample.features, sample.text_features).mean())
+
+
+def ia_dino(sample) -> float:
+    """IA under DINO features (entry point ``ia_dino``), the DreamBooth / Custom Diffusion convention."""
+    if sample.dino_features is None:
+        raise ValueError("ia_dino needs DINO features: run with --dino dino-vits16 (or tiny-random)")
+    return image_alignment(sample.dino_features, sample.dino_reference_features)
+
+
+def measured_metrics(results, first=("ia", "ta")) -> list[str]:
+    """The per-concept metrics that any of ``results`` (result.json dicts) measured: ``first`` (always), then
+    the others in the order the results name them. Leaderboards and reports show these, whatever plugin made
+    them."""
+    names = list(first)
+    for r in results:
+        names += [m for m in r.get("matrices", {}) if m not in names]
+    return names
+
+
 def _check_square(R: np.ndarray) -> np.ndarray:
     R = np.asarray(R, dtype=np.float64)
     if R.ndim != 2 or R.shape[0] != R.shape[1]:

@@ -10,9 +10,9 @@ diffusers/transformers ``from_pretrained`` code, so a method cannot tell the tie
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from cifc_bench.api import ModelBundle  # the type is part of the method contract; re-exported here
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 TINY_RANDOM = "tiny-random"
@@ -29,48 +29,11 @@ SD15_SCHEDULE = dict(
 )
 
 
+__all__ = ["ModelBundle", "ModelLoadError", "cache_dir", "load_bundle"]
+
+
 class ModelLoadError(RuntimeError):
     """A model bundle could not be loaded; the message says what to do."""
-
-
-@dataclass
-class ModelBundle:
-    """The components of an SD-1.x-style model. ``vae`` is None for pixel-space models."""
-
-    name: str
-    tokenizer: Any
-    text_encoder: Any
-    unet: Any
-    scheduler: Any
-    vae: Any | None = None
-    source: str = ""
-
-    @property
-    def device(self):
-        return self.unet.device
-
-    @property
-    def latent_channels(self) -> int:
-        return int(self.unet.config.in_channels)
-
-    @property
-    def vae_scale_factor(self) -> int:
-        if self.vae is None:
-            return 1
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    def to(self, device) -> ModelBundle:
-        for module in (self.text_encoder, self.unet, self.vae):
-            if module is not None:
-                module.to(device)
-        return self
-
-    def freeze(self) -> ModelBundle:
-        for module in (self.text_encoder, self.unet, self.vae):
-            if module is not None:
-                module.requires_grad_(False)
-                module.eval()
-        return self
 
 
 def cache_dir() -> Path:
@@ -84,23 +47,28 @@ def cache_dir() -> Path:
 
 
 def load_bundle(spec: str = DEFAULT_MODEL, device: str = "cpu") -> ModelBundle:
-    """Load a bundle from a hub id, a local diffusers folder, or a built-in name."""
-    if spec == TINY_RANDOM:
-        path = tiny_random_path()
-        if not (path / "model_index.json").exists():
-            save_tiny_random(path)
-        spec = str(path)
-    elif spec in _builtin_bundles():
-        spec = str(_builtin_bundles()[spec]())
-    bundle = _from_pretrained(spec)
+    """Load a bundle from a registered model name (entry-point group ``cifc_bench.models``, e.g. ``tiny-random``),
+    a ``package.module:function``, a hub id or a local diffusers folder.
+
+    A registered model is a function that returns a diffusers-layout folder, loaded here through the same
+    ``from_pretrained`` code as SD-1.5 (or that returns a ready ``ModelBundle``)."""
+    from cifc_bench.registry import MODELS, list_plugins, load_component
+
+    if spec in list_plugins(MODELS) or (":" in spec and not Path(spec).expanduser().exists()):
+        made = load_component(MODELS, spec, "model")()
+        bundle = made if isinstance(made, ModelBundle) else _from_pretrained(str(made))
+        bundle.name = spec
+    else:
+        bundle = _from_pretrained(spec)
     return bundle.freeze().to(device)
 
 
-def _builtin_bundles() -> dict[str, Any]:
-    """Named bundles shipped inside the package, as functions returning their folder."""
-    from cifc_bench.synth import weights_dir
-
-    return {"synth": lambda: weights_dir() / "base"}
+def tiny_random() -> Path:
+    """The ``tiny-random`` model's folder, built offline on first use (entry point ``tiny-random``)."""
+    path = tiny_random_path()
+    if not (path / "model_index.json").exists():
+        save_tiny_random(path)
+    return path
 
 
 def _from_pretrained(spec: str) -> ModelBundle:

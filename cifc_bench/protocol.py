@@ -26,7 +26,8 @@ from cifc_bench.registry import PROTOCOLS, list_plugins, unknown_name_error
 KINDS = ("object", "style")
 CONCEPT_FIELDS = {
     "name", "class_word", "kind", "placeholders", "initializers", "images", "captions", "caption_phrase",
-    "prompt_set", "eval_replacement", "synth",
+    "prompt_set", "eval_replacement",
+    "generator",  # opaque to the core: what the protocol's data generator renders for this concept
 }
 
 
@@ -192,6 +193,19 @@ def protocol_path(name_or_path: str) -> Path:
     return path
 
 
+def default_protocol() -> str:
+    """The registered protocol whose file says ``default: true`` (the one ``cifc-bench run`` uses without
+    ``--protocol``); exactly one may say so."""
+    from cifc_bench.results import ConfigError
+
+    names = list(list_plugins(PROTOCOLS))
+    marked = [n for n in names if (yaml.safe_load(protocol_path(n).read_text()) or {}).get("default") is True]
+    if len(marked) != 1:
+        raise ConfigError(f"{'no' if not marked else 'more than one'} installed protocol is marked `default: true` "
+                          f"({marked or names}); pass --protocol NAME (registered: {names})")
+    return marked[0]
+
+
 def load_protocol(name_or_path: str) -> ProtocolSpec:
     """Parse and schema-check a protocol; the data folder is checked later by :meth:`ProtocolSpec.bind`."""
     path = protocol_path(name_or_path)
@@ -211,6 +225,8 @@ def _check_schema(spec: ProtocolSpec) -> None:
     for key in ("name", "version", "concepts", "prompt_sets"):
         if key not in raw:
             raise ProtocolError(f"{spec.path}: missing required top-level field {key!r}")
+    if not isinstance(raw.get("default", False), bool):
+        raise err("default", raw["default"], "give true (the protocol runs without --protocol) or false")
     sets = raw["prompt_sets"]
     if not isinstance(sets, dict) or not sets:
         raise err("prompt_sets", sets, "give a mapping from set name to a list of prompts")

@@ -239,7 +239,9 @@ def _fmt(v: Any, scale: float = 100.0) -> str:
 
 
 def _summary_table(runs: list[ReportRun]) -> str:
-    metrics = [m for m in ("ia", "ta", "ia_dino", "context_acc", "cnr", "min_sim")
+    from cifc_bench.metrics import measured_metrics
+
+    metrics = [m for m in (*measured_metrics([r.result for r in runs]), "cnr", "min_sim")
                if any(m in r.result.get("summary", {}) for r in runs)]
     head = "".join(f"<th>{_esc(m)} {k}</th>" for m in metrics
                    for k in (("final", "change") if m in ("cnr", "min_sim") else ("final", "forgetting")))
@@ -320,7 +322,9 @@ def _page(runs: list[ReportRun], assets: Path) -> str:
     parts = [f"<h1>cifc-bench report: {_esc(', '.join(protocols))}</h1>",
              f"<p class='muted'>{len(runs)} run(s): " + "; ".join(_esc(str(r.path)) for r in runs) + "</p>",
              "<h2 id='summary'>Summary</h2>", _summary_table(runs)]
-    metrics = [m for m in ("ia", "ta", "ia_dino", "context_acc") if any(m in r.result["matrices"] for r in runs)]
+    from cifc_bench.metrics import measured_metrics
+
+    metrics = [m for m in measured_metrics([r.result for r in runs]) if any(m in r.result["matrices"] for r in runs)]
 
     def by_metric(figures: list[tuple[str, str]]) -> str:
         """One row per metric with the runs side by side; a single run's metrics share one row."""

@@ -32,7 +32,7 @@ class RunConfig:
     """Everything that defines a run. ``None`` fields take the protocol's defaults in :meth:`resolved`."""
 
     method: str = "finetune"
-    protocol: str = "synth10"  # the embedded default: runs on a CPU in minutes
+    protocol: str | None = None  # None: the installed protocol marked `default: true` (see default_protocol)
     method_args: dict[str, Any] = field(default_factory=dict)
     data_dir: str | None = None
     model: str | None = None

@@ -87,25 +87,41 @@ def encode_image_batches(forward, preprocess, images: Sequence, device: str, bat
 
 
 def load_scorer(spec: str = DEFAULT_SCORER, device: str = "cpu") -> Scorer:
-    """``clip-vit-b32``, ``tiny-random``, or ``open_clip:ARCH:PRETRAINED`` (a tag or a weights file)."""
+    """A registered scorer (entry-point group ``cifc_bench.scorers``: ``clip-vit-b32``, ``tiny-random``, and
+    whatever plugins add), ``package.module:function``, or ``open_clip:ARCH:PRETRAINED`` (a tag or a weights
+    file). A registered scorer is a function ``(device) -> Scorer``."""
+    from cifc_bench.registry import SCORERS, list_plugins, load_component
+
+    if spec.startswith("open_clip:") and spec.count(":") == 2:
+        _, arch, pretrained = spec.split(":")
+        return open_clip_scorer(spec, arch, pretrained, device)
+    known = list_plugins(SCORERS)
+    if spec not in known and ":" not in spec:
+        raise ScorerLoadError(
+            f"unknown scorer {spec!r}; registered: {', '.join(known) or 'none'} ({DEFAULT_SCORER!r} is the paper's "
+            f"CLIP ViT-B/32, {TINY_RANDOM!r} is for smoke runs), or give 'open_clip:ARCH:PRETRAINED' (e.g. "
+            "open_clip:ViT-B-32:openai) or 'package.module:function'"
+        )
+    scorer = load_component(SCORERS, spec, "scorer")(device)
+    scorer.name = spec
+    return scorer
+
+
+def clip_vit_b32(device: str = "cpu") -> Scorer:
+    """The paper's scorer: OpenAI CLIP ViT-B/32 (entry point ``clip-vit-b32``)."""
+    arch, pretrained = NAMED[DEFAULT_SCORER]
+    return open_clip_scorer(DEFAULT_SCORER, arch, pretrained, device)
+
+
+def tiny_random(device: str = "cpu") -> Scorer:
+    """A toy open_clip ``CLIP`` with random weights, for smoke runs (entry point ``tiny-random``)."""
+    return open_clip_scorer(TINY_RANDOM, _TINY_ARCH, str(_tiny_random_weights()), device)
+
+
+def open_clip_scorer(spec: str, arch: str, pretrained: str, device: str = "cpu") -> Scorer:
+    """An open_clip model and its own preprocessing as a frozen scorer; a clear error when weights are missing."""
     import open_clip
 
-    if spec == TINY_RANDOM:
-        arch, pretrained = _TINY_ARCH, str(_tiny_random_weights())
-    elif spec == "synth":  # the synthetic world's contrastive scorer, trained by `cifc-bench synth pretrain`
-        from cifc_bench.synth import weights_dir
-        from cifc_bench.synth.pretrain import scorer_model
-
-        arch, pretrained = scorer_model(), str(weights_dir() / "scorer.pt")
-    elif spec in NAMED:
-        arch, pretrained = NAMED[spec]
-    elif spec.startswith("open_clip:") and spec.count(":") == 2:
-        _, arch, pretrained = spec.split(":")
-    else:
-        raise ScorerLoadError(
-            f"unknown scorer {spec!r}; use {DEFAULT_SCORER!r} (the paper's CLIP ViT-B/32), {TINY_RANDOM!r} "
-            "for smoke runs, 'synth' for the synthetic world, or 'open_clip:ARCH:PRETRAINED' (e.g. open_clip:ViT-B-32:openai)"
-        )
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained, device=device)
     except (RuntimeError, OSError, ValueError) as err:

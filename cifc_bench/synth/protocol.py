@@ -2,7 +2,7 @@
 
 Reference images vary position, size and background (objects) or the depicted scene (styles), 4-7 per
 concept, each with a caption in the world's grammar that names only the class word, so the identity must be
-learned from pixels. Rendering is deterministic and checked against ``protocols/synth10.sha256``::
+learned from pixels. Rendering is deterministic and checked against ``synth10.sha256`` beside its YAML file::
 
     root = ensure_data(None)         # the user cache, rendered on first use
 """
@@ -38,12 +38,12 @@ class PersonalStyle:
 
 
 def personal_concepts(protocol: str = PROTOCOL) -> list[PersonalObject | PersonalStyle]:
-    """The identities declared in the protocol file's ``synth`` fields, in task order."""
+    """The identities declared in the protocol file's ``generator`` fields, in task order."""
     from cifc_bench.protocol import load_protocol
 
     out: list[PersonalObject | PersonalStyle] = []
     for c in load_protocol(protocol).raw["concepts"]:
-        s = c["synth"]
+        s = c["generator"]
         if c["kind"] == "style":
             out.append(PersonalStyle(c["name"], s["personal_style"], s["images"]))
         else:

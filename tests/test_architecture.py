@@ -1,0 +1,150 @@
+"""The package's structure: an acyclic import graph, a core that never names the synthetic tier, and
+components that third parties add through entry points exactly as the built-ins are added."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = {"cifc_bench": "cifc_bench", "methods": "cifc_bench.methods", "baselines": "cifc_bench.baselines"}
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for folder, package in PACKAGES.items():
+        for path in (ROOT / folder).rglob("*.py"):
+            parts = [p for p in path.relative_to(ROOT / folder).with_suffix("").parts if p != "__init__"]
+            out[".".join([package, *parts])] = path
+    return out
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the package modules it imports anywhere (top level, in functions, under TYPE_CHECKING)."""
+    mods = _modules()
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for name, path in mods.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                    base = ".".join([*up, *([base] if base else [])])
+                targets = [base, *(f"{base}.{a.name}" for a in node.names)]
+            else:
+                continue
+            for target in targets:
+                while target and target not in mods:
+                    target = target.rpartition(".")[0]
+                if target and target != name:
+                    graph[name].add(target)
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_two_modules_import_each_other_directly_or_in_a_loop():
+    graph = _import_graph()
+    assert len(graph) > 40 and graph["cifc_bench.harness"]  # the graph really was read
+    assert _cycles(graph) == []
+    # the check can fail: a constructed loop is found
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == [["a", "b", "c"]]
+
+
+def test_no_core_module_imports_or_names_the_synthetic_tier():
+    graph = _import_graph()
+    core = {m: deps for m, deps in graph.items() if not m.startswith("cifc_bench.synth")}
+    assert {m: sorted(d for d in deps if d.startswith("cifc_bench.synth")) for m, deps in core.items()
+            if any(d.startswith("cifc_bench.synth") for d in deps)} == {}
+    naming = [str(p.relative_to(ROOT)) for m, p in _modules().items()
+              if not m.startswith("cifc_bench.synth") and "cifc_bench.synth" in p.read_text()]
+    assert naming == []
+
+
+def _install_plugin(tmp_path: Path, monkeypatch) -> None:
+    """A third-party distribution on sys.path: a scorer and a metric, registered only through entry points."""
+    pkg = tmp_path / "site" / "acme_metrics"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(
+        "import numpy as np\n\n\n"
+        "def scorer(device='cpu'):\n"
+        "    from cifc_bench.scoring import tiny_random\n"
+        "    return tiny_random(device)\n\n\n"
+        "def brightness(sample):\n"
+        "    return float(np.mean([np.asarray(im, dtype=float).mean() / 255 for im in sample.images]))\n"
+    )
+    info = tmp_path / "site" / "acme_metrics-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-metrics\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        "[cifc_bench.scorers]\nacme-clip = acme_metrics:scorer\n\n[cifc_bench.metrics]\nbrightness = acme_metrics:brightness\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+
+
+def test_a_third_party_scorer_and_metric_run_end_to_end(tmp_path, monkeypatch, capsys):
+    import yaml
+    from PIL import Image
+
+    from cifc_bench.cli import main
+    from cifc_bench.harness import run_benchmark
+    from cifc_bench.testing import make_tiny_protocol, tiny_run_config
+
+    _install_plugin(tmp_path, monkeypatch)
+    assert main(["ls", "scorers"]) == 0 and "acme-clip" in capsys.readouterr().out
+    assert main(["ls", "metrics"]) == 0 and "brightness" in capsys.readouterr().out
+    path = make_tiny_protocol(tmp_path / "proto", n_concepts=2)
+    raw = yaml.safe_load(path.read_text())
+    raw["defaults"]["metrics"] = ["ia", "ta", "brightness"]
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    result = run_benchmark(tiny_run_config(path, method="base", scorer="acme-clip"), tmp_path / "run")
+    assert result["run_info"]["scorer"] == "acme-clip" and list(result["matrices"]) == ["ia", "ta", "brightness"]
+    for j, row in enumerate(result["matrices"]["brightness"]):
+        for i, value in enumerate(row[: j + 1]):
+            folder = tmp_path / "run" / "images" / f"after_task_{j:02d}" / result["concepts"][i]
+            expected = np.mean([np.asarray(Image.open(p), dtype=float).mean() / 255 for p in sorted(folder.glob("*.png"))])
+            assert value == pytest.approx(expected)
+    # an unknown metric is the protocol's error, with the registered names
+    raw["defaults"]["metrics"] = ["ia", "brightnes"]
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(ValueError, match=r"defaults.metrics names metric 'brightnes'.*Did you mean 'brightness'"):
+        run_benchmark(tiny_run_config(path, method="base"), tmp_path / "run2")
+
