@@ -188,13 +188,15 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """Sampler settings the harness imposes on every method, so their images are comparable."""
+    """Sampler settings the harness imposes on every method, so their images are comparable (from
+    :meth:`cifc_bench.config.RunSpec.generation`; a method that samples for itself, e.g. to capture features,
+    gives every field)."""
 
-    resolution: int = 512
-    num_inference_steps: int = 50
-    guidance_scale: float = 7.5
+    resolution: int
+    num_inference_steps: int
+    guidance_scale: float
+    batch_size: int
     negative_prompt: str = ""
-    batch_size: int = 4
 
 
 @dataclass(frozen=True)
@@ -221,7 +223,8 @@ class ConceptImages:
 
 @dataclass(frozen=True)
 class TrainBudget:
-    """The fixed budget of one task. It comes from the run config and never depends on the GPU count.
+    """The fixed budget of one task, from :meth:`cifc_bench.config.RunSpec.budget`; it never depends on the GPU
+    count. ``seed`` seeds everything random in the task's training (the harness also seeds torch with it).
 
     ``steps`` and ``lr_scale`` may differ per task when the run uses one of the protocol's named schedules (the
     CIDM release trains every cifc10 task for its own number of steps, and its style tasks 6 and 8 at 1.5× the
@@ -229,8 +232,8 @@ class TrainBudget:
     """
 
     steps: int
-    batch_size: int = 2
-    resolution: int = 512
+    batch_size: int
+    resolution: int
     seed: int = 0
     lr_scale: float = 1.0
 

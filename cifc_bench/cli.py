@@ -28,12 +28,12 @@ class CLIError(Exception):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from cifc_bench.config import ConfigError
     from cifc_bench.data import DataError
     from cifc_bench.dino import DinoLoadError
     from cifc_bench.models import ModelLoadError
     from cifc_bench.protocol import ProtocolError
     from cifc_bench.registry import PluginError
-    from cifc_bench.results import ConfigError
     from cifc_bench.scoring import ScorerLoadError
 
     return (CLIError, ConfigError, DataError, DinoLoadError, ModelLoadError, PluginError, ProtocolError, ScorerLoadError,
@@ -48,8 +48,19 @@ def _parse_method_args(items: Sequence[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise CLIError(f"--method-args {item!r}: write KEY=VALUE, e.g. --method-args rank=4 lr=1e-4")
-        out[key.strip()] = yaml.safe_load(value)
+        out[key.strip()] = _scalar(yaml.safe_load(value))
     return out
+
+
+def _scalar(value):
+    """A YAML scalar, with numbers that YAML 1.1 leaves as strings (``1e6``, ``1e-4``) made numbers."""
+    if isinstance(value, str):
+        for kind in (int, float):
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,8 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--prompts-per-concept", type=int, help="evaluation prompts per concept (first N of its set)")
     r.add_argument("--images-per-prompt", type=int, help="evaluation images per prompt")
     r.add_argument("--resolution", type=int, help="training and sampling resolution in pixels")
-    r.add_argument("--inference-steps", type=int, dest="num_inference_steps", help="sampler steps")
+    r.add_argument("--num-inference-steps", type=int, help="sampler steps")
     r.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale")
+    r.add_argument("--negative-prompt", help="the unconditional prompt of guidance (default: the protocol's)")
     r.add_argument("--eval-schedule", choices=("each-task", "final"), help="evaluate after each task (default) or once")
     r.add_argument("--eval-batch-size", type=int, help="images generated per batch")
     r.add_argument("--seed", type=int, help="training seed (evaluation seeds are fixed by the protocol)")
@@ -135,33 +147,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-RUN_FLAGS = ("method", "protocol", "data_dir", "model", "scorer", "steps", "schedule", "batch_size", "prompts_per_concept",
-             "images_per_prompt", "resolution", "num_inference_steps", "guidance_scale", "eval_schedule",
-             "eval_batch_size", "seed", "device", "dino", "multi_images_per_prompt", "calibration_images")
-
-
 def _given_settings(args: argparse.Namespace) -> dict:
-    """The run settings typed on the command line (or in --config), nothing filled in."""
+    """The run settings typed on the command line over those of --config, nothing filled in (one name each:
+    ``--x-y`` is the setting ``x_y``, as in the YAML file and the protocol's defaults)."""
     import yaml
+
+    from cifc_bench.config import resolve, setting_names
 
     data = {}
     if args.config:
         if not args.config.is_file():
             raise CLIError(f"--config {args.config}: no such file")
         data = yaml.safe_load(args.config.read_text()) or {}
-    data.update({k: getattr(args, k) for k in RUN_FLAGS if getattr(args, k) is not None})
+        if not isinstance(data, dict):
+            raise CLIError(f"--config {args.config}: give a mapping of run settings (e.g. steps: 800)")
+    flags = {k: getattr(args, k) for k in setting_names() if k != "method_args" and getattr(args, k, None) is not None}
     if args.method_args:
-        data["method_args"] = {**data.get("method_args", {}), **_parse_method_args(args.method_args)}
-    return data
+        flags["method_args"] = _parse_method_args(args.method_args)
+    spec = resolve(flags, data)  # checks names and values, and the --steps/--schedule conflict
+    return {k: v for k, v in spec.to_dict().items() if k in {*flags, *data}}
 
 
 def _run_config(data: dict):
-    from cifc_bench.results import SHARED, RunConfig
+    from cifc_bench.config import RunSpec
 
     data = dict(data)
-    if data.get("steps") is not None and data.get("schedule") not in (None, SHARED):
-        raise CLIError(f"--steps {data['steps']} gives every task the same budget, but --schedule {data['schedule']} "
-                       "gives each task its own: drop one of them")
     if "device" not in data:
         import torch
 
@@ -170,7 +180,7 @@ def _run_config(data: dict):
         from cifc_bench.protocol import default_protocol
 
         data["protocol"] = default_protocol()
-    return RunConfig.from_dict(data)
+    return RunSpec.from_dict(data)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -4,7 +4,7 @@ The harness owns everything but learning and generating: data, seeds, the step b
 scoring, checkpoints and the result file. A killed run resumes from its last finished task and ends with
 exactly the numbers of an uninterrupted run::
 
-    result = run_benchmark(RunConfig(method="finetune", protocol="cifc10", steps=2), Path("runs/x"))
+    result = run_benchmark(RunSpec(method="finetune", protocol="cifc10", steps=2), Path("runs/x"))
     result = run_benchmark(None, Path("runs/x"), resume=True)
 """
 
@@ -28,15 +28,13 @@ from cifc_bench.api import (
     GenerationSettings,
     Method,
     TaskSequence,
-    TrainBudget,
 )
+from cifc_bench.config import ConfigError, RunSpec
 from cifc_bench.images import list_images, load_rgb, save_atomic
 from cifc_bench.progress import progress
 from cifc_bench.results import (
     RESULT_FILE,
     SCHEMA_VERSION,
-    ConfigError,
-    RunConfig,
     git_info,
     now,
     package_versions,
@@ -53,7 +51,7 @@ DINO_METRIC = "ia_dino"  # added when the run has a DINO model (``--dino``)
 class RunContext:
     """What one run has loaded: the bound protocol, the method, the scorer and the run directory."""
 
-    config: RunConfig
+    config: RunSpec
     sequence: TaskSequence
     method: Method | None  # None when rescoring a run's saved images
     scorer: Any
@@ -67,7 +65,7 @@ class RunContext:
 
     @property
     def settings(self) -> GenerationSettings:
-        return _settings(self.config)
+        return self.config.generation()
 
 
 def state_path(run_dir: Path, task_index: int) -> Path:
@@ -103,7 +101,7 @@ def multi_requests(sequence: TaskSequence, q: int, n_images: int):
                                boxes=m.boxes), f"q{q:03d}_s{k:03d}.png") for k in range(n_images)]
 
 
-def load_context(config: RunConfig, run_dir: Path, calibration: dict[str, Any] | None = None,
+def load_context(config: RunSpec, run_dir: Path, calibration: dict[str, Any] | None = None,
                  with_method: bool = True) -> RunContext:
     """Bind the protocol to its data and load model, scorer and method for ``config``.
 
@@ -120,7 +118,7 @@ def load_context(config: RunConfig, run_dir: Path, calibration: dict[str, Any] |
     if config.protocol is None:
         config = dataclasses.replace(config, protocol=default_protocol())
     spec = load_protocol(config.protocol)
-    config = config.resolved(dict(spec.defaults))
+    config = config.resolved(dict(spec.defaults), registered_names(method_cls))
     budgets = tuple(spec.task_budgets(config.schedule, config.steps))  # a bad schedule should not wait for data
     sequence = spec.bind(spec.data_root(config.data_dir))
     if config.prompts_per_concept > min(len(c.eval_prompts) for c in sequence.concepts):
@@ -140,7 +138,7 @@ def load_context(config: RunConfig, run_dir: Path, calibration: dict[str, Any] |
         from cifc_bench.models import cache_dir
         from cifc_bench.neglect import calibrate_thresholds
 
-        calibration = calibrate_thresholds(bundle, scorer, sequence, _settings(config), config.calibration_images,
+        calibration = calibrate_thresholds(bundle, scorer, sequence, config.generation(), config.calibration_images,
                                            config.model, cache_dir() / "cnr-thresholds")
     import torch
 
@@ -176,6 +174,14 @@ def load_metrics(names, source) -> dict[str, Any]:
     return fns
 
 
+def registered_names(method_cls) -> tuple[str, ...]:
+    """The names under which ``method_cls`` is registered (protocol arguments follow the class, not the name)."""
+    from cifc_bench.registry import METHODS, list_plugins
+
+    path = f"{method_cls.__module__}:{method_cls.__qualname__}"
+    return tuple(n for n, ep in list_plugins(METHODS).items() if ep.value == path)
+
+
 def scorer_fingerprint(scorer) -> str:
     """A digest of the scorer's weights: scores made with different weights under one name must not be mixed."""
     from cifc_bench.neglect import weights_fingerprint
@@ -190,12 +196,6 @@ def model_fingerprint(bundle) -> str:
     return weights_fingerprint(*(m for m in (bundle.unet, bundle.text_encoder, bundle.vae) if m is not None))
 
 
-def _settings(c: RunConfig) -> GenerationSettings:
-    return GenerationSettings(resolution=c.resolution, num_inference_steps=c.num_inference_steps,
-                              guidance_scale=c.guidance_scale, negative_prompt=c.negative_prompt,
-                              batch_size=c.eval_batch_size)
-
-
 def new_result(ctx: RunContext) -> dict[str, Any]:
     seq, T = ctx.sequence, len(ctx.sequence.tasks)
     empty = [[None] * T for _ in range(T)]
@@ -206,6 +206,7 @@ def new_result(ctx: RunContext) -> dict[str, Any]:
             "config": ctx.config.to_dict(),
             "method": ctx.config.method,
             "method_args": ctx.config.method_args,
+            "method_hparams": ctx.method.hparams,  # every argument the method ran with, defaults included
             "method_class": f"{type(ctx.method).__module__}:{type(ctx.method).__qualname__}",
             "method_version": type(ctx.method).version,
             "schedule": {"name": ctx.config.schedule, "tasks": list(ctx.budgets)},
@@ -249,7 +250,7 @@ def new_neglect(ctx: RunContext) -> dict[str, Any] | None:
     }
 
 
-def run_benchmark(config: RunConfig | None, run_dir: Path, resume: bool = False,
+def run_benchmark(config: RunSpec | None, run_dir: Path, resume: bool = False,
                   given: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run (or, with ``resume``, continue) a benchmark in ``run_dir`` and return the final result.
 
@@ -259,7 +260,7 @@ def run_benchmark(config: RunConfig | None, run_dir: Path, resume: bool = False,
     run_dir = Path(run_dir)
     if resume:
         result = read_result(run_dir)
-        stored = RunConfig.from_dict(result["run_info"]["config"])
+        stored = RunSpec.from_dict(result["run_info"]["config"])
         given = dict(given or {})
         device = given.pop("device", stored.device)
         _check_resume_config(given, stored)
@@ -290,7 +291,7 @@ def run_benchmark(config: RunConfig | None, run_dir: Path, resume: bool = False,
     return result
 
 
-def _check_resume_config(given: dict[str, Any], stored: RunConfig) -> None:
+def _check_resume_config(given: dict[str, Any], stored: RunSpec) -> None:
     """Resuming with different settings would mix two experiments in one matrix: refuse."""
     differing = [f"{k} (run: {getattr(stored, k)!r}, now: {v!r})" for k, v in given.items() if getattr(stored, k) != v]
     if differing:
@@ -320,9 +321,7 @@ def _loop(ctx: RunContext, result: dict[str, Any]) -> None:
         else:
             seed = train_seed(cfg.seed, j)
             torch.manual_seed(seed)
-            budget = ctx.budgets[j]
-            ctx.method.learn_task(task, TrainBudget(budget["steps"], cfg.batch_size, cfg.resolution, seed,
-                                                    lr_scale=budget["lr_scale"]))
+            ctx.method.learn_task(task, cfg.budget(ctx.budgets[j], seed))
             train_seconds = time.perf_counter() - started
             save_state(checkpoint, ctx.method.state_dict())
         eval_started = time.perf_counter()
@@ -343,7 +342,7 @@ def _loop(ctx: RunContext, result: dict[str, Any]) -> None:
         write_json_atomic(ctx.run_dir / RESULT_FILE, result)
 
 
-def evaluated_after(cfg: RunConfig, j: int, n_tasks: int) -> bool:
+def evaluated_after(cfg: RunSpec, j: int, n_tasks: int) -> bool:
     """Whether the run's schedule evaluates the model state after task ``j``."""
     return cfg.eval_schedule == "each-task" or j == n_tasks - 1
 

@@ -85,7 +85,7 @@ class ProtocolSpec:
 
     def task_budgets(self, schedule: str, steps: int) -> list[dict[str, Any]]:
         """Per task, the ``steps`` and ``lr_scale`` of ``schedule``; ``shared`` gives every task ``steps`` at 1×."""
-        from cifc_bench.results import SHARED, ConfigError
+        from cifc_bench.config import SHARED, ConfigError
 
         if schedule == SHARED:
             return [{"steps": int(steps), "lr_scale": 1.0} for _ in self.raw["concepts"]]
@@ -196,7 +196,7 @@ def protocol_path(name_or_path: str) -> Path:
 def default_protocol() -> str:
     """The registered protocol whose file says ``default: true`` (the one ``cifc-bench run`` uses without
     ``--protocol``); exactly one may say so."""
-    from cifc_bench.results import ConfigError
+    from cifc_bench.config import ConfigError
 
     names = list(list_plugins(PROTOCOLS))
     marked = [n for n in names if (yaml.safe_load(protocol_path(n).read_text()) or {}).get("default") is True]
@@ -274,6 +274,7 @@ def _check_schema(spec: ProtocolSpec) -> None:
             owner[t] = c["name"]
         if " ".join(ph) not in c["eval_replacement"]:
             raise err(f"{f}.eval_replacement", c["eval_replacement"], f"must contain the placeholders {' '.join(ph)!r}")
+    _check_defaults(spec)
     _check_schedules(spec)
     for k, m in enumerate(raw.get("multi_concept_prompts") or []):
         f = f"multi_concept_prompts[{k}]"
@@ -295,7 +296,7 @@ def _check_schema(spec: ProtocolSpec) -> None:
 
 def _check_schedules(spec: ProtocolSpec) -> None:
     """``schedules`` has one ``{steps, lr_scale}`` entry per task; ``defaults.schedule`` names defined ones."""
-    from cifc_bench.results import SHARED
+    from cifc_bench.config import SHARED
 
     raw, err = spec.raw, spec._err
     schedules = raw.get("schedules") or {}
@@ -305,7 +306,7 @@ def _check_schedules(spec: ProtocolSpec) -> None:
     for name, sched in schedules.items():
         f = f"schedules.{name}"
         if name == SHARED:
-            raise err(f, name, f"{SHARED!r} is the built-in schedule (defaults.train_steps for every task); rename it")
+            raise err(f, name, f"{SHARED!r} is the built-in schedule (defaults.steps for every task); rename it")
         tasks = sched.get("tasks") if isinstance(sched, dict) else None
         if not isinstance(tasks, list) or len(tasks) != n_tasks:
             raise err(f"{f}.tasks", tasks, f"give a list of {n_tasks} entries, one {{steps, lr_scale}} per task")
@@ -323,3 +324,26 @@ def _check_schedules(spec: ProtocolSpec) -> None:
     for method, name in chosen.items():
         if name != SHARED and name not in schedules:
             raise err(f"defaults.schedule.{method}", name, f"unknown schedule; defined: {[SHARED, *schedules]}")
+
+
+def _check_defaults(spec: ProtocolSpec) -> None:
+    """``defaults`` holds run settings under their one name (as ``--x-y`` is ``x_y``), of the right type."""
+    from cifc_bench.config import PROTOCOL_ONLY, RUN_ONLY, check_values, setting_names
+
+    defaults = spec.raw.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise spec._err("defaults", defaults, "give a mapping of run settings (e.g. steps: 800)")
+    allowed = sorted((set(setting_names()) - set(RUN_ONLY) - {"method_args"}) | set(PROTOCOL_ONLY))
+    unknown = sorted(set(defaults) - set(allowed))
+    if unknown:
+        raise spec._err(f"defaults.{unknown[0]}", defaults[unknown[0]], f"not a setting a protocol gives; allowed: {allowed}")
+    # method_args and schedule are per method here ({method: ...}); _check_schedules checks the schedule names
+    problems = check_values({k: v for k, v in defaults.items() if k not in PROTOCOL_ONLY}, where="defaults.")
+    if problems:
+        raise ProtocolError(f"{spec.path}: {problems[0]}")
+    metrics = defaults.get("metrics")
+    if metrics is not None and (not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics)):
+        raise spec._err("defaults.metrics", metrics, "give a list of metric names (cifc-bench ls metrics)")
+    args = defaults.get("method_args") or {}
+    if not isinstance(args, dict) or not all(isinstance(v, dict) for v in args.values()):
+        raise spec._err("defaults.method_args", args, "give a mapping from method name to its arguments")

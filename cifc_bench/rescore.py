@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from cifc_bench import metrics
+from cifc_bench.config import ConfigError, RunSpec
 from cifc_bench.progress import progress
 from cifc_bench.results import (
     RESULT_FILE,
-    ConfigError,
-    RunConfig,
     git_info,
     now,
     read_result,
@@ -44,7 +43,7 @@ def rescore_run(run_dir: Path, scorer: str | None = None, device: str | None = N
     run_dir = Path(run_dir)
     result = read_result(run_dir)
     info = result["run_info"]
-    stored = RunConfig.from_dict(info["config"])
+    stored = RunSpec.from_dict(info["config"])
     config = dataclasses.replace(stored, scorer=scorer or stored.scorer, device=device or stored.device)
     ctx = load_context(config, run_dir, with_method=False)
     n_tasks, done = len(ctx.sequence.tasks), len(result["tasks"])

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from cifc_bench.results import RunConfig
+from cifc_bench.config import RunSpec
 
 TINY_PROMPTS = {
     "object": ["A <TOK> on a table", "A <TOK> in the forest", "A photo of a <TOK>"],
@@ -49,7 +49,7 @@ def make_tiny_protocol(root: Path, n_concepts: int = 3, n_images: int = 4, size:
         })
     spec: dict[str, Any] = {
         "name": name, "version": "0.1", "data": {"dataset": name},
-        "defaults": {"model": "tiny-random", "scorer": "tiny-random", "resolution": 32, "train_steps": 2,
+        "defaults": {"model": "tiny-random", "scorer": "tiny-random", "resolution": 32, "steps": 2,
                      "prompts_per_concept": 2, "images_per_prompt": 1, "num_inference_steps": 2,
                      "multi_images_per_prompt": 2, "calibration_images": 4},
         "concepts": concepts, "prompt_sets": TINY_PROMPTS,
@@ -64,7 +64,7 @@ def make_tiny_protocol(root: Path, n_concepts: int = 3, n_images: int = 4, size:
     return path
 
 
-def tiny_run_config(protocol: Path, **overrides: Any) -> RunConfig:
+def tiny_run_config(protocol: Path, **overrides: Any) -> RunSpec:
     """A run config for the tiny protocol whose data sits next to it."""
     settings: dict[str, Any] = dict(
         method="finetune", protocol=str(protocol), data_dir=str(Path(protocol).with_name(Path(protocol).stem + "-data")),
@@ -72,7 +72,7 @@ def tiny_run_config(protocol: Path, **overrides: Any) -> RunConfig:
         resolution=32, num_inference_steps=2, device="cpu",
     )
     settings.update(overrides)
-    return RunConfig(**settings)
+    return RunSpec(**settings)
 
 
 def store_random_cidm_task(method, concept, generator, std: float) -> None:

@@ -12,7 +12,7 @@ def test_cifc10_smoke_run_writes_full_matrices(cifc10_dir, tmp_path):
     cmd = [sys.executable, "-m", "cifc_bench.cli", "run", "--method", "finetune", "--protocol", "cifc10",
            "--model", "tiny-random", "--scorer", "tiny-random", "--data-dir", str(cifc10_dir), "--steps", "2",
            "--prompts-per-concept", "2", "--images-per-prompt", "1", "--resolution", "32",
-           "--inference-steps", "4", "--dino", "tiny-random", "--calibration-images", "4",
+           "--num-inference-steps", "4", "--dino", "tiny-random", "--calibration-images", "4",
            "--multi-images-per-prompt", "2", "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]

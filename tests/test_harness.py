@@ -9,8 +9,8 @@ import time
 
 import pytest
 
+from cifc_bench.config import ConfigError
 from cifc_bench.harness import run_benchmark
-from cifc_bench.results import ConfigError
 from cifc_bench.testing import tiny_run_config
 
 

@@ -25,7 +25,7 @@ def test_method_contract(name, sequence):
 
     cls = load_method(name)
     assert issubclass(cls, Method) and isinstance(cls.storage, str)
-    settings = GenerationSettings(resolution=32, num_inference_steps=2, batch_size=2)
+    settings = GenerationSettings(resolution=32, num_inference_steps=2, guidance_scale=7.5, batch_size=2)
     torch.manual_seed(0)
     method = cls(load_bundle("tiny-random"), **TINY_ARGS.get(name, {}))
     for task in sequence.tasks[:2]:

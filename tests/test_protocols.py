@@ -140,17 +140,17 @@ RELEASE_STEPS = [750, 500, 625, 750, 700, 1050, 750, 1200, 1000, 750]  # train.p
 
 
 def test_cifc10_release_schedule_loads_and_is_cidms_default_only():
-    from cifc_bench.results import RunConfig
+    from cifc_bench.config import RunSpec
 
     spec = load_protocol("cifc10")
     budgets = spec.task_budgets("release", 800)
     assert [b["steps"] for b in budgets] == RELEASE_STEPS
     assert [j for j, b in enumerate(budgets) if b["lr_scale"] != 1.0] == [5, 7]  # painting and drawing, 1.5e-4
     assert budgets[5]["lr_scale"] * 1e-4 == pytest.approx(1.5e-4)
-    cidm = RunConfig(method="cidm", protocol="cifc10").resolved(dict(spec.defaults))
+    cidm = RunSpec(method="cidm", protocol="cifc10").resolved(dict(spec.defaults))
     assert cidm.schedule == "release" and cidm.method_args["variant"] == "release"
-    assert RunConfig(method="finetune", protocol="cifc10").resolved(dict(spec.defaults)).schedule == "shared"
-    assert RunConfig(method="cidm", protocol="cifc10", steps=2).resolved(dict(spec.defaults)).schedule == "shared"
+    assert RunSpec(method="finetune", protocol="cifc10").resolved(dict(spec.defaults)).schedule == "shared"
+    assert RunSpec(method="cidm", protocol="cifc10", steps=2).resolved(dict(spec.defaults)).schedule == "shared"
     assert spec.task_budgets("shared", 800) == [{"steps": 800, "lr_scale": 1.0}] * 10
     with pytest.raises(ValueError, match=r"--schedule 'fast'.*\['shared', 'release'\]"):
         spec.task_budgets("fast", 800)

@@ -6,10 +6,10 @@ import json
 import pytest
 
 from cifc_bench.cli import main
+from cifc_bench.config import ConfigError
 from cifc_bench.harness import run_benchmark
 from cifc_bench.leaderboard import find_runs
 from cifc_bench.rescore import rescore_run
-from cifc_bench.results import ConfigError
 from cifc_bench.testing import tiny_run_config
 
 

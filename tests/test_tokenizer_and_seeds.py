@@ -36,7 +36,7 @@ def test_generation_is_deterministic_and_independent_of_batching():
     from cifc_bench.sampling import generate_batched
 
     bundle = load_bundle("tiny-random")
-    settings = GenerationSettings(resolution=32, num_inference_steps=2, batch_size=3)
+    settings = GenerationSettings(resolution=32, num_inference_steps=2, guidance_scale=7.5, batch_size=3)
     prompts, seeds = ["a dog", "a cat", "a toy"], [11, 12, 13]
     together = generate_batched(bundle, prompts, seeds, settings)
     one_by_one = [generate_batched(bundle, [p], [s], settings)[0] for p, s in zip(prompts, seeds, strict=True)]

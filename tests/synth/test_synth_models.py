@@ -99,7 +99,8 @@ def test_gate_measurement_runs_and_is_bounded():
     from cifc_bench.synth.checks import base_model_report
 
     report = base_model_report(load_bundle("synth"), load_scorer("synth"), n_prompts=6, images_per_class=2,
-                               settings=GenerationSettings(resolution=32, num_inference_steps=2, guidance_scale=3.0))
+                               settings=GenerationSettings(resolution=32, num_inference_steps=2, guidance_scale=3.0,
+                                                                  batch_size=4))
     assert 0.0 <= report["context_acc"] <= 1.0 and 0.0 <= report["class_acc"] <= 1.0
     assert report["n_prompts"] == 6 and len(report["class_images"]) == 10
     assert np.mean(list(report["class_acc_by_class"].values())) == pytest.approx(report["class_acc"])
@@ -126,7 +127,7 @@ def test_committed_scorer_names_the_class_of_clean_renders():
 def test_shortened_synth10_run_is_the_default_protocol(tmp_path, method):
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "cifc_bench.cli", "run", "--method", method, "--steps", "2",
-                           "--prompts-per-concept", "2", "--images-per-prompt", "1", "--inference-steps", "2",
+                           "--prompts-per-concept", "2", "--images-per-prompt", "1", "--num-inference-steps", "2",
                            "--calibration-images", "4", "--multi-images-per-prompt", "2",
                            "--out", str(out), "--device", "cpu"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
