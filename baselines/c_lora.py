@@ -15,7 +15,8 @@ import torch
 
 from cifc_bench.api import Method
 from cifc_bench.sampling import generate_batched
-from cifc_bench.training import add_placeholder_tokens, lora_config, train_lora_and_tokens
+from cifc_bench.tokens import PlaceholderTokens
+from cifc_bench.training import lora_config, train_lora_and_tokens
 
 KV = r".*attn2\.(to_k|to_v)"
 
@@ -38,7 +39,7 @@ class CLoRA(Method):
         self.reg_lambda, self.class_word_init = float(reg_lambda), bool(class_word_init)
         self.layers = {n: m for n, m in bundle.unet.named_modules() if n.endswith(("attn2.to_k", "attn2.to_v"))}
         self.past: dict[str, torch.Tensor] = {}
-        self.token_ids: dict[str, list[int]] = {}
+        self.tokens = PlaceholderTokens(bundle, transform=self._concept)
         self._tasks = 0
         self._trainable = 0
 
@@ -57,8 +58,7 @@ class CLoRA(Method):
         unet.set_adapters([name])
         new_ids = []
         for c in task.concepts:
-            self.token_ids[c.name] = add_placeholder_tokens(self.bundle, self._concept(c), gen)
-            new_ids += self.token_ids[c.name]
+            new_ids += self.tokens.add(c, gen)
         layers = [dict(unet.named_modules())[n] for n in self.layers]
         lora = [p for m in layers for p in (m.lora_A[name].weight, m.lora_B[name].weight)]
         past = [self.past.get(n) for n in self.layers]
@@ -85,8 +85,7 @@ class CLoRA(Method):
 
     def stored_parameters(self) -> int:
         """Beyond the base model: the accumulated K/V update (the merged weights are the model itself)."""
-        return sum(int(v.numel()) for v in self.past.values()) + sum(
-            len(ids) * self.bundle.text_encoder.get_input_embeddings().weight.shape[1] for ids in self.token_ids.values())
+        return sum(int(v.numel()) for v in self.past.values()) + self.tokens.count
 
     def state_dict(self):
         """The accumulated update (the regulariser's reference) and, for a bit-exact resume, the merged K/V
@@ -94,9 +93,7 @@ class CLoRA(Method):
         modules = dict(self.bundle.unet.named_modules())
         state = {f"past.{n}": v for n, v in self.past.items()}
         state.update({f"weight.{n}": modules[n].weight.detach().clone() for n in self.past})
-        emb = self.bundle.text_encoder.get_input_embeddings().weight
-        state.update({f"tokens.{c}": emb[ids].detach().clone() for c, ids in self.token_ids.items()})
-        return state
+        return {**state, **self.tokens.state_dict()}
 
     def load_state_dict(self, state, tasks_done) -> None:
         modules = dict(self.bundle.unet.named_modules())
@@ -105,12 +102,5 @@ class CLoRA(Method):
                 if f"past.{n}" in state:
                     modules[n].weight.copy_(state[f"weight.{n}"])
                     self.past[n] = state[f"past.{n}"].clone()
-        for task in tasks_done:
-            for c in task.concepts:
-                if c.name not in self.token_ids:
-                    self.token_ids[c.name] = add_placeholder_tokens(self.bundle, self._concept(c))
-        emb = self.bundle.text_encoder.get_input_embeddings().weight
-        with torch.no_grad():
-            for c, ids in self.token_ids.items():
-                emb[ids] = state[f"tokens.{c}"].to(emb)
+        self.tokens.load_state_dict(state, tasks_done)
         self._tasks = len(tasks_done)

@@ -31,7 +31,8 @@ import torch
 
 from cifc_bench.api import Method
 from cifc_bench.sampling import encode_prompts, generate_batched, to_pixels
-from cifc_bench.training import add_placeholder_tokens, diffusion_loss, train_lora_and_tokens
+from cifc_bench.tokens import PlaceholderTokens
+from cifc_bench.training import diffusion_loss, train_lora_and_tokens
 
 VARIANTS = ("sequential", "merge")
 
@@ -86,7 +87,7 @@ class CustomDiffusion(Method):
         self.reg_images, self.prior_weight, self.scale_lr = int(reg_images), float(prior_weight), bool(scale_lr)
         self.layers = {n: m for n, m in bundle.unet.named_modules() if n.endswith(("attn2.to_k", "attn2.to_v"))}
         self.base = {n: m.weight.detach().clone() for n, m in self.layers.items()}  # W₀: part of the base model
-        self.token_ids: dict[str, list[int]] = {}
+        self.tokens = PlaceholderTokens(bundle)
         self.targets: dict[str, torch.Tensor] = {}  # concept -> C_τ
         self.values: dict[str, dict[str, torch.Tensor]] = {}  # concept -> layer -> V_τ
         self.reg_gram: torch.Tensor | None = None
@@ -101,8 +102,7 @@ class CustomDiffusion(Method):
             self._set_weights(self.base)
         new_ids = []
         for concept in task.concepts:
-            self.token_ids[concept.name] = add_placeholder_tokens(self.bundle, concept, gen)
-            new_ids += self.token_ids[concept.name]
+            new_ids += self.tokens.add(concept, gen)
         weights = [m.weight for m in self.layers.values()]
 
         def prior_loss(pixels, embeds, noise_scheduler, generator):
@@ -188,8 +188,7 @@ class CustomDiffusion(Method):
 
     def stored_parameters(self) -> int:
         """Beyond the base model: token rows, plus (merge) every concept's C and V; (sequential) the K/V weights."""
-        width = self.bundle.text_encoder.get_input_embeddings().weight.shape[1]
-        tokens = sum(len(ids) for ids in self.token_ids.values()) * width
+        tokens = self.tokens.count
         if self.variant == "sequential":
             return tokens + sum(int(w.numel()) for w in self.base.values())
         return tokens + sum(int(c.numel()) + sum(int(v.numel()) for v in self.values[n].values())
@@ -197,8 +196,7 @@ class CustomDiffusion(Method):
 
     def state_dict(self):
         state = {f"weight.{n}": m.weight.detach().clone() for n, m in self.layers.items()}
-        emb = self.bundle.text_encoder.get_input_embeddings().weight
-        state.update({f"tokens.{c}": emb[ids].detach().clone() for c, ids in self.token_ids.items()})
+        state.update(self.tokens.state_dict())
         for c, target in self.targets.items():
             state[f"target.{c}"] = target
             state.update({f"value.{c}.{n}": v for n, v in self.values[c].items()})
@@ -208,15 +206,10 @@ class CustomDiffusion(Method):
 
     def load_state_dict(self, state, tasks_done) -> None:
         self._set_weights({n: state[f"weight.{n}"] for n in self.layers})
+        self.tokens.load_state_dict(state, tasks_done)
         for task in tasks_done:
             for c in task.concepts:
-                if c.name not in self.token_ids:
-                    self.token_ids[c.name] = add_placeholder_tokens(self.bundle, c)
                 if f"target.{c.name}" in state:
                     self.targets[c.name] = state[f"target.{c.name}"].clone()
                     self.values[c.name] = {n: state[f"value.{c.name}.{n}"].clone() for n in self.layers}
-        emb = self.bundle.text_encoder.get_input_embeddings().weight
-        with torch.no_grad():
-            for c, ids in self.token_ids.items():
-                emb[ids] = state[f"tokens.{c}"].to(emb)
         self.reg_gram = state["reg_gram"].clone() if "reg_gram" in state else None

@@ -13,7 +13,8 @@ import torch
 
 from cifc_bench.api import Method
 from cifc_bench.sampling import generate_batched
-from cifc_bench.training import add_placeholder_tokens, lora_config, train_lora_and_tokens
+from cifc_bench.tokens import PlaceholderTokens
+from cifc_bench.training import lora_config, train_lora_and_tokens
 
 CROSS_ATTN = r".*attn2\.(to_q|to_k|to_v|to_out\.0)"
 
@@ -29,7 +30,7 @@ class LoRAMerge(Method):
             raise ValueError(f"weights={weights!r}: use 'uniform' (1/t each) or 'sum' (1 each)")
         self.rank, self.lr, self.embedding_lr, self.weights = int(rank), float(lr), float(embedding_lr), weights
         self.adapters: list[str] = []
-        self.token_ids: dict[str, list[int]] = {}
+        self.tokens = PlaceholderTokens(bundle)
         self._trainable = 0
 
     def _new_adapter(self) -> str:
@@ -43,8 +44,7 @@ class LoRAMerge(Method):
         self.bundle.unet.set_adapters([name])  # every task trains from the base weights
         new_ids = []
         for c in task.concepts:
-            self.token_ids[c.name] = add_placeholder_tokens(self.bundle, c, gen)
-            new_ids += self.token_ids[c.name]
+            new_ids += self.tokens.add(c, gen)
         lora = [p for n, p in self.bundle.unet.named_parameters() if f"lora_A.{name}." in n or f"lora_B.{name}." in n]
         self._trainable, _, _ = train_lora_and_tokens(self.bundle, task, budget, lora, new_ids, self.lr,
                                                       self.embedding_lr, gen)
@@ -71,25 +71,17 @@ class LoRAMerge(Method):
         for name in self.adapters:
             for k, v in get_peft_model_state_dict(self.bundle.unet, adapter_name=name).items():
                 state[f"{name}.{k}"] = v.detach().clone()
-        emb = self.bundle.text_encoder.get_input_embeddings().weight
-        for concept, ids in self.token_ids.items():
-            state[f"tokens.{concept}"] = emb[ids].detach().clone()
-        return state
+        return {**state, **self.tokens.state_dict()}
 
     def load_state_dict(self, state, tasks_done) -> None:
         from peft.utils import set_peft_model_state_dict
 
-        for task in tasks_done[len(self.adapters):]:
+        for _ in tasks_done[len(self.adapters):]:
             name = self._new_adapter()
             prefix = f"{name}."
             set_peft_model_state_dict(self.bundle.unet, {k[len(prefix):]: v for k, v in state.items()
                                                          if k.startswith(prefix)}, adapter_name=name)
-            for c in task.concepts:
-                self.token_ids[c.name] = add_placeholder_tokens(self.bundle, c)
             self.adapters.append(name)
-        emb = self.bundle.text_encoder.get_input_embeddings().weight
-        with torch.no_grad():
-            for concept, ids in self.token_ids.items():
-                emb[ids] = state[f"tokens.{concept}"].to(emb)
+        self.tokens.load_state_dict(state, tasks_done)
         for p in self.bundle.unet.parameters():
             p.requires_grad_(False)

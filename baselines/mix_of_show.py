@@ -33,16 +33,15 @@ from __future__ import annotations
 
 import torch
 from cifc_bench.methods.cidm.layerwise import (
-    add_layer_tokens,
     bind_layerwise,
     cross_attention_layers,
     encode_layerwise,
     generate_unboxed,
     install_processors,
-    layer_token,
 )
 
 from cifc_bench.api import Method
+from cifc_bench.tokens import PlaceholderTokens
 from cifc_bench.training import lora_config, train_lora_and_tokens
 
 UNET_TARGETS = r".*attn[12]\.(to_q|to_k|to_v|to_out\.0)"
@@ -80,6 +79,7 @@ class MixOfShow(Method):
         self.layers = self._target_layers()
         self.base = {n: m.weight.detach().clone() for n, m in self.layers.items()}
         self.sums: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> (Σ W_i G_i, Σ G_i)
+        self.tokens = PlaceholderTokens(bundle, layers=self.n_layers)
         self.concepts: list = []
         self._trainable = 0
 
@@ -110,7 +110,7 @@ class MixOfShow(Method):
         self._set_weights(self.base)  # every ED-LoRA trains from the pretrained model
         new_ids = []
         for concept in task.concepts:
-            new_ids += add_layer_tokens(self.bundle, concept, self.n_layers, gen)
+            new_ids += self.tokens.add(concept, gen)
             self.concepts.append(concept)
         unet, text = self.bundle.unet, self.bundle.text_encoder
         unet.add_adapter(lora_config(self.rank, UNET_TARGETS), adapter_name=ADAPTER)
@@ -242,34 +242,17 @@ class MixOfShow(Method):
         return self._trainable
 
     def stored_parameters(self) -> int:
-        width = self.bundle.text_encoder.get_input_embeddings().weight.shape[1]
-        sums = sum(int(a.numel() + b.numel()) for a, b in self.sums.values())
-        return sums + len(self.placeholders) * self.n_layers * width
+        return sum(int(a.numel() + b.numel()) for a, b in self.sums.values()) + self.tokens.count
 
     def state_dict(self):
         state = {f"weight.{n}": (m.base_layer if hasattr(m, "base_layer") else m).weight.detach().clone()
                  for n, m in self.layers.items()}
         for n, (wg, g) in self.sums.items():
             state[f"wg.{n}"], state[f"g.{n}"] = wg, g
-        emb = self.bundle.text_encoder.get_input_embeddings().weight
-        ids = self.bundle.tokenizer.convert_tokens_to_ids(
-            [layer_token(p, layer) for p in self.placeholders for layer in range(self.n_layers)])
-        if ids:
-            state["tokens"] = emb[ids].detach().clone()
-        return state
+        return {**state, **self.tokens.state_dict()}
 
     def load_state_dict(self, state, tasks_done) -> None:
-        gen = torch.Generator().manual_seed(0)
-        for task in tasks_done:
-            for concept in task.concepts:
-                if concept not in self.concepts:
-                    add_layer_tokens(self.bundle, concept, self.n_layers, gen)
-                    self.concepts.append(concept)
+        self.tokens.load_state_dict(state, tasks_done)
+        self.concepts = [c for task in tasks_done for c in task.concepts]
         self._set_weights({n: state[f"weight.{n}"] for n in self.layers})
         self.sums = {n: (state[f"wg.{n}"].clone(), state[f"g.{n}"].clone()) for n in self.layers if f"g.{n}" in state}
-        if "tokens" in state:
-            emb = self.bundle.text_encoder.get_input_embeddings().weight
-            ids = self.bundle.tokenizer.convert_tokens_to_ids(
-                [layer_token(p, layer) for p in self.placeholders for layer in range(self.n_layers)])
-            with torch.no_grad():
-                emb[ids] = state["tokens"].to(emb)

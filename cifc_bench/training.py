@@ -45,39 +45,6 @@ def lora_config(rank: int, targets: str):
     return LoraConfig(r=int(rank), lora_alpha=int(rank), target_modules=targets, init_lora_weights=True)
 
 
-def add_tokens(bundle, groups: list[list[str]], initializers, generator: torch.Generator | None = None,
-               owner: str = "") -> list[int]:
-    """Add token groups to the tokenizer; every token of group k starts from ``initializers[k]``.
-
-    A word initialiser copies the mean embedding of that word's tokens; a number is the std-dev of a random
-    normal initialisation drawn once per group (CIDM's first placeholder). Returns the new ids, group by group.
-    """
-    tok, enc = bundle.tokenizer, bundle.text_encoder
-    names = [t for group in groups for t in group]
-    clashes = [t for t in names if t in tok.get_vocab()]
-    if clashes:
-        raise ValueError(f"token(s) {clashes[:3]} of concept {owner!r} already exist in the tokenizer")
-    tok.add_tokens(names)
-    enc.resize_token_embeddings(len(tok), mean_resizing=False)
-    ids = tok.convert_tokens_to_ids(names)
-    emb = enc.get_input_embeddings().weight
-    with torch.no_grad():
-        start = 0
-        for group, init in zip(groups, initializers, strict=True):
-            if isinstance(init, str):
-                vec = emb[tok(init, add_special_tokens=False).input_ids].mean(0)
-            else:
-                vec = torch.randn(emb.shape[1], generator=generator).to(emb) * float(init)
-            emb[ids[start : start + len(group)]] = vec
-            start += len(group)
-    return ids
-
-
-def add_placeholder_tokens(bundle, concept: Concept, generator: torch.Generator | None = None) -> list[int]:
-    """Add the concept's placeholders to the tokenizer and initialise their rows from its initialisers."""
-    return add_tokens(bundle, [[p] for p in concept.placeholders], concept.initializers, generator, concept.name)
-
-
 def training_prompt(concept: Concept, caption: str, rng: random.Random) -> str:
     """Caption with the class phrase replaced by the placeholders, inside a random template."""
     phrase = concept.caption_phrase or concept.class_word

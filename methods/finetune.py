@@ -14,7 +14,8 @@ import torch
 
 from cifc_bench.api import Method
 from cifc_bench.sampling import generate_batched
-from cifc_bench.training import add_placeholder_tokens, lora_config, train_lora_and_tokens
+from cifc_bench.tokens import PlaceholderTokens
+from cifc_bench.training import lora_config, train_lora_and_tokens
 
 TARGETS = {
     "cross-attn": r".*attn2\.(to_q|to_k|to_v|to_out\.0)",
@@ -34,7 +35,7 @@ class SequentialFinetune(Method):
             raise ValueError(f"targets={targets!r} is not one of {sorted(TARGETS)}")
         self.rank, self.lr, self.embedding_lr = int(rank), float(lr), float(embedding_lr)
         self.bundle.unet.add_adapter(lora_config(self.rank, TARGETS[targets]), adapter_name=ADAPTER)
-        self.token_ids: dict[str, list[int]] = {}
+        self.tokens = PlaceholderTokens(bundle)
         self._trainable = 0
 
     def _lora_params(self):
@@ -44,8 +45,7 @@ class SequentialFinetune(Method):
         gen = torch.Generator().manual_seed(budget.seed)
         new_ids = []
         for concept in task.concepts:
-            self.token_ids[concept.name] = add_placeholder_tokens(self.bundle, concept, gen)
-            new_ids += self.token_ids[concept.name]
+            new_ids += self.tokens.add(concept, gen)
         self.before_task()
         lora = self._lora_params()
         self._trainable, streams, noise_scheduler = train_lora_and_tokens(
@@ -75,21 +75,11 @@ class SequentialFinetune(Method):
 
         state = {f"unet.{k}": v.detach().clone() for k, v in
                  get_peft_model_state_dict(self.bundle.unet, adapter_name=ADAPTER).items()}
-        emb = self.bundle.text_encoder.get_input_embeddings().weight
-        for name, ids in self.token_ids.items():
-            state[f"tokens.{name}"] = emb[ids].detach().clone()
-        return state
+        return {**state, **self.tokens.state_dict()}
 
     def load_state_dict(self, state, tasks_done) -> None:
         from peft.utils import set_peft_model_state_dict
 
-        for task in tasks_done:
-            for concept in task.concepts:
-                if concept.name not in self.token_ids:
-                    self.token_ids[concept.name] = add_placeholder_tokens(self.bundle, concept)
-        emb = self.bundle.text_encoder.get_input_embeddings().weight
-        with torch.no_grad():
-            for name, ids in self.token_ids.items():
-                emb[ids] = state[f"tokens.{name}"].to(emb)
+        self.tokens.load_state_dict(state, tasks_done)
         lora = {k.removeprefix("unet."): v for k, v in state.items() if k.startswith("unet.")}
         set_peft_model_state_dict(self.bundle.unet, lora, adapter_name=ADAPTER)

@@ -16,6 +16,8 @@ import math
 import torch
 from torch import nn
 
+from cifc_bench.tokens import add_layer_tokens, layer_token  # noqa: F401  (part of the layer-wise toolkit)
+
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
@@ -43,18 +45,6 @@ def install_processors(unet, sigmoid: bool = False) -> list[LayerwiseAttnProcess
         if attn1.is_cross_attention:
             attn1.set_processor(LayerwiseAttnProcessor(index))
     return processors
-
-
-def layer_token(placeholder: str, layer: int) -> str:
-    return f"{placeholder[:-1]}_l{layer}>" if placeholder.endswith(">") else f"{placeholder}_l{layer}"
-
-
-def add_layer_tokens(bundle, concept, n_layers: int, generator: torch.Generator | None = None) -> list[int]:
-    """One token per placeholder per layer, every layer's copy initialised alike; ids placeholder-major."""
-    from cifc_bench.training import add_tokens
-
-    groups = [[layer_token(p, layer) for layer in range(n_layers)] for p in concept.placeholders]
-    return add_tokens(bundle, groups, concept.initializers, generator, concept.name)
 
 
 def bind_layerwise(prompts: list[str], placeholders: list[str], n_layers: int) -> list[str]:

@@ -32,11 +32,12 @@ import torch.nn.functional as F
 
 from cifc_bench.api import Method
 from cifc_bench.progress import progress
+from cifc_bench.tokens import PlaceholderTokens, layer_token
 from cifc_bench.training import ConceptBatches, default_augment
 
 from .consolidation import SharedSubspace, enhance, orthogonality
 from .ewa import ewa_weights, uniform_weights
-from .layerwise import add_layer_tokens, box_mask, encode_layerwise, generate_unboxed, install, layer_token
+from .layerwise import box_mask, encode_layerwise, generate_unboxed, install
 
 VARIANTS = ("paper", "release")
 
@@ -100,6 +101,7 @@ class CIDM(Method):
         self.emb_norm_threshold = float(emb_norm_threshold)
         self.processors, self.loras = install(bundle.unet, self.rank, sigmoid=bool(sigmoid_attention))
         self.n_layers = len(self.processors)
+        self.tokens = PlaceholderTokens(bundle, layers=self.n_layers)
         self.task_placeholders: list[list[str]] = []  # per learned task, in order
         self.shared = SharedSubspace([tuple(m.base.weight.shape) for m in self.modules]) if variant == "paper" else None
         if self.shared is not None:
@@ -116,7 +118,7 @@ class CIDM(Method):
 
     # ------------------------------------------------------------------ learning
     def _add_tokens(self, concept, gen: torch.Generator) -> list[int]:
-        return add_layer_tokens(self.bundle, concept, self.n_layers, gen)
+        return self.tokens.add(concept, gen)
 
     def learn_task(self, task, budget) -> None:
         from diffusers import DDPMScheduler
@@ -392,13 +394,8 @@ class CIDM(Method):
         return self._trainable
 
     def state_dict(self):
-        state = {}
-        emb = self.bundle.text_encoder.get_input_embeddings().weight
-        tok = self.bundle.tokenizer
-        for i, phs in enumerate(self.task_placeholders):
-            for p in phs:
-                ids = tok.convert_tokens_to_ids([layer_token(p, layer) for layer in range(self.n_layers)])
-                state[f"task{i}.tokens.{p}"] = emb[ids].detach().clone()
+        state = self.tokens.state_dict()
+        for i in range(len(self.task_placeholders)):
             for k, m in enumerate(self.modules):
                 state[f"task{i}.lora{k}.up"] = m.ups[i]
                 state[f"task{i}.lora{k}.down"] = m.downs[i]
@@ -414,23 +411,13 @@ class CIDM(Method):
         return sum(int(v.numel()) for k, v in self.state_dict().items() if not k.startswith("shared."))
 
     def load_state_dict(self, state, tasks_done) -> None:
-        gen = torch.Generator().manual_seed(0)
-        emb = self.bundle.text_encoder.get_input_embeddings().weight
-        tok = self.bundle.tokenizer
+        self.tokens.load_state_dict(state, tasks_done)
         for i, task in enumerate(tasks_done):
-            phs = [p for c in task.concepts for p in c.placeholders]
             if i >= len(self.task_placeholders):
-                for c in task.concepts:
-                    self._add_tokens(c, gen)
-                self.task_placeholders.append(phs)
+                self.task_placeholders.append([p for c in task.concepts for p in c.placeholders])
                 for m in self.modules:
                     m.ups.append(None)
                     m.downs.append(None)
-            emb = self.bundle.text_encoder.get_input_embeddings().weight
-            with torch.no_grad():
-                for p in phs:
-                    ids = tok.convert_tokens_to_ids([layer_token(p, layer) for layer in range(self.n_layers)])
-                    emb[ids] = state[f"task{i}.tokens.{p}"].to(emb)
             for k, m in enumerate(self.modules):
                 m.ups[i] = state[f"task{i}.lora{k}.up"].to(m.up)
                 m.downs[i] = state[f"task{i}.lora{k}.down"].to(m.down)
