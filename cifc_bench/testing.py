@@ -87,3 +87,59 @@ def store_random_cidm_task(method, concept, generator, std: float) -> None:
             m.up.normal_(0, std, generator=generator)
         m.store_task()
     method.task_placeholders.append(list(concept.placeholders))
+
+
+def check_method(cls, method_args: dict[str, Any] | None = None, root: Path | None = None) -> None:
+    """The method contract, as a test any plugin's suite can call (``check_method(MyMethod)``); raises
+    ``AssertionError`` naming the broken rule. On the tiny protocol and model, it checks that the method:
+
+    - is a :class:`~cifc_bench.api.Method` subclass with a ``storage`` string and an integer ``version``;
+    - learns two tasks within their budget and generates one image per request at the asked resolution, for
+      single-concept requests and a boxed multi-concept one, deterministically for the same requests;
+    - keeps tensors only in ``state_dict``, reports ``stored_parameters`` within them (0 for ``storage="none"``);
+    - restored into a fresh instance from ``state_dict`` after those tasks, generates the same images.
+    """
+    import tempfile
+
+    import torch
+
+    from cifc_bench.api import GenerationRequest, GenerationSettings, Method, TrainBudget
+    from cifc_bench.models import load_bundle
+    from cifc_bench.protocol import load_protocol
+
+    assert isinstance(cls, type) and issubclass(cls, Method), f"{cls!r} is not a subclass of cifc_bench.api.Method"
+    assert isinstance(cls.storage, str), f"{cls.__name__}.storage must be a string, e.g. 'per-task-adapters'"
+    assert isinstance(cls.version, int), f"{cls.__name__}.version must be an int (bump it when the numbers change)"
+    root = Path(root or tempfile.mkdtemp(prefix="cifc-check-"))
+    path = root / "tiny.yaml"
+    if not path.exists():
+        make_tiny_protocol(root, n_concepts=3)
+    sequence = load_protocol(str(path)).bind(root / "tiny-data")
+    args = dict(method_args or {})
+    settings = GenerationSettings(resolution=32, num_inference_steps=2, guidance_scale=7.5, batch_size=2)
+    torch.manual_seed(0)
+    method = cls(load_bundle("tiny-random"), **args)
+    for task in sequence.tasks[:2]:
+        method.learn_task(task, TrainBudget(steps=2, batch_size=2, resolution=32, seed=task.index))
+    concepts = sequence.concepts[:2]
+    requests = [GenerationRequest(prompt=c.eval_prompts[0], seed=7 + k, concepts=(c,)) for k, c in enumerate(concepts)]
+    mc = sequence.multi_concept_prompts[0]
+    requests.append(GenerationRequest(prompt=mc.prompt, seed=3, concepts=concepts, boxes=mc.boxes))
+    images = method.generate(requests, settings)
+    assert len(images) == len(requests), f"generate returned {len(images)} images for {len(requests)} requests"
+    assert all(im.size == (32, 32) for im in images), "every image must have the asked resolution (32 × 32)"
+    again = method.generate(requests, settings)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(images, again, strict=True)), \
+        "the same requests must give the same images"
+    state = method.state_dict()
+    assert all(isinstance(v, torch.Tensor) for v in state.values()), "state_dict must hold tensors only"
+    assert 0 <= method.stored_parameters() <= sum(v.numel() for v in state.values()), \
+        "stored_parameters must count what state_dict holds, at most"
+    if cls.storage == "none":
+        assert method.stored_parameters() == 0, "a method with storage='none' stores nothing"
+    torch.manual_seed(123)
+    restored = cls(load_bundle("tiny-random"), **args)
+    restored.load_state_dict(state, sequence.tasks[:2])
+    for a, b in zip(images, restored.generate(requests, settings), strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b)), \
+            "a fresh instance restored with load_state_dict(state, tasks_done) must generate the same images"

@@ -148,3 +148,24 @@ def test_a_third_party_scorer_and_metric_run_end_to_end(tmp_path, monkeypatch, c
     with pytest.raises(ValueError, match=r"defaults.metrics names metric 'brightnes'.*Did you mean 'brightness'"):
         run_benchmark(tiny_run_config(path, method="base"), tmp_path / "run2")
 
+
+
+def test_the_plugin_guide_example_passes_the_contract_and_runs(tmp_path, monkeypatch):
+    """The 30-line method of docs/plugins.md, taken from the page as written, is a valid method."""
+    import re
+
+    from cifc_bench.harness import run_benchmark
+    from cifc_bench.testing import check_method, make_tiny_protocol, tiny_run_config
+
+    page = (ROOT / "docs" / "plugins.md").read_text()
+    code = next(block for block in re.findall(r"```python\n(.*?)```", page, re.S) if "class TextualInversion" in block)
+    assert len(code.strip().splitlines()) <= 40
+    (tmp_path / "guide_method.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from guide_method import TextualInversion
+
+    check_method(TextualInversion, root=tmp_path / "check")
+    path = make_tiny_protocol(tmp_path / "proto", n_concepts=2)
+    result = run_benchmark(tiny_run_config(path, method="guide_method:TextualInversion"), tmp_path / "run")
+    assert result["status"] == "completed" and result["run_info"]["method_hparams"] == {"embedding_lr": 5e-3}
+    assert result["tasks"][0]["trainable_params"] > 0 and result["matrices"]["ia"][1][1] is not None
