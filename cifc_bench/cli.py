@@ -296,6 +296,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _user_errors() as err:
         print(f"cifc-bench {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # the reader went away (`cifc-bench ls methods | head`): not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -169,3 +169,14 @@ def test_the_plugin_guide_example_passes_the_contract_and_runs(tmp_path, monkeyp
     result = run_benchmark(tiny_run_config(path, method="guide_method:TextualInversion"), tmp_path / "run")
     assert result["status"] == "completed" and result["run_info"]["method_hparams"] == {"embedding_lr": 5e-3}
     assert result["tasks"][0]["trainable_params"] > 0 and result["matrices"]["ia"][1][1] is not None
+
+
+def test_the_builtin_folders_import_under_one_name_only():
+    import subprocess
+
+    for folder in ("methods", "baselines"):
+        proc = subprocess.run([sys.executable, "-c", f"import {folder}"], cwd=ROOT, capture_output=True, text=True)
+        assert proc.returncode != 0 and f"import cifc_bench.{folder}, not '{folder}'" in proc.stderr
+    import cifc_bench.baselines.lora_merge as module
+
+    assert module.__name__ == "cifc_bench.baselines.lora_merge"
