@@ -25,6 +25,11 @@ if TYPE_CHECKING:  # keep `cifc-bench ls` free of torch and PIL imports
 TOKEN_MARK = "<TOK>"
 
 
+class DivergenceError(RuntimeError):
+    """Training or sampling produced non-finite numbers or degenerate images: the run has failed and has no
+    score. The message names the task, the step and the likely cause."""
+
+
 @dataclass
 class ModelBundle:
     """The frozen text-to-image model a method starts from: SD-1.x's components, on either tier.

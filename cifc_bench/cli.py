@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 
 EXIT_USAGE = 2
+EXIT_FAILED = 3  # a run that started and failed (diverged): result.json has status "failed" and the finished tasks
 
 
 class CLIError(Exception):
@@ -290,12 +291,17 @@ COMMANDS = {"run": cmd_run, "validate": cmd_validate, "data": cmd_data, "leaderb
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from cifc_bench.api import DivergenceError
+
     args = build_parser().parse_args(argv)
     try:
         return (getattr(args, "handler", None) or COMMANDS[args.command])(args)
     except _user_errors() as err:
         print(f"cifc-bench {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except DivergenceError as err:  # the run ran and failed: no score, its result.json says so
+        print(f"cifc-bench {args.command}: the run failed: {err}", file=sys.stderr)
+        return EXIT_FAILED
     except BrokenPipeError:  # the reader went away (`cifc-bench ls methods | head`): not an error
         import os
 

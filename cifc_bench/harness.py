@@ -24,6 +24,7 @@ from cifc_bench import metrics
 from cifc_bench.api import (
     Concept,
     ConceptImages,
+    DivergenceError,
     GenerationRequest,
     GenerationSettings,
     Method,
@@ -323,7 +324,9 @@ def _loop(ctx: RunContext, result: dict[str, Any]) -> None:
             torch.manual_seed(seed)
             ctx.method.learn_task(task, cfg.budget(ctx.budgets[j], seed))
             train_seconds = time.perf_counter() - started
-            save_state(checkpoint, ctx.method.state_dict())
+            state = ctx.method.state_dict()
+            check_state(state, task, ctx.budgets[j]["steps"], cfg.method_args)  # never saved, so never resumed
+            save_state(checkpoint, state)
         eval_started = time.perf_counter()
         if evaluated_after(cfg, j, len(tasks)):
             evaluate_task(ctx, result, j, references)
@@ -340,6 +343,27 @@ def _loop(ctx: RunContext, result: dict[str, Any]) -> None:
         })
         result["summary"] = metrics.summarize_result(result)
         write_json_atomic(ctx.run_dir / RESULT_FILE, result)
+
+
+def check_state(state, task, steps: int, method_args) -> None:
+    """A method state with non-finite numbers after a task means training diverged: fail the run there."""
+    import torch
+
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise DivergenceError(f"task {task.index + 1} ({task.name}) diverged: after its {steps} training steps "
+                              f"{len(bad)} of the method's {len(state)} state tensors hold NaN or inf (first: "
+                              f"{bad[0]}). The learning rates (method arguments {method_args or 'at their defaults'}) "
+                              "are the likely cause: lower them with --method-args")
+
+
+def check_images(images, concept: Concept, j: int) -> None:
+    """Every image of a concept one flat colour (black, when the weights are NaN) means sampling broke."""
+    flat = [np.ptp(np.asarray(im)) == 0 for im in images]
+    if images and all(flat):
+        raise DivergenceError(f"after task {j + 1}, every one of the {len(images)} images of concept {concept.name!r} "
+                              "is a single flat colour: the model no longer samples (non-finite weights or a "
+                              "collapsed model). Lower the learning rates, or check the method's generate()")
 
 
 def evaluated_after(cfg: RunSpec, j: int, n_tasks: int) -> bool:
@@ -381,6 +405,7 @@ def evaluate_concept(ctx: RunContext, j: int, concept: Concept, references: dict
     folder = image_dir(ctx.run_dir, j, concept.name)
     pairs = concept_requests(ctx.sequence.name, concept, cfg.prompts_per_concept, cfg.images_per_prompt)
     generated = generate_cached(ctx, pairs, folder, f"generate {concept.name}@{j}")
+    check_images(generated, concept, j)
     if concept.name not in references:
         references[concept.name] = ctx.scorer.encode_images([load_rgb(p) for p in list_images(concept.image_dir)])
     class_prompts = [concept.to_class_words(r.prompt) for r, _ in pairs]

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from cifc_bench.metrics import DIRECTIONS
-from cifc_bench.results import RESULT_FILE, SCHEMA_VERSION, SHARED
+from cifc_bench.config import SHARED
+from cifc_bench.results import RESULT_FILE, SCHEMA_VERSION
 
 SCALE = 100.0
 SUMMARY_COLUMNS = ("final", "avg_incremental", "learning", "forgetting", "forgetting_max", "bwt")

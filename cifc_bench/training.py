@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cifc_bench.api import Concept
+from cifc_bench.api import Concept, DivergenceError
 
 OBJECT_TEMPLATES = (
     "a photo of a {}", "a rendering of a {}", "a cropped photo of the {}", "the photo of a {}",
@@ -159,6 +159,15 @@ def restore_rows(weight: torch.Tensor, original: torch.Tensor, keep_ids: Sequenc
         weight[mask] = original[mask]
 
 
+def check_loss(loss: torch.Tensor, task, step: int, rates: dict[str, float]) -> None:
+    """Stop a task whose loss is no longer finite: a diverged run must fail, never be scored."""
+    if not bool(torch.isfinite(loss.detach()).all()):
+        shown = ", ".join(f"{k}={v:g}" for k, v in rates.items())
+        raise DivergenceError(f"task {task.index + 1} ({task.name}) diverged: the training loss is {float(loss.detach())} at "
+                              f"step {step + 1}. The learning rates ({shown}) are the likely cause: lower them with "
+                              "--method-args")
+
+
 def count_parameters(params) -> int:
     return sum(int(p.numel()) for p in params)
 
@@ -197,6 +206,8 @@ def train_lora_and_tokens(bundle, task, budget, lora_params, new_ids, lr: float,
         loss = diffusion_loss(bundle, noise_scheduler, pixels, embeds, generator=generator)
         if extra_loss is not None:
             loss = loss + extra_loss(pixels, embeds, noise_scheduler, generator)
+        check_loss(loss, task, step, {"lr": lr * budget.lr_scale, "embedding_lr": embedding_lr,
+                                      **{f"lr[{k + 1}]": g_lr * budget.lr_scale for k, (_, g_lr) in enumerate(groups)}})
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from cifc_bench.api import Method
 from cifc_bench.progress import progress
 from cifc_bench.tokens import PlaceholderTokens, layer_token
-from cifc_bench.training import ConceptBatches, default_augment
+from cifc_bench.training import ConceptBatches, check_loss, default_augment
 
 from .consolidation import SharedSubspace, enhance, orthogonality
 from .ewa import ewa_weights, uniform_weights
@@ -164,6 +164,7 @@ class CIDM(Method):
             if record:
                 loss = loss + self.attn_reg_weight * self._attention_reg(prompts, placeholders, first_ids, masks)
             loss = loss + self._consolidation(old)
+            check_loss(loss, task, step, {"lr": lora_lr, "embedding_lr": self.embedding_lr})
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
