@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cifc_bench.metrics import DIRECTIONS
 from cifc_bench.config import SHARED
+from cifc_bench.metrics import DIRECTIONS
 from cifc_bench.results import RESULT_FILE, SCHEMA_VERSION
 
 SCALE = 100.0
