@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--calibration-images", type=int,
                    help="base-model class-word images per concept that calibrate the presence thresholds")
     r.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    r.add_argument("--out", type=Path, help="run directory (default: results/<protocol>/<method>/<timestamp>-s<seed>)")
+    r.add_argument("--out", type=Path, help="run directory (default: runs/<protocol>/<method>/<timestamp>-s<seed>; "
+                                            "the reference runs in results/ change only with an explicit --out)")
     r.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last finished task")
 
     v = sub.add_parser("validate", help="check a protocol file and its data")
@@ -114,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     lb = sub.add_parser("leaderboard", help="compare runs: mean ± std over seeds per method")
     lb.add_argument("--protocol", required=True)
-    lb.add_argument("--results", type=Path, default=Path("results"), help="folder to scan for result.json files")
+    lb.add_argument("--results", type=Path, nargs="+", default=[Path("results")],
+                    help="folder(s) to scan for result.json files (default: results, the reference runs; add runs "
+                         "for yours: --results results runs)")
     lb.add_argument("--format", choices=("md", "csv", "latex"), default="md")
     lb.add_argument("--metric", action="append",
                     help="metric(s) to show, cnr for the neglect table (default: ia, ta, and ia_dino, context_acc "
@@ -194,7 +197,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         config = _run_config(given)
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = args.out or Path("results") / config.protocol / config.method.replace(":", "_") / f"{stamp}-s{config.seed}"
+        # your runs go to runs/; the committed reference runs in results/ change only with an explicit --out
+        run_dir = args.out or Path("runs") / Path(config.protocol).stem / config.method.replace(":", "_") / \
+            f"{stamp}-s{config.seed}"
         result = run_benchmark(config, run_dir)
     print(f"run {result['status']}: {run_dir}/result.json\n{_summary_lines(result['summary'])}")
     return 0
@@ -246,7 +251,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         include_old_versions=args.include_old_versions,
     )
     sys.stdout.write(render(tables, args.format))
-    print(f"{n} run(s) from {args.results}; {len(skipped)} left out", file=sys.stderr)
+    print(f"{n} run(s) from {', '.join(map(str, args.results))}; {len(skipped)} left out", file=sys.stderr)
     for line in skipped:
         print(f"  left out: {line}", file=sys.stderr)
     return 0

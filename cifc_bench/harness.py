@@ -40,6 +40,7 @@ from cifc_bench.results import (
     now,
     package_versions,
     read_result,
+    run_identity,
     write_json_atomic,
 )
 from cifc_bench.seeding import derive_seed, image_seed, train_seed
@@ -200,7 +201,7 @@ def model_fingerprint(bundle) -> str:
 def new_result(ctx: RunContext) -> dict[str, Any]:
     seq, T = ctx.sequence, len(ctx.sequence.tasks)
     empty = [[None] * T for _ in range(T)]
-    return {
+    result = {
         "schema_version": SCHEMA_VERSION,
         "status": "running",
         "run_info": {
@@ -229,6 +230,29 @@ def new_result(ctx: RunContext) -> dict[str, Any]:
         "tasks": [],
         "error": None,
     }
+    result["run_info"]["identity"] = run_identity(result)
+    return result
+
+
+def warn_if_duplicate(run_dir: Path, result: dict[str, Any]) -> list[Path]:
+    """Before a run starts: name the runs beside it (same parent folder) that have its identity, and how to
+    continue one of them instead; leaderboards count such runs once. Returns their folders."""
+    import json
+    import sys
+
+    same = []
+    for path in sorted(Path(run_dir).parent.glob(f"*/{RESULT_FILE}")):
+        try:
+            other = json.loads(path.read_text())
+            if run_identity(other) == result["run_info"]["identity"]:
+                same.append(path.parent)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    for other in same:
+        print(f"cifc-bench run: warning: {other} is the same run (method, arguments, settings, seed, weights and "
+              f"code); leaderboards count it once. Continue it with --resume {other}, or pick another --seed.",
+              file=sys.stderr)
+    return same
 
 
 def new_neglect(ctx: RunContext) -> dict[str, Any] | None:
@@ -278,6 +302,7 @@ def run_benchmark(config: RunSpec | None, run_dir: Path, resume: bool = False,
             raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or pick a new --out")
         ctx = load_context(config, run_dir)
         result = new_result(ctx)
+        warn_if_duplicate(run_dir, result)
     write_json_atomic(run_dir / RESULT_FILE, result)
     try:
         _loop(ctx, result)

@@ -49,12 +49,14 @@ class RunRecord:
         return int(self.data["run_info"].get("method_version", 1))  # runs before versions were recorded: 1
 
 
-def find_runs(results_dir: Path, protocol: str, include_failed: bool = False, include_dirty: bool = False,
+def find_runs(results_dir, protocol: str, include_failed: bool = False, include_dirty: bool = False,
               include_old_versions: bool = False):
-    """Result files of ``protocol`` under ``results_dir``, filtered by status, tree cleanliness, the method's
-    implementation version, and the model and scorer weights."""
+    """Result files of ``protocol`` under ``results_dir`` (a folder or several), filtered by status, tree
+    cleanliness, the method's implementation version and the model and scorer weights; a run found twice
+    (the same identity) counts once."""
     runs, skipped = [], []
-    for path in sorted(Path(results_dir).rglob(RESULT_FILE)):
+    roots = [results_dir] if isinstance(results_dir, (str, Path)) else list(results_dir)
+    for path in sorted({p for root in roots for p in Path(root).rglob(RESULT_FILE)}):
         try:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as err:
@@ -72,7 +74,26 @@ def find_runs(results_dir: Path, protocol: str, include_failed: bool = False, in
             continue
         runs.append(RunRecord(path, data))
     runs, skipped = _current_method_versions(runs, skipped, include_old_versions)
-    return _same_scorer_weights(*_same_model_weights(runs, skipped))
+    return _once_per_identity(*_same_scorer_weights(*_same_model_weights(runs, skipped)))
+
+
+def _once_per_identity(runs: list[RunRecord], skipped: list[str]):
+    """Two runs of one identity (method, arguments, settings, seed, weights, code) are one run made twice:
+    keep the newest completed one and say which were dropped."""
+    from cifc_bench.results import run_identity
+
+    def rank(r):
+        return (r.data.get("status") == "completed", r.data["run_info"].get("started") or "")
+
+    best: dict[str, RunRecord] = {}
+    for r in runs:
+        key = run_identity(r.data)
+        if key not in best or rank(r) > rank(best[key]):
+            best[key] = r
+    kept = [r for r in runs if best[run_identity(r.data)] is r]
+    skipped += [f"{r.path}: the same run as {best[run_identity(r.data)].path} (method, arguments, settings, seed, "
+                "weights and code); counted once, the newest completed" for r in runs if r not in kept]
+    return kept, skipped
 
 
 def _current_method_versions(runs: list[RunRecord], skipped: list[str], include_old: bool = False):

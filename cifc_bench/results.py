@@ -68,3 +68,26 @@ def package_versions() -> dict[str, str | None]:
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+#: What makes two runs the same experiment (settings that do not change the numbers are not in it).
+_NOT_IDENTITY = ("device", "data_dir")
+
+
+def run_identity(result: dict[str, Any]) -> str:
+    """A digest of what defines a run's numbers: protocol and version, method, its implementation version and
+    arguments, every resolved setting (seed included; not the device or the data folder), the weights of the
+    model and the scorer, and the suite's version. Two runs with one identity are one run counted twice."""
+    import hashlib
+
+    info = result["run_info"]
+    config = {k: v for k, v in (info.get("config") or {}).items() if k not in _NOT_IDENTITY}
+    scorer = info.get("scorer_fingerprint")  # rescoring updates it: a rescored run is scored like a new one
+    key = {
+        "protocol": [info["protocol"]["name"], str(info["protocol"].get("version"))],
+        "method": info["method"], "method_version": int(info.get("method_version", 1)),
+        "method_args": info.get("method_args") or {}, "config": config,
+        "model": info.get("model_fingerprint"), "scorer": scorer,
+        "suite": (info.get("packages") or {}).get("cifc-bench"),
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -19,6 +19,7 @@ def results_dir(tmp_path_factory, tiny_protocol):
     for seed, final in ((1, 0.5), (2, 0.7)):
         r = copy.deepcopy(real)
         r["run_info"]["method"], r["run_info"]["seed"] = "fake", seed
+        r["run_info"]["config"] = {**r["run_info"]["config"], "method": "fake", "seed": seed}  # as a real run has it
         r["run_info"]["git"]["dirty"] = False
         r["matrices"]["ia"][-1] = [final, final, final]
         r["summary"]["ia"]["final"] = final
