@@ -206,7 +206,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _summary_lines(summary: dict, indent: str = "  ") -> str:
-    return "\n".join(f"{indent}{metric}: " + ", ".join(f"{k}={v:.4f}" for k, v in stats.items() if v is not None)
+    """Summaries as the leaderboard shows them: ×100, one decimal."""
+    return "\n".join(f"{indent}{metric} (x100): " + ", ".join(f"{k} {100 * v:.1f}" for k, v in stats.items()
+                                                             if v is not None)
                      for metric, stats in summary.items())
 
 

@@ -52,8 +52,10 @@ def load_bundle(spec: str = DEFAULT_MODEL, device: str = "cpu") -> ModelBundle:
 
     A registered model is a function that returns a diffusers-layout folder, loaded here through the same
     ``from_pretrained`` code as SD-1.5 (or that returns a ready ``ModelBundle``)."""
+    from cifc_bench.progress import library_bars_off
     from cifc_bench.registry import MODELS, list_plugins, load_component
 
+    library_bars_off()
     if spec in list_plugins(MODELS) or (":" in spec and not Path(spec).expanduser().exists()):
         made = load_component(MODELS, spec, "model")()
         bundle = made if isinstance(made, ModelBundle) else _from_pretrained(str(made))

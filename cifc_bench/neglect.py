@@ -172,12 +172,17 @@ def calibrate_thresholds(bundle, scorer, sequence, settings, n_images: int, mode
         return json.loads(path.read_text())
     names = sorted({c for m in sequence.multi_concept_prompts for c in m.concepts})
     thresholds, spread = {}, {}
-    for name in progress(names, desc="calibrate presence thresholds"):
+    batches = [(name, start) for name in names for start in range(0, n_images, settings.batch_size)]
+    images: dict[str, list] = {name: [] for name in names}
+    for name, start in progress(batches, desc="calibrate presence thresholds (base-model images, once per setting)"):
         concept = sequence.concept(name)
+        seeds = [calibration_seed(sequence.name, name, k) for k in range(n_images)][start : start + settings.batch_size]
+        prompts = calibration_prompts(concept, n_images)[start : start + settings.batch_size]
+        images[name] += generate_batched(bundle, prompts, seeds, settings)
+        if len(images[name]) < n_images:
+            continue
         proto = prototype(scorer.encode_images([load_rgb(p) for p in list_images(concept.image_dir)]))
-        seeds = [calibration_seed(sequence.name, name, k) for k in range(n_images)]
-        images = generate_batched(bundle, calibration_prompts(concept, n_images), seeds, settings)
-        sims = similarity(scorer.encode_images(images), proto)
+        sims = similarity(scorer.encode_images(images.pop(name)), proto)
         thresholds[name] = presence_threshold(sims, percentile)
         spread[name] = {"mean": float(sims.mean()), "max": float(sims.max())}
     out = {"key": key, "protocol": sequence.name, "model": model_name, "scorer": scorer.name,

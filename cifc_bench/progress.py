@@ -1,17 +1,110 @@
-"""Progress bars for long work (training, generation, scoring), quiet when output is not a terminal.
+"""Progress for long work (data rendering, calibration, training, generation, scoring).
 
-``CIFC_BENCH_PROGRESS=1`` forces bars on (e.g. in a batch log), ``0`` turns them off.
+On a terminal: tqdm bars. When output goes to a file or a pipe: plain lines on stderr, one when a phase starts,
+then at most every ``CIFC_BENCH_PROGRESS_EVERY`` seconds (default 15) with the count and an ETA, and one when
+it ends, so a log shows what a run is doing at least that often. ``CIFC_BENCH_PROGRESS=1`` forces bars,
+``lines`` forces lines, ``0`` turns both off (the test suite does).
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import time
 
 
 def progress(iterable=None, **kwargs):
+    setting = os.environ.get("CIFC_BENCH_PROGRESS")
+    if setting == "0":
+        return _Quiet(iterable, kwargs)
+    if setting == "lines" or (setting is None and not sys.stderr.isatty()):
+        return _Lines(iterable, kwargs)
     from tqdm.auto import tqdm
 
-    setting = os.environ.get("CIFC_BENCH_PROGRESS")
-    disable = None if setting is None else setting == "0"  # None: tqdm decides (off when not a TTY)
     kwargs.setdefault("dynamic_ncols", True)
-    return tqdm(iterable, disable=disable, **kwargs)
+    return tqdm(iterable, disable=False, **kwargs)
+
+
+def library_bars_off() -> None:
+    """Unless bars are wanted, silence the Hugging Face libraries' own bars (loading and saving weights): in a
+    log their redraws are noise between the suite's lines."""
+    setting = os.environ.get("CIFC_BENCH_PROGRESS")
+    if setting == "1" or (setting is None and sys.stderr.isatty()):
+        return
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for module in ("transformers", "diffusers", "datasets"):
+        try:
+            __import__(f"{module}.utils.logging", fromlist=["disable_progress_bar"]).disable_progress_bar()
+        except (ImportError, AttributeError):
+            pass
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
+        else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class _Quiet:
+    """An iterable with tqdm's small surface (set_postfix, update, close) that prints nothing."""
+
+    def __init__(self, iterable, kwargs) -> None:
+        self.iterable = iterable
+        self.desc = kwargs.get("desc") or "working"
+        self.total = kwargs.get("total") if kwargs.get("total") is not None else _len(iterable)
+        self.n = int(kwargs.get("initial") or 0)
+        self.postfix = ""
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.update()
+        self.close()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+
+    def set_postfix(self, **values) -> None:
+        self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
+
+    def close(self) -> None:
+        pass
+
+
+class _Lines(_Quiet):
+    """One line when the phase starts, then at most every N seconds with an ETA, and one when it ends."""
+
+    def __init__(self, iterable, kwargs) -> None:
+        super().__init__(iterable, kwargs)
+        self.every = float(os.environ.get("CIFC_BENCH_PROGRESS_EVERY", 15))
+        self.start = self.last = time.monotonic()
+        self.first = self.n
+        self.closed = False
+        self._say(f"{self.desc}: started" + (f" ({self.total - self.n} to go)" if self.total else ""))
+
+    def _say(self, text: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+    def update(self, n: int = 1) -> None:
+        super().update(n)
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            done, elapsed = self.n - self.first, now - self.start
+            eta = (f", ETA {_clock(elapsed / done * (self.total - self.n))}"
+                   if self.total and done else "")
+            count = f"{self.n}/{self.total}" if self.total else str(self.n)
+            self._say(f"{self.desc}: {count}, {_clock(elapsed)} elapsed{eta}" + (f" ({self.postfix})" if self.postfix else ""))
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._say(f"{self.desc}: done, {self.n - self.first} in {_clock(time.monotonic() - self.start)}"
+                      + (f" ({self.postfix})" if self.postfix else ""))
+
+
+def _len(iterable):
+    try:
+        return len(iterable)
+    except TypeError:
+        return None

@@ -78,7 +78,9 @@ def reference_examples(concept: PersonalObject | PersonalStyle, seed: int = REFE
 def write_data(root: Path, protocol: str = PROTOCOL) -> None:
     from PIL import Image
 
-    for concept in personal_concepts(protocol):
+    from cifc_bench.progress import progress
+
+    for concept in progress(personal_concepts(protocol), desc=f"render the {protocol} data (first use only)"):
         img_dir, cap_dir = root / "images" / concept.name, root / "caption" / concept.name
         img_dir.mkdir(parents=True, exist_ok=True)
         cap_dir.mkdir(parents=True, exist_ok=True)
