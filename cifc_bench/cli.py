@@ -200,16 +200,37 @@ def cmd_run(args: argparse.Namespace) -> int:
         # your runs go to runs/; the committed reference runs in results/ change only with an explicit --out
         run_dir = args.out or Path("runs") / Path(config.protocol).stem / config.method.replace(":", "_") / \
             f"{stamp}-s{config.seed}"
+        _check_writable(run_dir)
         result = run_benchmark(config, run_dir)
     print(f"run {result['status']}: {run_dir}/result.json\n{_summary_lines(result['summary'])}")
     return 0
 
 
+def _check_writable(run_dir: Path) -> None:
+    """Fail before any work when the run directory cannot be written, with the folder and the fix."""
+    import os
+    import tempfile
+
+    try:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-check-"):
+            pass
+    except OSError as err:
+        why = err.strerror or type(err).__name__
+        raise CLIError(f"--out {run_dir}: cannot write there ({why}); pick a folder you can write to") from err
+    if not os.access(run_dir, os.W_OK):
+        raise CLIError(f"--out {run_dir}: cannot write there (permission denied); pick a folder you can write to")
+
+
 def _summary_lines(summary: dict, indent: str = "  ") -> str:
     """Summaries as the leaderboard shows them: ×100, one decimal."""
-    return "\n".join(f"{indent}{metric} (x100): " + ", ".join(f"{k} {100 * v:.1f}" for k, v in stats.items()
-                                                             if v is not None)
-                     for metric, stats in summary.items())
+    def line(metric, stats):
+        text = f"{indent}{metric} (x100): " + ", ".join(f"{k} {100 * v:.1f}" for k, v in stats.items()
+                                                        if isinstance(v, (int, float)))
+        left_out = stats.get("undefined_for")
+        return text + (f" (over the other concepts: undefined for {', '.join(left_out)})" if left_out else "")
+
+    return "\n".join(line(metric, stats) for metric, stats in summary.items())
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

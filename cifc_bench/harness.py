@@ -147,6 +147,11 @@ def load_context(config: RunSpec, run_dir: Path, calibration: dict[str, Any] | N
     torch.manual_seed(derive_seed("method-init", config.seed))  # adapters initialised at construction
     method = None
     if with_method:
+        accepted = method_arguments(method_cls)
+        unknown = sorted(set(config.method_args) - set(accepted)) if accepted is not None else []
+        if unknown:
+            raise ConfigError(f"method {config.method!r} has no argument(s) {unknown}; it accepts: "
+                              f"{', '.join(accepted) or 'none'} (--method-args KEY=VALUE)")
         try:
             method = method_cls(bundle, **config.method_args)
         except (TypeError, ValueError) as err:
@@ -174,6 +179,16 @@ def load_metrics(names, source) -> dict[str, Any]:
             raise ConfigError(f"{source}: defaults.metrics names metric {name!r}, which does not load: {err} "
                               f"(registered: {list(list_plugins(GROUP))})") from err
     return fns
+
+
+def method_arguments(method_cls) -> list[str] | None:
+    """The keyword arguments a method's constructor takes (None when it takes ``**kwargs``: anything goes)."""
+    import inspect
+
+    params = list(inspect.signature(method_cls.__init__).parameters.values())[2:]  # self, bundle
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
 def registered_names(method_cls) -> tuple[str, ...]:

@@ -87,11 +87,22 @@ def final_average(R: np.ndarray) -> float:
     return _mean(list(R[-1]))
 
 
+def defined_concepts(R: np.ndarray) -> np.ndarray:
+    """Which concepts (columns) the metric is defined for: those with a final value (the last row is always
+    evaluated, so a missing final value means the metric cannot score that concept, e.g. ``context_acc`` on a
+    style prompt that names no context). When none is, all count, and the summaries are NaN."""
+    R = _check_square(R)
+    defined = ~np.isnan(R[-1]) if len(R) else np.zeros(0, dtype=bool)
+    return defined if defined.any() else np.ones(len(R), dtype=bool)
+
+
 def average_incremental(R: np.ndarray) -> float:
     """Mean over states j of the mean over concepts i <= j (iCaRL-style); NaN unless every row was measured."""
     R = _check_square(R)
-    rows = [R[j, : j + 1] for j in range(len(R))]
-    if any(np.isnan(r).any() for r in rows):
+    defined = defined_concepts(R)
+    rows = [R[j, : j + 1][defined[: j + 1]] for j in range(len(R))]
+    rows = [r for r in rows if r.size]
+    if not rows or any(np.isnan(r).any() for r in rows):
         return math.nan
     return float(np.mean([r.mean() for r in rows]))
 
@@ -100,7 +111,7 @@ def learning_accuracy(R: np.ndarray) -> float:
     """Mean of the diagonal: each concept's score right after its own task (plasticity; Riemer et al. 2019's
     learning accuracy). Read beside forgetting: a method that stops learning also stops forgetting."""
     R = _check_square(R)
-    diagonal = np.diag(R)
+    diagonal = np.diag(R)[defined_concepts(R)]
     return math.nan if np.isnan(diagonal).any() else float(diagonal.mean())
 
 
@@ -110,8 +121,9 @@ def forgetting(R: np.ndarray) -> float:
     T = len(R)
     if T < 2:
         return math.nan
-    drops = [R[i, i] - R[-1, i] for i in range(T - 1)]
-    return math.nan if any(math.isnan(d) for d in drops) else float(np.mean(drops))
+    defined = defined_concepts(R)
+    drops = [R[i, i] - R[-1, i] for i in range(T - 1) if defined[i]]
+    return math.nan if not drops or any(math.isnan(d) for d in drops) else float(np.mean(drops))
 
 
 def forgetting_max(R: np.ndarray) -> float:
@@ -120,8 +132,9 @@ def forgetting_max(R: np.ndarray) -> float:
     T = len(R)
     if T < 2:
         return math.nan
-    drops = [np.max(R[i : T - 1, i]) - R[-1, i] for i in range(T - 1)]
-    return math.nan if any(math.isnan(d) for d in drops) else float(np.mean(drops))
+    defined = defined_concepts(R)
+    drops = [np.max(R[i : T - 1, i]) - R[-1, i] for i in range(T - 1) if defined[i]]
+    return math.nan if not drops or any(math.isnan(d) for d in drops) else float(np.mean(drops))
 
 
 def backward_transfer(R: np.ndarray) -> float:
@@ -165,9 +178,12 @@ def summarize_result(result: dict) -> dict[str, dict[str, float | None]]:
     out = {}
     done = len(result["tasks"])
     for m, rows in result["matrices"].items():
-        R = from_json_matrix(rows)
-        stats = summarize(R[:done, :done]) if done else {}
+        R = from_json_matrix(rows)[:done, :done]
+        stats = summarize(R) if done else {}
         out[m] = {k: (None if math.isnan(v) else v) for k, v in stats.items()}
+        undefined = [name for name, ok in zip(result.get("concepts", []), defined_concepts(R), strict=False) if not ok]
+        if done and undefined:  # summarised over the other concepts: say which were left out
+            out[m]["undefined_for"] = undefined
     for m, rows in ((result.get("neglect") or {}).get("matrices") or {}).items():
         stats = summarize_available(from_json_matrix(rows)[:done]) if done else {}
         out[m] = {k: (None if math.isnan(v) else v) for k, v in stats.items()}

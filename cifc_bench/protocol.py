@@ -183,7 +183,9 @@ def protocol_path(name_or_path: str) -> Path:
         return as_path
     plugins = list_plugins(PROTOCOLS)
     if name_or_path not in plugins:
-        raise unknown_name_error("protocol", name_or_path, list(plugins))
+        raise unknown_name_error("protocol", name_or_path, list(plugins),
+                                 forms="Give a registered name, or the path to a protocol YAML file "
+                                       "(e.g. ./my_protocol.yaml).")
     package, _, filename = plugins[name_or_path].value.partition(":")
     path = Path(str(resources.files(package).joinpath(filename)))
     if not path.is_file():

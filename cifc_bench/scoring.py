@@ -156,6 +156,7 @@ def _tiny_random_weights(seed: int = 0) -> Path:
     register_open_clip_config(_TINY_ARCH, _TINY_CFG)
     path = cache_dir() / "scorers" / f"{_TINY_ARCH}-seed{seed}.pt"
     if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(seed)
         model = open_clip.create_model(_TINY_ARCH, pretrained=None)
         tmp = path.with_name(path.name + f".{os.getpid()}.tmp")

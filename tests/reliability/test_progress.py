@@ -9,6 +9,7 @@ from cifc_bench.testing import make_tiny_protocol, tiny_run_config
 def test_output_to_a_file_gets_lines_for_every_phase(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CIFC_BENCH_PROGRESS", "lines")
     monkeypatch.setenv("CIFC_BENCH_PROGRESS_EVERY", "0")  # every step, so the test sees the ETA lines
+    monkeypatch.setenv("CIFC_BENCH_CACHE", str(tmp_path / "cache"))  # a first run: nothing calibrated yet
     protocol = make_tiny_protocol(tmp_path / "proto", n_concepts=2)
     run_benchmark(tiny_run_config(protocol), tmp_path / "run")
     err = capsys.readouterr().err
