@@ -34,3 +34,23 @@ def atomic_directory(target: Path, keep: Callable[[Path], bool] | None = None) -
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+_COUNTS: dict[str, int] = {}
+
+
+def fault_point(kind: str) -> None:
+    """Fault injection for the reliability tests. With ``CIFC_BENCH_FAULT=kill:<kind>:<n>`` the process kills
+    itself (SIGKILL) just before its n-th ``kind`` write (``result``, ``state`` or ``image``) replaces the real
+    file, i.e. with the temporary file complete and the old file still in place. Unset, it does nothing."""
+    spec = os.environ.get("CIFC_BENCH_FAULT")
+    if not spec:
+        return
+    action, want, n = spec.split(":")
+    if want != kind:
+        return
+    _COUNTS[kind] = _COUNTS.get(kind, 0) + 1
+    if action == "kill" and _COUNTS[kind] == int(n):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -14,6 +14,9 @@ def save_state(path: Path, state: dict) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     # safetensors refuses shared or non-contiguous storage; checkpoints are small, so copy
     save_file({k: v.detach().contiguous().clone().cpu() for k, v in state.items()}, str(tmp))
+    from cifc_bench.atomic import fault_point
+
+    fault_point("state")
     os.replace(tmp, path)
 
 

@@ -34,7 +34,10 @@ def load_rgb(path: Path):
 
 def save_atomic(image, path: Path) -> None:
     """Write a PNG so that a kill never leaves a half-written file behind a valid name."""
+    from cifc_bench.atomic import fault_point
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: two writers never share one
     image.save(tmp, format="PNG")
+    fault_point("image")
     os.replace(tmp, path)

@@ -218,7 +218,13 @@ def load_protocol(name_or_path: str) -> ProtocolSpec:
     if not isinstance(raw, dict):
         raise ProtocolError(f"{path}: the top level must be a mapping with name, version, concepts, prompt_sets")
     spec = ProtocolSpec(path=path, raw=raw)
-    _check_schema(spec)
+    try:
+        _check_schema(spec)
+    except ProtocolError:
+        raise
+    except (TypeError, KeyError, AttributeError, IndexError, ValueError) as err:  # a shape no check foresaw
+        raise ProtocolError(f"{path}: malformed protocol ({type(err).__name__}: {err}); compare its fields with "
+                            "docs/protocols.md") from err
     return spec
 
 
@@ -254,6 +260,12 @@ def _check_schema(spec: ProtocolSpec) -> None:
         unknown = set(c) - CONCEPT_FIELDS
         if unknown:
             raise err(f, c["name"], f"unknown field(s) {sorted(unknown)}; allowed: {sorted(CONCEPT_FIELDS)}")
+        for key in ("name", "class_word", "kind", "images", "prompt_set", "eval_replacement"):
+            if not isinstance(c[key], str) or not c[key]:
+                raise err(f"{f}.{key}", c[key], "give a non-empty string")
+        for key in ("captions", "caption_phrase"):
+            if c.get(key) is not None and not isinstance(c[key], str):
+                raise err(f"{f}.{key}", c[key], "give a string (or leave the field out)")
         if c["name"] in names:
             raise err(f"{f}.name", c["name"], "concept names must be unique across tasks")
         names.add(c["name"])
@@ -282,9 +294,13 @@ def _check_schema(spec: ProtocolSpec) -> None:
         f = f"multi_concept_prompts[{k}]"
         if not isinstance(m, dict) or "prompt" not in m or "concepts" not in m:
             raise err(f, m, "give a mapping with 'prompt', 'concepts' and optional 'boxes'")
+        if not isinstance(m["prompt"], str) or not isinstance(m["concepts"], list):
+            raise err(f, m, "'prompt' is a string and 'concepts' a list of concept names")
+        if m.get("boxes") is not None and not (isinstance(m["boxes"], list) and all(isinstance(b, list) for b in m["boxes"])):
+            raise err(f"{f}.boxes", m["boxes"], "give a list of [y0, x0, y1, x1] boxes, one per concept")
         for name in m["concepts"]:
             if name not in names:
-                raise err(f"{f}.concepts", name, f"unknown concept; known: {sorted(names)}")
+                raise err(f"{f}.concepts", name, f"unknown concept; known: {sorted(map(str, names))}")
         boxes = m.get("boxes")
         if boxes is not None:
             if len(boxes) != len(m["concepts"]):

@@ -26,6 +26,9 @@ def write_json_atomic(path: Path, data: Any) -> None:
         json.dump(data, f, indent=1, allow_nan=False)
         f.flush()
         os.fsync(f.fileno())
+    from cifc_bench.atomic import fault_point
+
+    fault_point("result")
     os.replace(tmp, path)
 
 
@@ -33,7 +36,13 @@ def read_result(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / RESULT_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; is {run_dir} a cifc-bench run directory?")
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not a complete JSON file ({err}); it may be from a run killed while writing "
+                         f"it by an older version, or edited by hand") from err
+    if not isinstance(data, dict) or not isinstance(data.get("run_info"), dict):
+        raise ValueError(f"{path} is not a cifc-bench result file (no run_info mapping)")
     if data.get("schema_version") != SCHEMA_VERSION:
         raise ValueError(f"{path} has schema_version {data.get('schema_version')!r}; this cifc-bench reads {SCHEMA_VERSION}")
     return data
