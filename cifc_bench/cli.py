@@ -330,6 +330,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DivergenceError as err:  # the run ran and failed: no score, its result.json says so
         print(f"cifc-bench {args.command}: the run failed: {err}", file=sys.stderr)
         return EXIT_FAILED
+    except OSError as err:
+        import errno
+
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = getattr(args, "resume", None) or getattr(args, "out", None)
+        fix = f"free some space, then continue with --resume {where}" if where else "free some space and run again"
+        print(f"cifc-bench {args.command}: the disk is full ({err.filename or err}); {fix}: finished tasks and images "
+              "are kept", file=sys.stderr)
+        return EXIT_FAILED
     except BrokenPipeError:  # the reader went away (`cifc-bench ls methods | head`): not an error
         import os
 

@@ -10,6 +10,7 @@ exactly the numbers of an uninterrupted run::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import resource
@@ -295,9 +296,37 @@ def run_benchmark(config: RunSpec | None, run_dir: Path, resume: bool = False,
     """Run (or, with ``resume``, continue) a benchmark in ``run_dir`` and return the final result.
 
     On resume the run's own stored config is used; ``given`` holds settings the user typed again, which must
-    agree with it (only ``device`` may change).
+    agree with it (only ``device`` may change). One process at a time writes a run directory (a lock that the
+    system releases when the process dies, however it dies).
     """
     run_dir = Path(run_dir)
+    with run_lock(run_dir):
+        return _run_locked(config, run_dir, resume, given)
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """Hold ``run_dir/.lock`` exclusively, or fail at once naming the process that holds it."""
+    import fcntl
+    import os
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise ConfigError(f"{run_dir} is being written by {holder}; wait for it to finish (or stop it), then "
+                              f"continue with --resume {run_dir}, or pick another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"cifc-bench process {os.getpid()}")
+        handle.flush()
+        yield
+
+
+def _run_locked(config: RunSpec | None, run_dir: Path, resume: bool, given: dict[str, Any] | None) -> dict[str, Any]:
     if resume:
         result = read_result(run_dir)
         stored = RunSpec.from_dict(result["run_info"]["config"])
@@ -348,7 +377,7 @@ def _loop(ctx: RunContext, result: dict[str, Any]) -> None:
     tasks, cfg = ctx.sequence.tasks, ctx.config
     done = len(result["tasks"])
     if done:
-        ctx.method.load_state_dict(load_state(state_path(ctx.run_dir, done - 1)), tasks[:done])
+        ctx.method.load_state_dict(_resume_state(ctx.run_dir, done - 1), tasks[:done])
     references: dict[str, np.ndarray] = {}
     for j in progress(range(done, len(tasks)), desc="tasks", initial=done, total=len(tasks)):
         task = tasks[j]
@@ -383,6 +412,23 @@ def _loop(ctx: RunContext, result: dict[str, Any]) -> None:
         })
         result["summary"] = metrics.summarize_result(result)
         write_json_atomic(ctx.run_dir / RESULT_FILE, result)
+
+
+def _resume_state(run_dir: Path, j: int) -> dict:
+    """The method state saved after task ``j``, or a clear error naming the file (result.json keeps the tasks)."""
+    from cifc_bench.checkpoint import load_state
+
+    path = state_path(run_dir, j)
+    if not path.exists():
+        raise ConfigError(f"cannot resume {run_dir}: the method state after task {j + 1}, {path}, is missing. "
+                          f"result.json keeps the {j + 1} finished task(s); restore the file, or start a new run with "
+                          "--out")
+    try:
+        return load_state(path)
+    except Exception as err:  # safetensors raises its own errors for a torn or foreign file
+        raise ConfigError(f"cannot resume {run_dir}: the method state after task {j + 1}, {path}, is unreadable "
+                          f"({type(err).__name__}: {err}). result.json keeps the {j + 1} finished task(s); restore the "
+                          "file, or start a new run with --out") from err
 
 
 def check_state(state, task, steps: int, method_args) -> None:
