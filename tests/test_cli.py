@@ -23,7 +23,7 @@ def test_cifc10_smoke_run_writes_full_matrices(cifc10_dir, tmp_path):
         assert len(R) == 10
         assert all((R[j][i] is None) == (i > j) for j in range(10) for i in range(10))
         assert result["summary"][metric]["forgetting"] is not None
-    assert "ia: final=" in proc.stdout
+    assert "ia (x100): final " in proc.stdout  # the leaderboard's scale
     # the neglect matrix: each multi-concept prompt from the first task after which both its concepts are learned
     neglect = result["neglect"]
     order = result["concepts"]
