@@ -1,8 +1,9 @@
 """Progress for long work (data rendering, calibration, training, generation, scoring).
 
 On a terminal: tqdm bars. When output goes to a file or a pipe: plain lines on stderr, one when a phase starts,
-then at most every ``CIFC_BENCH_PROGRESS_EVERY`` seconds (default 15) with the count and an ETA, and one when
-it ends, so a log shows what a run is doing at least that often. ``CIFC_BENCH_PROGRESS=1`` forces bars,
+then every ``CIFC_BENCH_PROGRESS_EVERY`` seconds (default 15) with the count and an ETA, and one when it ends;
+while a single step runs longer than that, a heartbeat line names the innermost phase still running, so a log
+shows what a run is doing at least that often. ``CIFC_BENCH_PROGRESS=1`` forces bars,
 ``lines`` forces lines, ``0`` turns both off (the test suite does).
 """
 
@@ -10,7 +11,13 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
+
+_ACTIVE: list = []  # the line-mode phases now running, innermost last
+_LOCK = threading.Lock()
+_LAST = [0.0]  # when the last line was printed
+_HEARTBEAT: list = []  # the one heartbeat thread, once started
 
 
 def progress(iterable=None, **kwargs):
@@ -56,10 +63,12 @@ class _Quiet:
         self.postfix = ""
 
     def __iter__(self):
-        for item in self.iterable:
-            yield item
-            self.update()
-        self.close()
+        try:
+            for item in self.iterable:
+                yield item
+                self.update()
+        finally:
+            self.close()
 
     def update(self, n: int = 1) -> None:
         self.n += n
@@ -81,9 +90,19 @@ class _Lines(_Quiet):
         self.first = self.n
         self.closed = False
         self._say(f"{self.desc}: started" + (f" ({self.total - self.n} to go)" if self.total else ""))
+        with _LOCK:
+            _ACTIVE.append(self)
+            if not _HEARTBEAT:
+                _HEARTBEAT.append(threading.Thread(target=_heartbeat, daemon=True, name="cifc-bench-progress"))
+                _HEARTBEAT[0].start()
 
     def _say(self, text: str) -> None:
+        _LAST[0] = time.monotonic()
         print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+    def status(self) -> str:
+        count = f"{self.n}/{self.total}" if self.total else str(self.n)
+        return f"{self.desc}: {count}, {_clock(time.monotonic() - self.start)} elapsed, still working"
 
     def update(self, n: int = 1) -> None:
         super().update(n)
@@ -99,8 +118,22 @@ class _Lines(_Quiet):
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            with _LOCK:
+                if self in _ACTIVE:
+                    _ACTIVE.remove(self)
             self._say(f"{self.desc}: done, {self.n - self.first} in {_clock(time.monotonic() - self.start)}"
                       + (f" ({self.postfix})" if self.postfix else ""))
+
+
+def _heartbeat() -> None:
+    """Say what is running when nothing has been said for a phase's interval (a long single step)."""
+    while True:
+        time.sleep(1.0)
+        with _LOCK:
+            top = _ACTIVE[-1] if _ACTIVE else None
+            due = top is not None and time.monotonic() - _LAST[0] >= top.every
+        if due:
+            top._say(top.status())
 
 
 def _len(iterable):
