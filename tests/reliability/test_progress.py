@@ -16,7 +16,7 @@ def test_output_to_a_file_gets_lines_for_every_phase(tmp_path, monkeypatch, caps
     for phase in ("calibrate presence thresholds", "tasks: started (2 to go)", "train thing0: started",
                   "train thing1: done, 2 in", "generate thing0@0", "tasks: done, 2 in"):
         assert phase in err, phase
-    assert re.search(r"\[\d\d:\d\d:\d\d\] train thing0: 1/2, 0:00 elapsed, ETA 0:00", err)
+    assert re.search(r"\[\d\d:\d\d:\d\d\] train thing0: 1/2, \d+:\d\d elapsed, ETA \d+:\d\d", err)
     assert "\r" not in err  # no bar redraws in a log
 
 
