@@ -16,8 +16,8 @@ from cifc_bench.testing import make_tiny_protocol
 pytestmark = pytest.mark.slow
 
 #: (kind, n): die just before the n-th write of that kind becomes visible
-WRITE_KILLS = [("result", 1), ("result", 2), ("result", 4), ("state", 1), ("state", 3), ("image", 1), ("image", 5),
-               ("image", 9)]
+WRITE_KILLS = [("result", 1), ("result", 2), ("result", 4), ("state", 1), ("state", 3), ("image", 1), ("image", 4),
+               ("image", 7)]
 TIME_KILLS = 12
 SEED = 2026
 
@@ -28,7 +28,7 @@ def _command(protocol, out, resume=False):
         return [*base, "--resume", str(out)]
     return [*base, "--method", "finetune", "--protocol", str(protocol), "--data-dir", str(protocol.with_name("tiny-data")),
             "--model", "tiny-random", "--scorer", "tiny-random", "--steps", "2", "--prompts-per-concept", "2",
-            "--images-per-prompt", "2", "--resolution", "32", "--num-inference-steps", "2", "--calibration-images", "4",
+            "--images-per-prompt", "1", "--resolution", "32", "--num-inference-steps", "2", "--calibration-images", "4",
             "--multi-images-per-prompt", "2", "--out", str(out)]
 
 

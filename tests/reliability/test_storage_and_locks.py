@@ -46,6 +46,7 @@ def test_a_damaged_or_missing_state_is_named_and_no_finished_task_is_lost(protoc
     assert len(json.loads((run / "result.json").read_text())["tasks"]) == 2
 
 
+@pytest.mark.slow
 def test_one_process_at_a_time_writes_a_run_directory(protocol, tmp_path):
     run = tmp_path / "run"
     with run_lock(run):
@@ -66,6 +67,7 @@ def test_one_process_at_a_time_writes_a_run_directory(protocol, tmp_path):
     assert not list(run.rglob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_a_clear_error_and_resume_gives_the_same_numbers(protocol, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CIFC_BENCH_PROGRESS": "0"}  # the same threads for every process
     subprocess.run(_cli(protocol, tmp_path / "reference"), env=env, check=True, capture_output=True, timeout=600)
