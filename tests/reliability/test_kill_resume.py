@@ -1,5 +1,6 @@
-"""SIGKILL anywhere, then --resume: the result equals the uninterrupted run's, at 20 seeded kill points, a
-third of them inside the atomic writes of result.json, a method state and an image (fault injection)."""
+"""SIGKILL anywhere, then --resume: the result equals the uninterrupted run's, at 20 seeded kill points: 8
+inside the atomic writes of result.json, a method state and an image (fault injection, one run each), and 12
+at random times of one run killed over and over."""
 
 import json
 import os
@@ -76,17 +77,23 @@ def test_kill_inside_an_atomic_write_then_resume(reference, kind, n):
 
 
 def test_kills_at_random_times_then_resume(reference):
+    """Runs killed again and again, at seeded random times of each process they take, until 12 kills really
+    interrupted one; every run, finished by --resume, equals the uninterrupted one."""
     protocol, env, expected, root = reference
-    duration = max(t["train_seconds"] or 0 for t in expected["tasks"]) * 3 + 8  # a generous whole-run estimate
     rng = random.Random(SEED)
-    killed = 0
-    for k in range(TIME_KILLS):
-        out = root / f"time-{k}"
-        proc = subprocess.Popen(_command(protocol, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(1.0, duration))
+    killed, chain = 0, 0
+    out = root / "time-chain-0"
+    while killed < TIME_KILLS:
+        proc = subprocess.Popen(_command(protocol, out, resume=(out / "result.json").exists()), env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(3.0, 9.0))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             killed += 1
         proc.wait(timeout=600)
-        _same(_finish(protocol, out, env), expected)
-    assert killed >= TIME_KILLS // 2  # most points really interrupted the run
+        if proc.returncode == 0:  # this run got through: check it, then kill a new one
+            _same(json.loads((out / "result.json").read_text()), expected)
+            chain += 1
+            assert chain < 6, "the kills did not interrupt the runs"
+            out = root / f"time-chain-{chain}"
+    _same(_finish(protocol, out, env), expected)
