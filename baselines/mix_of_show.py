@@ -131,8 +131,7 @@ class MixOfShow(Method):
             text.peft_config.pop(ADAPTER, None)
             if not text.peft_config:
                 del text.peft_config
-        self.layers = self._target_layers()
-        self._set_weights({n: fuse(*self.sums[n], self.base[n], eps=self.eps) for n in self.layers})
+        self.layers = self._target_layers()  # _fuse_task left every layer's weight at its fused value
 
     @torch.no_grad()
     def _fuse_task(self, task, new_ids: list[int], budget) -> None:

@@ -85,14 +85,14 @@ def _once_per_identity(runs: list[RunRecord], skipped: list[str]):
     def rank(r):
         return (r.data.get("status") == "completed", r.data["run_info"].get("started") or "")
 
+    keys = [run_identity(r.data) for r in runs]
     best: dict[str, RunRecord] = {}
-    for r in runs:
-        key = run_identity(r.data)
+    for key, r in zip(keys, runs, strict=True):
         if key not in best or rank(r) > rank(best[key]):
             best[key] = r
-    kept = [r for r in runs if best[run_identity(r.data)] is r]
-    skipped += [f"{r.path}: the same run as {best[run_identity(r.data)].path} (method, arguments, settings, seed, "
-                "weights and code); counted once, the newest completed" for r in runs if r not in kept]
+    kept = [r for key, r in zip(keys, runs, strict=True) if best[key] is r]
+    skipped += [f"{r.path}: the same run as {best[key].path} (method, arguments, settings, seed, weights and code); "
+                "counted once, the newest completed" for key, r in zip(keys, runs, strict=True) if best[key] is not r]
     return kept, skipped
 
 
