@@ -12,13 +12,15 @@ def add_command(sub) -> None:
     sy = sub.add_parser("synth", help="the embedded synthetic world: pretrain and check its models")
     sy.set_defaults(handler=run)
     ssub = sy.add_subparsers(dest="synth_command", required=True)
-    sp = ssub.add_parser("pretrain", help="train the synthetic base model and scorer from a seed")
+    sp = ssub.add_parser("pretrain", help="train the synthetic base model and scorer from a seed, in resumable chunks")
     sp.add_argument("--out", type=Path, help="output folder (default: the package's committed weights folder)")
+    sp.add_argument("--state", type=Path, help="where the chunks' training state is kept (default: OUT/pretrain-state)")
     sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--resume", action="store_true",
+                    help="continue the pretraining under way in the state folder (after a kill, or chunk by chunk)")
+    sp.add_argument("--chunks", type=int, help="run at most this many chunks now, then stop (resume later)")
     sp.add_argument("--unet-steps", type=int, help="base-model training steps (default: the committed recipe's)")
     sp.add_argument("--scorer-steps", type=int, help="scorer training steps (default: the committed recipe's)")
-    sp.add_argument("--part", choices=("all", "scorer", "base"), default="all",
-                    help="train only this model (the other's files and manifest entry are kept)")
     sc = ssub.add_parser("check", help="measure the base model's gates: context_acc and class_acc")
     sc.add_argument("--prompts", type=int, default=200, help="held-out prompts to generate")
     sc.add_argument("--grid", type=Path, help="also save a PNG grid of generated samples here")
@@ -37,14 +39,20 @@ def run(args: argparse.Namespace) -> int:
 
     if args.synth_command == "pretrain":
         from cifc_bench.synth import weights_dir
-        from cifc_bench.synth.pretrain import PretrainConfig, pretrain
+        from cifc_bench.synth.pretrain import PretrainConfig, PretrainError, chunk_ranges, pretrain
 
         overrides = {k: v for k, v in (("unet_steps", args.unet_steps), ("scorer_steps", args.scorer_steps)) if v}
         cfg = dataclasses.replace(PretrainConfig(seed=args.seed), **overrides)
         out = args.out or weights_dir()
-        report = pretrain(cfg, out, ("scorer", "base") if args.part == "all" else (args.part,))
-        times = ", ".join(f"{k} {report[k]['seconds']:.0f}s" for k in ("scorer", "base") if k in report)
-        print(f"pretrained into {out}: {report['total_bytes'] / 2**20:.1f} MiB; {times}")
+        try:
+            log = pretrain(cfg, out, args.state, resume=args.resume, max_chunks=args.chunks)
+        except PretrainError as err:
+            raise CLIError(str(err)) from err
+        done = len(log["chunks"])
+        total = 1 + len(chunk_ranges(cfg))
+        spent = sum(c["seconds"] for c in log["chunks"])
+        left = "complete" if done == total else f"resume with --resume for the other {total - done}"
+        print(f"pretraining in {out}: {done} of {total} chunks done in {spent / 60:.0f} min; {left}")
         return 0
     if args.synth_command == "gates":
         from cifc_bench.synth.gates import gate_report

@@ -21,7 +21,7 @@ def scorer(device: str = "cpu"):
     from cifc_bench.synth import weights_dir
     from cifc_bench.synth.pretrain import scorer_model
 
-    return open_clip_scorer("synth", scorer_model(), str(weights_dir() / "scorer.pt"), device)
+    return open_clip_scorer("synth", scorer_model(), str(weights_dir() / "scorer.safetensors"), device)
 
 
 def context_acc(sample) -> float:

@@ -18,7 +18,7 @@ import numpy as np
 from cifc_bench.synth import world
 
 PROTOCOL = "synth10"
-DATA_VERSION = "v1"
+DATA_VERSION = "v2"
 REFERENCE_SEED = 2024
 
 
@@ -60,7 +60,9 @@ def object_identities(protocol: str = PROTOCOL) -> set[tuple]:
 def reference_examples(concept: PersonalObject | PersonalStyle, seed: int = REFERENCE_SEED):
     """(image, caption) pairs of one concept's reference set."""
     rng = np.random.default_rng([seed, sum(map(ord, concept.name))])
-    positions, backgrounds = list(world.POSITIONS), [b for b in world.BACKGROUNDS]
+    positions = list(world.POSITIONS)
+    backgrounds = [b for b in world.BACKGROUNDS
+                   if not (isinstance(concept, PersonalObject) and world.low_contrast(concept.scene.fill, b))]
     out = []
     for k in range(concept.n_images):
         if isinstance(concept, PersonalObject):

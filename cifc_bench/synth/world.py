@@ -1,4 +1,5 @@
-"""The procedural world of the synthetic tier: 32×32 scenes of one patterned object on a named background.
+"""The procedural world of the synthetic tier (v2): 32×32 scenes of one or two patterned objects on a named
+background.
 
 Everything is a pure function of a :class:`Scene` and a seed, so the world, its captions and its exact checks
 are reproducible::
@@ -6,11 +7,13 @@ are reproducible::
     scene = Scene(shape="ball", fill="red", pattern="stripes", pattern_color="blue", position="left",
                   background="gray")
     pixels = render(scene, seed=0)          # uint8 (32, 32, 3)
-    caption(scene)                          # "a red ball with blue stripes on the left, on a gray background"
+    caption(scene)                          # "a large red ball with blue stripes on the left, on a gray background"
 
-Personal concepts add an identity *mark* (a small dot in a fixed corner of the object) and a fixed fill /
-pattern combination that pretraining never shows; personal styles are palette remaps plus a texture that
-pretraining never shows.
+v2 silhouettes are chosen so that classes still differ after the blur that high noise leaves (a disc, a thin
+annulus, a flat brick, a tall diamond, a dome): v1's similar blobs differed in a few edge pixels, and its base
+model drew one blob for every class word (``docs/findings/synth10-world-v2.md``). Personal concepts add an
+identity *mark* (a small dot at a fixed place inside the object) and a fixed fill / pattern combination that
+pretraining never shows; personal styles are palette remaps plus a texture that pretraining never shows.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+VERSION = "v2"  # recorded in the weights manifest: weights pretrained on another world version do not fit
 SIZE = 32
 
 COLORS = {
@@ -30,10 +34,14 @@ BACKGROUNDS = {  # name -> mean colour; grass and water are textured
     "black": (10, 10, 10), "gray": (125, 125, 125), "white": (240, 240, 240), "brown": (105, 65, 35),
     "grass": (55, 120, 45), "water": (40, 80, 150),
 }
-SHAPES = ("ball", "box", "ring", "kite", "cross")
+SHAPES = ("ball", "box", "ring", "kite", "dome")
 PATTERNS = ("solid", "stripes", "dots", "checker", "zigzag")
-POSITIONS = {"center": (16, 16), "left": (16, 10), "right": (16, 22), "top": (10, 16), "bottom": (22, 16)}
-SIZES = {"small": 4.5, "large": 6.5}
+POSITIONS = {"center": (16, 16), "left": (16, 9), "right": (16, 23), "top": (9, 16), "bottom": (23, 16)}
+#: object radius R per size word; two-object scenes draw both objects small
+SIZES = {"small": 5.5, "large": 8.0}
+#: a fill this close (RGB distance) to a background's colour is never drawn on it (green on grass): such an
+#: object hardly differs from its background, so neither a model nor a check can see its shape
+MIN_CONTRAST = 100.0
 STYLES = ("plain", "mosaic", "sketch")  # styles the base model learns from words
 MARK_CORNERS = {"top-right": (-1, 1), "bottom-left": (1, -1), "top-left": (-1, -1), "bottom-right": (1, 1)}
 
@@ -54,18 +62,42 @@ class Scene:
 
 def _shape_mask(shape: str, dy: np.ndarray, dx: np.ndarray, r: float) -> np.ndarray:
     dist = np.sqrt(dy**2 + dx**2)
-    if shape == "ball":
+    if shape == "ball":  # a disc
         return dist <= r
-    if shape == "box":
-        return np.maximum(abs(dy), abs(dx)) <= r * 0.85
-    if shape == "ring":
-        return (dist <= r) & (dist >= r * 0.5)
-    if shape == "kite":
-        return abs(dy) + abs(dx) <= r * 1.2
-    if shape == "cross":
-        arm = r * 0.38
-        return ((abs(dx) <= arm) & (abs(dy) <= r)) | ((abs(dy) <= arm) & (abs(dx) <= r))
+    if shape == "box":  # a flat brick, 2.1R × 0.84R
+        return (abs(dx) <= r * 1.05) & (abs(dy) <= r * 0.42)
+    if shape == "ring":  # a thin hollow annulus
+        return (dist <= r) & (dist >= r * 0.6)
+    if shape == "kite":  # a tall diamond, 1.24R × 2.2R
+        return abs(dx) / (r * 0.62) + abs(dy) / (r * 1.1) <= 1.0
+    if shape == "dome":  # a half-disc on a flat base, centred on its area
+        by = dy - r * 0.35
+        return ((by <= 0) & (np.sqrt(by**2 + dx**2) <= r)) | ((by > 0) & (by <= r * 0.3) & (abs(dx) <= r))
     raise ValueError(f"unknown shape {shape!r}; known: {SHAPES}")
+
+
+#: where a personal identity's mark sits, as fractions of R along (y, x) per corner sign: always inside the
+#: silhouette (the brick is flat, the diamond narrow, the ring hollow in the middle)
+MARK_OFFSETS = {"ball": (0.45, 0.45), "box": (0.0, 0.6), "ring": (0.55, 0.55), "kite": (0.45, 0.0),
+                "dome": (0.0, 0.5)}
+
+
+def shape_mask(shape: str, center: tuple[int, int], size: str) -> np.ndarray:
+    """The silhouette of a ``shape`` of ``size`` whose centre is ``center`` (boolean 32×32)."""
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    return _shape_mask(shape, (yy - center[0]).astype(np.float32), (xx - center[1]).astype(np.float32), SIZES[size])
+
+
+def mark_box(shape: str, center: tuple[int, int], size: str, corner: str) -> tuple[int, int]:
+    """Top-left pixel (y, x) of the 2×2 identity mark, centred on its offset from the object's centre."""
+    sy, sx = MARK_CORNERS[corner]
+    fy, fx = MARK_OFFSETS[shape]
+    r = SIZES[size]
+    return center[0] + int(round(sy * r * fy)) - 1, center[1] + int(round(sx * r * fx)) - 1
+
+
+def low_contrast(fill: str, background: str) -> bool:
+    return float(np.linalg.norm(np.subtract(COLORS[fill], BACKGROUNDS[background]))) < MIN_CONTRAST
 
 
 def _pattern_mask(pattern: str, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
@@ -131,13 +163,17 @@ def _personal_style(img: np.ndarray, name: str) -> np.ndarray:
 PERSONAL_STYLES = {"neon": "neon", "sepia": "sepia", "poster": "poster"}
 
 
+def object_center(scene: Scene, rng: np.random.Generator) -> tuple[int, int]:
+    """The object's anchor plus ±1 px jitter (drawn from ``rng``)."""
+    cy, cx = POSITIONS[scene.position]
+    return cy + int(rng.integers(-1, 2)), cx + int(rng.integers(-1, 2))
+
+
 def _draw_object(img: np.ndarray, scene: Scene, rng: np.random.Generator) -> np.ndarray:
     """Paint the object of ``scene`` into ``img``; returns its mask."""
-    cy, cx = POSITIONS[scene.position]
-    cy, cx = cy + int(rng.integers(-1, 2)), cx + int(rng.integers(-1, 2))
+    cy, cx = object_center(scene, rng)
     yy, xx = np.mgrid[0:SIZE, 0:SIZE]
-    r = SIZES[scene.size]
-    mask = _shape_mask(scene.shape, (yy - cy).astype(np.float32), (xx - cx).astype(np.float32), r)
+    mask = shape_mask(scene.shape, (cy, cx), scene.size)
     if scene.fill not in COLORS or (scene.pattern != "solid" and scene.pattern_color not in COLORS):
         raise ValueError(f"fill {scene.fill!r} / pattern_color {scene.pattern_color!r} of {scene}: the fill, and the "
                          f"pattern colour of a patterned object, must be colours of the world: {list(COLORS)}")
@@ -146,9 +182,8 @@ def _draw_object(img: np.ndarray, scene: Scene, rng: np.random.Generator) -> np.
         img[mask & _pattern_mask(scene.pattern, yy - cy, xx - cx)] = COLORS[scene.pattern_color]
     if scene.mark is not None:
         colour, corner = scene.mark
-        sy, sx = MARK_CORNERS[corner]
-        my, mx = cy + int(sy * r * 0.45), cx + int(sx * r * 0.45)
-        img[my - 1 : my + 1, mx - 1 : mx + 1] = COLORS[colour] if colour in COLORS else BACKGROUNDS[colour]
+        my, mx = mark_box(scene.shape, (cy, cx), scene.size, corner)
+        img[my : my + 2, mx : mx + 2] = COLORS[colour] if colour in COLORS else BACKGROUNDS[colour]
     return mask
 
 
@@ -173,13 +208,15 @@ def render_many(scenes: list[Scene], seed: int = 0) -> np.ndarray:
 
 
 def caption_many(scenes: list[Scene], rng: np.random.Generator | None = None, keep: float = 1.0,
-                 subjects: list[str] | None = None) -> str:
-    """"a red ball on the left and a blue box on the right, on a gray background"."""
+                 subjects: list[str] | None = None, place_keep: float | None = None) -> str:
+    """"a red ball on the left and a blue box on the right, on a gray background"; ``keep`` and ``place_keep``
+    as in :func:`caption`, per object (a two-object caption always names both positions)."""
     rng = rng or np.random.default_rng(0)
     subjects = subjects or [None] * len(scenes)
     parts = []
     for scene, subject in zip(scenes, subjects, strict=True):
-        text = caption(replace(scene, style="plain"), rng, keep=1.0, subject=subject)
+        text = caption(replace(scene, style="plain"), rng, keep=keep, subject=subject, place_keep=place_keep,
+                       keep_position=True)
         parts.append(text.split(", on a ")[0])
     text = " and ".join(parts)
     if keep >= 1.0 or rng.random() < keep:
@@ -187,16 +224,19 @@ def caption_many(scenes: list[Scene], rng: np.random.Generator | None = None, ke
     return text
 
 
-def caption(scene: Scene, rng: np.random.Generator | None = None, keep: float = 1.0, subject: str | None = None) -> str:
-    """Describe ``scene``; with ``keep`` < 1 each optional attribute is dropped with probability 1 - keep."""
+def caption(scene: Scene, rng: np.random.Generator | None = None, keep: float = 1.0, subject: str | None = None,
+            place_keep: float | None = None, keep_position: bool = False) -> str:
+    """Describe ``scene``; with ``keep`` < 1 each optional attribute is dropped with probability 1 - keep, size
+    and position with probability 1 - ``place_keep`` (default: ``keep``)."""
     rng = rng or np.random.default_rng(0)
+    place_keep = keep if place_keep is None else place_keep
 
-    def has() -> bool:
-        return keep >= 1.0 or rng.random() < keep
+    def has(p: float = keep) -> bool:
+        return p >= 1.0 or rng.random() < p
 
     if subject is None:
         words = []
-        if has():
+        if has(place_keep):
             words.append(scene.size)
         if has():  # evaluation prompts name a bare class word ("a ball on the left"): pretraining must too
             words.append(scene.fill)
@@ -205,7 +245,7 @@ def caption(scene: Scene, rng: np.random.Generator | None = None, keep: float = 
         if scene.pattern != "solid" and has():
             subject += f" with {scene.pattern_color} {scene.pattern}"
     text = f"a {subject}"
-    if has():
+    if has(place_keep) or keep_position:
         text += f" on the {scene.position}"
     if has():
         text += f", on a {scene.background} background"
@@ -222,7 +262,8 @@ def vocabulary() -> list[str]:
 
 
 def random_scene(rng: np.random.Generator, exclude: set[tuple] = frozenset()) -> Scene:
-    """A pretraining scene: any class, colours, pattern, place and known style, never a personal identity."""
+    """A pretraining scene: any class, colours, pattern, place and known style, never a personal identity and
+    never a fill that matches its background."""
     while True:
         fill, pcolor = rng.choice(list(COLORS), size=2, replace=False)
         scene = Scene(
@@ -232,7 +273,7 @@ def random_scene(rng: np.random.Generator, exclude: set[tuple] = frozenset()) ->
         )
         if scene.pattern == "solid":
             scene = replace(scene, pattern_color=None)
-        if identity(scene) not in exclude:
+        if identity(scene) not in exclude and not low_contrast(scene.fill, scene.background):
             return scene
 
 

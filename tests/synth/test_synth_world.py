@@ -107,7 +107,7 @@ def test_synth10_data_matches_its_published_checksums(tmp_path):
     assert verify_checksums(root, spec.checksum_file) == []
     seq = spec.bind(root)
     assert len(seq.tasks) == 10 and [c.kind for c in seq.concepts].count("style") == 3
-    assert {c.class_word for c in seq.concepts if c.kind == "object"} == {"ball", "kite", "box", "cross", "ring"}
+    assert {c.class_word for c in seq.concepts if c.kind == "object"} == {"ball", "kite", "box", "dome", "ring"}
     assert all(4 <= len(c.image_paths()) <= 7 for c in seq.concepts)
     assert all(len(c.eval_prompts) == 20 for c in seq.concepts)
     assert len(seq.multi_concept_prompts) == 4 and all(m.boxes for m in seq.multi_concept_prompts)
