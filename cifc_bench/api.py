@@ -121,6 +121,8 @@ class Concept:
     eval_replacement: str  # replaces <TOK> in evaluation prompts, e.g. "yellow rubber <duck1> <duck2>"
     eval_prompts: tuple[str, ...]  # already expanded with eval_replacement
     caption_phrase: str = ""  # the class phrase that captions use, replaced by the placeholders in training
+    #: the protocol's ``generator`` field, opaque to the core: what a procedural tier rendered (its exact checks read it)
+    generator: Any = field(default=None, compare=False)
 
     @property
     def token_string(self) -> str:

@@ -32,7 +32,7 @@ FALLBACKS: dict[str, Any] = {
     "dino": "none", "multi_images_per_prompt": 8, "calibration_images": 100,
 }
 #: Settings a protocol's ``defaults`` may give, beside these keys of its own.
-PROTOCOL_ONLY = ("metrics", "method_args", "schedule")
+PROTOCOL_ONLY = ("metrics", "presence", "method_args", "schedule")
 #: Settings that only the run gives: they say what to run, not how.
 RUN_ONLY = ("method", "protocol", "data_dir", "eval_schedule", "seed", "device")
 _WHOLE = ("steps", "batch_size", "prompts_per_concept", "images_per_prompt", "resolution", "num_inference_steps",

@@ -64,6 +64,8 @@ class RunContext:
     calibration: dict[str, Any] | None = None  # presence thresholds of the neglect rate (None: no multi prompts)
     model_fingerprint: str = ""  # of the base model's weights, taken before the method could change them
     metric_fns: dict[str, Any] = dataclasses.field(default_factory=dict)  # name -> (ConceptImages) -> float
+    #: exact neglect checks: name -> (image, Concept, Box | None) -> bool; each gives a neglect matrix of its name
+    presence_fns: dict[str, Any] = dataclasses.field(default_factory=dict)
     budgets: tuple[dict[str, Any], ...] = ()  # per task: the schedule's steps and lr_scale
 
     @property
@@ -161,24 +163,26 @@ def load_context(config: RunSpec, run_dir: Path, calibration: dict[str, Any] | N
     if dino is not None:
         metrics = (*metrics, DINO_METRIC)
     metric_fns = load_metrics(metrics, spec.path)
+    presence_fns = load_metrics(spec.defaults.get("presence", ()), spec.path, key="presence")
     return RunContext(config=config, sequence=sequence, method=method, scorer=scorer, run_dir=Path(run_dir),
                       metrics=metrics, dino=dino, calibration=calibration, model_fingerprint=fingerprint,
-                      budgets=budgets, metric_fns=metric_fns)
+                      budgets=budgets, metric_fns=metric_fns, presence_fns=presence_fns)
 
 
-def load_metrics(names, source) -> dict[str, Any]:
-    """The metric functions named by a protocol (entry-point group ``cifc_bench.metrics``, or
+def load_metrics(names, source, key: str = "metrics") -> dict[str, Any]:
+    """The metric functions (or, ``key="presence"``, the presence checks) named by a protocol's
+    ``defaults.<key>`` (entry-point groups ``cifc_bench.metrics`` / ``cifc_bench.presence``, or
     ``package.module:function``); an unknown name is the protocol's error and lists the registered ones."""
-    from cifc_bench.registry import METRICS as GROUP
-    from cifc_bench.registry import PluginError, list_plugins, load_component
+    from cifc_bench.registry import METRICS, PRESENCE, PluginError, list_plugins, load_component
 
+    group, kind = (PRESENCE, "presence check") if key == "presence" else (METRICS, "metric")
     fns = {}
     for name in names:
         try:
-            fns[name] = load_component(GROUP, name, "metric")
+            fns[name] = load_component(group, name, kind)
         except PluginError as err:
-            raise ConfigError(f"{source}: defaults.metrics names metric {name!r}, which does not load: {err} "
-                              f"(registered: {list(list_plugins(GROUP))})") from err
+            raise ConfigError(f"{source}: defaults.{key} names {kind} {name!r}, which does not load: {err} "
+                              f"(registered: {list(list_plugins(group))})") from err
     return fns
 
 
@@ -285,7 +289,7 @@ def new_neglect(ctx: RunContext) -> dict[str, Any] | None:
         "images_per_prompt": ctx.config.multi_images_per_prompt,
         "calibration": ctx.calibration,
         # R[j][q]: prompt q after task j, from the first task after which all its concepts are learned
-        "matrices": {"cnr": [[None] * Q for _ in range(T)], "min_sim": [[None] * Q for _ in range(T)]},
+        "matrices": {name: [[None] * Q for _ in range(T)] for name in ("cnr", "min_sim", *ctx.presence_fns)},
         # miss rate of each concept after task j, over every multi-concept image that asks for it
         "miss_rate": [dict.fromkeys(names) for _ in range(T)],
     }
@@ -533,8 +537,15 @@ def evaluate_neglect(ctx: RunContext, j: int, neglect: dict[str, Any], reference
         neglect["matrices"]["min_sim"][j][q] = scores.min_sim
         for k, c in enumerate(m.concepts):
             hits[c].extend(scores.present[:, k].tolist())
+        exact = {}
+        for check, fn in ctx.presence_fns.items():  # exact checks: neglected when any concept is not present
+            exact[check] = [[bool(fn(im, c, m.boxes[k] if m.boxes else None)) for k, c in enumerate(concepts)]
+                            for im in images]
+            rows = neglect["matrices"].setdefault(check, [[None] * len(seq.multi_concept_prompts) for _ in seq.tasks])
+            rows[j][q] = float(np.mean([not all(row) for row in exact[check]]))
         per_image += [{"prompt": q, "file": name, "concepts": list(m.concepts),
-                       "similarity": scores.similarity[n].tolist(), "present": scores.present[n].tolist()}
+                       "similarity": scores.similarity[n].tolist(), "present": scores.present[n].tolist(),
+                       **{f"present_{check}": rows[n] for check, rows in exact.items()}}
                       for n, (_, name) in enumerate(pairs)]
     neglect["miss_rate"][j] = {c: (1.0 - float(np.mean(v)) if v else None) for c, v in hits.items()}
     if per_image:

@@ -157,6 +157,7 @@ class ProtocolSpec:
                 eval_replacement=c["eval_replacement"],
                 eval_prompts=tuple(p.replace(TOKEN_MARK, c["eval_replacement"]) for p in sets[c["prompt_set"]]),
                 caption_phrase=c.get("caption_phrase") or c["class_word"],
+                generator=c.get("generator"),
             )
             tasks.append(Task(index=i, concepts=(concept,)))
         multi = tuple(

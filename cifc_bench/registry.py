@@ -9,6 +9,7 @@ the same way as third parties (``pyproject.toml``), and so does the synthetic ti
 | scorer | ``cifc_bench.scorers`` | a function ``(device) -> Scorer`` |
 | image encoder | ``cifc_bench.image_encoders`` | a function ``(device) -> ImageEncoder`` (``ia_dino``'s DINO) |
 | metric | ``cifc_bench.metrics`` | a pure function ``(ConceptImages) -> float`` |
+| presence check | ``cifc_bench.presence`` | a pure function ``(image, Concept, Box or None) -> bool``: an exact neglect check |
 | command | ``cifc_bench.commands`` | a function adding a sub-command to the CLI's sub-parsers |
 
 Listing never imports a plugin (``cifc-bench ls methods`` stays free of torch); only the one asked for is
@@ -32,10 +33,12 @@ MODELS = "cifc_bench.models"
 SCORERS = "cifc_bench.scorers"
 IMAGE_ENCODERS = "cifc_bench.image_encoders"
 METRICS = "cifc_bench.metrics"
+PRESENCE = "cifc_bench.presence"
 COMMANDS = "cifc_bench.commands"
 #: ``cifc-bench ls KIND`` -> entry-point group
 KINDS = {"methods": METHODS, "protocols": PROTOCOLS, "models": MODELS, "scorers": SCORERS,
-         "image-encoders": IMAGE_ENCODERS, "metrics": METRICS, "commands": COMMANDS}
+         "image-encoders": IMAGE_ENCODERS, "metrics": METRICS, "presence": PRESENCE,
+         "commands": COMMANDS}
 
 
 class PluginError(LookupError):

@@ -1,99 +1,273 @@
-"""Gates of the synthetic tier, measured by the suite (``cifc-bench synth check``).
+"""Exact oracles of the synthetic world: what an image shows, checked against what was asked, not estimated
+by a learned scorer.
 
-- ``context_acc``: on held-out prompts (combinations pretraining never showed), the fraction of prompted
-  attributes (background, position, style) that the generated image satisfies, judged by the exact checks.
-- ``class_acc``: images generated from a plain class word ("a ball") are classified zero-shot by the scorer
-  among all class words; the fraction classified as the prompted class.
-- ``class_acc_renders``: the same classification of the world's own renders of what a class word asks for (one
-  object of that class, plain style, any other attribute: a caption always names a mosaic or sketch). It is
-  about the most ``class_acc`` can reach with this scorer, so a generator that cannot draw shape can be told
-  apart from a scorer that cannot see it.
+Each is a pure function of an image (uint8 32×32×3) and the request:
+
+- :func:`identity_check`: which of a personal concept's identity attributes the image shows at the concept's
+  place. An object's are its silhouette (nearest template by IoU), fill colour, pattern, pattern colour and
+  identity mark; a style's are its palette and its texture. :func:`identity_acc` is their fraction, the exact
+  counterpart of the scorer's ``ia``.
+- :func:`present`: whether a concept is present inside a box, for the exact concept-neglect rate
+  ``cnr_exact``: its fill and pattern colours each cover at least half of the pixels a small render of it has.
+- :func:`detect_shape`: the class by the same silhouette check, for ``class_acc`` beside the scorer's.
+
+Pixels are read by their nearest named colour (object colours, backgrounds and background textures) within
+:data:`COLOR_TOLERANCE`, so the grain that sampling leaves (σ ≈ 10 grey levels) does not change the answer.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import lru_cache
+
 import numpy as np
 
-from cifc_bench.api import GenerationSettings
 from cifc_bench.synth import world
-from cifc_bench.synth.pretrain import held_out
+
+#: every colour a pixel of the world can have, clean: object colours, backgrounds, and the background textures
+PALETTE = {**world.COLORS, **{f"bg:{k}": v for k, v in world.BACKGROUNDS.items()},
+           "bg:grass-blade": (35, 155, 35), "bg:water-wave": (65, 120, 210)}
+_NAMES = list(PALETTE)
+_RGB = np.array([PALETTE[n] for n in _NAMES], dtype=np.float32)
+#: a pixel farther than this (RGB distance) from every named colour is read as no colour
+COLOR_TOLERANCE = 70.0
+#: a colour is shown when it covers at least this share of the pixels it covers in a perfect render
+COVERAGE = 0.5
+#: how far (px) from its expected anchor an object's centre is searched
+SEARCH = 2
 
 
-def context_accuracy(images, prompts) -> float:
-    """Attributes satisfied over attributes asked, pooled over images (NaN when no prompt asks for any)."""
-    ok = asked = 0
-    for image, prompt in zip(images, prompts, strict=True):
-        o, a = world.check_context(np.asarray(image.convert("RGB")), prompt)
-        ok, asked = ok + o, asked + a
-    return ok / asked if asked else float("nan")
+def color_labels(img: np.ndarray) -> np.ndarray:
+    """Per pixel, the index into :data:`_NAMES` of its nearest named colour, or -1 beyond the tolerance."""
+    px = np.asarray(img, dtype=np.float32)[..., :3].reshape(-1, 1, 3)
+    dist = np.sqrt(((px - _RGB[None]) ** 2).sum(-1))
+    labels = dist.argmin(-1)
+    labels[dist.min(-1) > COLOR_TOLERANCE] = -1
+    return labels.reshape(img.shape[:2])
 
 
-def held_out_prompts(n: int, seed: int = 7) -> list[str]:
-    """Prompts whose (shape, fill, position, background) combination pretraining never showed."""
-    rng = np.random.default_rng(seed)
-    prompts: list[str] = []
-    while len(prompts) < n:
-        scene = world.random_scene(rng)
-        if held_out(scene):
-            prompts.append(world.caption(scene))
-    return prompts
+def color_mask(labels: np.ndarray, colour: str) -> np.ndarray:
+    """Pixels read as ``colour`` (an object colour, or a background name used as a mark colour)."""
+    name = colour if colour in world.COLORS else f"bg:{colour}"
+    return labels == _NAMES.index(name)
 
 
-def class_predictions(scorer, images) -> np.ndarray:
-    """Index into :data:`world.SHAPES` of the class word each image matches best (zero-shot)."""
-    texts = scorer.encode_texts([f"a {s}" for s in world.SHAPES])
-    return np.argmax(scorer.encode_images(images) @ texts.T, axis=1)
+def object_mask(labels: np.ndarray) -> np.ndarray:
+    """Pixels read as any object colour."""
+    return (labels >= 0) & (labels < len(world.COLORS))
 
 
-def class_word_renders(images_per_class: int, seed: int = 7) -> tuple[list, np.ndarray]:
-    """Renders of what "a ball" etc. describe: one object of each class, plain, in random contexts; and the
-    class indices."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    truth = np.repeat(np.arange(len(world.SHAPES)), images_per_class)
-    scenes = [world.replace(world.random_scene(rng), shape=world.SHAPES[k], style="plain") for k in truth]
-    return [Image.fromarray(world.render(s, int(rng.integers(1 << 31)))) for s in scenes], truth
+@lru_cache(maxsize=4096)
+def _template(shape: str, cy: int, cx: int, size: str) -> np.ndarray:
+    mask = world.shape_mask(shape, (cy, cx), size)
+    mask.setflags(write=False)
+    return mask
 
 
-def _accuracy(predicted: np.ndarray, truth: np.ndarray) -> tuple[float, dict[str, float]]:
-    return float(np.mean(predicted == truth)), {s: float(np.mean(predicted[truth == k] == k))
-                                                for k, s in enumerate(world.SHAPES)}
+@lru_cache(maxsize=4096)
+def _pattern(pattern: str, cy: int, cx: int) -> np.ndarray:
+    yy, xx = np.mgrid[0 : world.SIZE, 0 : world.SIZE]
+    mask = world._pattern_mask(pattern, yy - cy, xx - cx)
+    mask.setflags(write=False)
+    return mask
 
 
-def base_model_report(bundle, scorer, n_prompts: int = 200, images_per_class: int = 40, seed: int = 7,
-                      settings: GenerationSettings | None = None) -> dict:
-    from cifc_bench.sampling import generate_batched
-    from cifc_bench.seeding import derive_seed
+@dataclass(frozen=True)
+class Fit:
+    """The silhouette template that best matches an object mask."""
 
-    settings = settings or GenerationSettings(resolution=world.SIZE, num_inference_steps=12, guidance_scale=3.0,
-                                              batch_size=50)
-    prompts = held_out_prompts(n_prompts, seed)
-    seeds = [derive_seed("synth-check", seed, k) for k in range(len(prompts))]
-    images = generate_batched(bundle, prompts, seeds, settings)
-    per_attr: dict[str, list[bool]] = {}
-    for image, prompt in zip(images, prompts, strict=True):
-        px = np.asarray(image)
-        for key, want in world.prompt_context(prompt).items():
-            got = {"background": world.detect_background, "position": world.detect_position,
-                   "style": world.detect_style}[key](px)
-            per_attr.setdefault(key, []).append(got == want)
-    class_prompts = [f"a {s}" for s in world.SHAPES for _ in range(images_per_class)]
-    class_seeds = [derive_seed("synth-class", seed, k) for k in range(len(class_prompts))]
-    class_images = generate_batched(bundle, class_prompts, class_seeds, settings)
-    class_acc, by_class = _accuracy(class_predictions(scorer, class_images),
-                                    np.repeat(np.arange(len(world.SHAPES)), images_per_class))
-    renders, render_truth = class_word_renders(images_per_class, seed)
-    renders_acc, renders_by_class = _accuracy(class_predictions(scorer, renders), render_truth)
-    return {
-        "context_acc": context_accuracy(images, prompts),
-        "context_acc_by_attribute": {k: float(np.mean(v)) for k, v in per_attr.items()},
-        "class_acc": class_acc,
-        "class_acc_by_class": by_class,
-        "class_acc_renders": renders_acc,
-        "class_acc_renders_by_class": renders_by_class,
-        "n_prompts": len(prompts),
-        "n_class_images": len(class_prompts),
-        "images": images,
-        "class_images": class_images,
+    shape: str
+    size: str
+    center: tuple[int, int]
+    iou: float
+
+
+def _centers(anchor: tuple[int, int], search: int) -> list[tuple[int, int]]:
+    return [(anchor[0] + dy, anchor[1] + dx) for dy in range(-search, search + 1) for dx in range(-search, search + 1)]
+
+
+def fit_silhouette(mask: np.ndarray, anchor: tuple[int, int] | None = None, sizes=tuple(world.SIZES),
+                   shapes=world.SHAPES, region: np.ndarray | None = None) -> Fit | None:
+    """Nearest template by IoU (inside ``region`` when given) over shapes, sizes and centres within
+    :data:`SEARCH` px of ``anchor`` (default: the mask's centroid). None when the mask is empty."""
+    if region is not None:
+        mask = mask & region
+    if mask.sum() < 3:
+        return None
+    if anchor is None:
+        ys, xs = np.nonzero(mask)
+        anchor = (int(round(ys.mean())), int(round(xs.mean())))
+    best = None
+    for shape in shapes:
+        for size in sizes:
+            for c in _centers(anchor, SEARCH):
+                t = _template(shape, c[0], c[1], size)
+                if region is not None:
+                    t = t & region
+                union = int((t | mask).sum())
+                iou = int((t & mask).sum()) / union if union else 0.0
+                if best is None or iou > best.iou:
+                    best = Fit(shape, size, c, iou)
+    return best
+
+
+def detect_shape(img: np.ndarray, anchor: tuple[int, int] | None = None) -> str | None:
+    """The class of the (one) object in ``img`` by the silhouette check; None when nothing is drawn."""
+    fit = fit_silhouette(object_mask(color_labels(img)), anchor)
+    return fit.shape if fit else None
+
+
+def _expected_counts(scene: world.Scene, center: tuple[int, int], size: str) -> tuple[int, int]:
+    """(fill pixels, pattern pixels) of a perfect render of ``scene`` at ``center`` and ``size``."""
+    t = _template(scene.shape, center[0], center[1], size)
+    if scene.pattern == "solid":
+        return int(t.sum()), 0
+    p = t & _pattern(scene.pattern, center[0], center[1])
+    return int(t.sum() - p.sum()), int(p.sum())
+
+
+def _pattern_of(labels: np.ndarray, scene: world.Scene, fit: Fit) -> str:
+    """The pattern whose layout best explains which object pixels carry a colour other than the fill (the
+    layout, whatever its colour: the pattern colour is its own attribute), searched over centres within 1 px of
+    the fit (a pattern's phase follows the object's centre)."""
+    shown = object_mask(labels) & ~color_mask(labels, scene.fill)
+    best, best_score = "solid", -1.0
+    for c in _centers(fit.center, 1):
+        t = _template(fit.shape, c[0], c[1], fit.size)
+        n = max(int(t.sum()), 1)
+        for pattern in world.PATTERNS:
+            expected = t & _pattern(pattern, c[0], c[1]) if pattern != "solid" else np.zeros_like(t)
+            score = float(((shown == expected) & t).sum()) / n
+            if score > best_score:
+                best, best_score = pattern, score
+    return best
+
+
+def _mark_shown(labels: np.ndarray, scene: world.Scene, fit: Fit) -> bool:
+    """At least two of the mark's four pixels have its colour, at a centre within 1 px of the fit."""
+    colour, corner = scene.mark
+    shown = color_mask(labels, colour)
+    for c in _centers(fit.center, 1):
+        y, x = world.mark_box(scene.shape, c, fit.size, corner)
+        if shown[max(y, 0) : y + 2, max(x, 0) : x + 2].sum() >= 2:
+            return True
+    return False
+
+
+def object_identity(img: np.ndarray, scene: world.Scene, anchor: tuple[int, int] | None = None,
+                    size: str | None = None) -> dict[str, bool]:
+    """Which identity attributes of the personal object ``scene`` the image shows, near ``anchor`` (default:
+    the centroid of the object-coloured pixels) at ``size`` (default: either)."""
+    labels = color_labels(img)
+    attrs = ["silhouette", "fill", "pattern"]
+    if scene.pattern != "solid":
+        attrs.append("pattern_color")
+    if scene.mark is not None:
+        attrs.append("mark")
+    fit = fit_silhouette(object_mask(labels), anchor, (size,) if size else tuple(world.SIZES))
+    if fit is None:
+        return dict.fromkeys(attrs, False)
+    exp_fill, exp_pattern = _expected_counts(scene, fit.center, fit.size)
+    t = _template(fit.shape, fit.center[0], fit.center[1], fit.size) | _template(scene.shape, *fit.center, fit.size)
+    out = {
+        "silhouette": fit.shape == scene.shape,
+        "fill": int((color_mask(labels, scene.fill) & t).sum()) >= COVERAGE * exp_fill,
+        "pattern": _pattern_of(labels, scene, fit) == scene.pattern,
     }
+    if scene.pattern != "solid":
+        out["pattern_color"] = int((color_mask(labels, scene.pattern_color) & t).sum()) >= COVERAGE * exp_pattern
+    if scene.mark is not None:
+        out["mark"] = _mark_shown(labels, scene, fit)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Personal styles: a palette and a texture each, read from the whole picture.
+
+def _rows_ratio(lum: np.ndarray, mask: np.ndarray) -> float:
+    return float(lum[mask].mean() / max(lum[~mask].mean(), 1e-6))
+
+
+def style_identity(img: np.ndarray, style: str) -> dict[str, bool]:
+    """Whether the picture shows the personal ``style``'s palette and texture (see
+    :func:`cifc_bench.synth.world._personal_style`)."""
+    px = np.asarray(img, dtype=np.float32)[..., :3]
+    lum = px.mean(-1)
+    yy, xx = np.mgrid[0 : world.SIZE, 0 : world.SIZE]
+    if style == "neon":  # channels rotated and lifted by 50; every third row darkened to 0.35
+        lines = yy % 3 == 0
+        return {"palette": float((px[~lines].min(-1) >= 35).mean()) >= 0.9,
+                "texture": _rows_ratio(lum, lines) <= 0.6}
+    if style == "sepia":  # a brown tone (R > G > B) with a diagonal hatch darkened to 0.55
+        hatch = (xx + yy) % 4 == 0
+        lit = px[~hatch][px[~hatch][:, 0] >= 40]  # grain decides the channel order of near-black pixels
+        r, g, b = lit[:, 0], lit[:, 1], lit[:, 2]
+        tone = float(((r >= g - 8) & (g >= b - 8) & (b <= 0.8 * r + 10)).mean()) if len(lit) else 0.0
+        return {"palette": tone >= 0.9,
+                "texture": _rows_ratio(lum, hatch) <= 0.75}
+    if style == "poster":  # two levels per channel; a bright yellow grid every 8 px
+        grid = (yy % 8 == 0) | (xx % 8 == 0)
+        near = np.minimum(np.abs(px[~grid] - 25), np.abs(px[~grid] - 235)).max(-1) <= 40
+        grid_colour = np.sqrt(((px[grid] - np.array([250, 250, 120])) ** 2).sum(-1)) <= COLOR_TOLERANCE
+        return {"palette": float(near.mean()) >= 0.8, "texture": float(grid_colour.mean()) >= 0.5}
+    raise ValueError(f"unknown personal style {style!r}; known: {sorted(world.PERSONAL_STYLES)}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# What a generator field of a protocol asks for, and the checks per image and prompt.
+
+def concept_target(generator: dict) -> world.Scene | str:
+    """The personal object (a Scene) or personal style (its name) a protocol's ``generator`` field declares."""
+    if "personal_style" in generator:
+        return generator["personal_style"]
+    return world.Scene(shape=generator["shape"], fill=generator["fill"], pattern=generator["pattern"],
+                       pattern_color=generator.get("pattern_color"),
+                       mark=tuple(generator["mark"]) if generator.get("mark") else None)
+
+
+def identity_check(img: np.ndarray, target: world.Scene | str, prompt: str) -> dict[str, bool] | None:
+    """The identity attributes ``img`` shows for the concept ``target``, asked for by ``prompt``; None when
+    the prompt asks for a known style (a mosaic or sketch redraws the object, so its identity is not drawn
+    as itself)."""
+    context = world.prompt_context(prompt)
+    if "style" in context:
+        return None
+    if isinstance(target, str):
+        return style_identity(img, target)
+    anchor = world.POSITIONS.get(context.get("position", ""))
+    size = next((s for s in world.SIZES if f" {s} " in f" {prompt} "), None)
+    return object_identity(img, target, anchor, size)
+
+
+def identity_acc(images, prompts, target: world.Scene | str) -> float:
+    """Mean fraction of identity attributes shown, over the images whose prompt can show them (NaN if none)."""
+    scores = []
+    for image, prompt in zip(images, prompts, strict=True):
+        check = identity_check(np.asarray(image.convert("RGB") if hasattr(image, "convert") else image), target, prompt)
+        if check is not None:
+            scores.append(np.mean(list(check.values())))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def box_region(box) -> np.ndarray:
+    """Pixels of a normalised (y0, x0, y1, x1) box, rounded outwards as the scorer's crop is."""
+    y0, x0, y1, x1 = box.as_tuple() if hasattr(box, "as_tuple") else box
+    s = world.SIZE
+    region = np.zeros((s, s), dtype=bool)
+    region[int(np.floor(y0 * s)) : int(np.ceil(y1 * s)), int(np.floor(x0 * s)) : int(np.ceil(x1 * s))] = True
+    return region
+
+
+def present(img: np.ndarray, target: world.Scene | str, box=None) -> bool:
+    """Is the concept present? An object: inside ``box``, its fill and pattern colours each cover at least
+    :data:`COVERAGE` of their pixel counts in a small render of it (the size of two-object scenes). A style:
+    its palette and texture both show on the whole picture."""
+    if isinstance(target, str):
+        return all(style_identity(img, target).values())
+    labels = color_labels(img)
+    region = box_region(box) if box is not None else np.ones(labels.shape, dtype=bool)
+    centre = (world.SIZE // 2, world.SIZE // 2)
+    exp_fill, exp_pattern = _expected_counts(target, centre, "small")
+    if int((color_mask(labels, target.fill) & region).sum()) < COVERAGE * exp_fill:
+        return False
+    return target.pattern == "solid" or int((color_mask(labels, target.pattern_color) & region).sum()) >= COVERAGE * exp_pattern

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from cifc_bench.models import load_bundle
     from cifc_bench.scoring import load_scorer
-    from cifc_bench.synth.checks import base_model_report
+    from cifc_bench.synth.base_report import base_model_report
 
     report = base_model_report(load_bundle("synth"), load_scorer("synth"), n_prompts=args.prompts)
     numbers = {k: v for k, v in report.items() if k not in ("images", "class_images")}

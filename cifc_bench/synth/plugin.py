@@ -1,6 +1,6 @@
 """The synthetic tier's components, registered through entry points like any third-party plugin
-(``pyproject.toml``): the ``synth`` base model and scorer, the exact ``context_acc`` metric, the ``synth10``
-protocol (``synth10.yaml`` beside this file) and the ``synth`` sub-command (:mod:`.cli`). The core never
+(``pyproject.toml``): the ``synth`` base model and scorer, the exact ``context_acc`` and ``identity_acc``
+metrics, the exact ``cnr_exact`` presence check, the ``synth10`` protocol (``synth10.yaml`` beside this file) and the ``synth`` sub-command (:mod:`.cli`). The core never
 imports this package; deleting it leaves every other part of the suite working."""
 
 from __future__ import annotations
@@ -27,6 +27,33 @@ def scorer(device: str = "cpu"):
 def context_acc(sample) -> float:
     """Metric ``context_acc``: the fraction of prompted attributes (background, position, style) the images
     satisfy, judged by the world's exact checks."""
-    from cifc_bench.synth.checks import context_accuracy
+    from cifc_bench.synth.base_report import context_accuracy
 
     return context_accuracy(sample.images, sample.prompts)
+
+
+def _target(concept):
+    from cifc_bench.synth.checks import concept_target
+
+    if not concept.generator:
+        raise ValueError(f"concept {concept.name!r} has no `generator` field in its protocol: the exact checks of the "
+                         "synthetic world need to know what it is (its shape, colours, pattern and mark, or its style)")
+    return concept_target(concept.generator)
+
+
+def identity_acc(sample) -> float:
+    """Metric ``identity_acc``: the fraction of the concept's identity attributes its images show at its place
+    (silhouette, fill, pattern, pattern colour and mark; a style's palette and texture), by exact checks."""
+    from cifc_bench.synth.checks import identity_acc as exact
+
+    return exact(sample.images, sample.prompts, _target(sample.concept))
+
+
+def cnr_exact(image, concept, box) -> bool:
+    """Presence check ``cnr_exact``: the concept's fill and pattern colours cover at least half their expected
+    pixels inside its box (a style: its palette and texture show)."""
+    import numpy as np
+
+    from cifc_bench.synth.checks import present
+
+    return present(np.asarray(image.convert("RGB")), _target(concept), box)

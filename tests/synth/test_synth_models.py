@@ -96,7 +96,7 @@ def test_gate_measurement_runs_and_is_bounded():
     from cifc_bench.api import GenerationSettings
     from cifc_bench.models import load_bundle
     from cifc_bench.scoring import load_scorer
-    from cifc_bench.synth.checks import base_model_report
+    from cifc_bench.synth.base_report import base_model_report
 
     report = base_model_report(load_bundle("synth"), load_scorer("synth"), n_prompts=6, images_per_class=2,
                                settings=GenerationSettings(resolution=32, num_inference_steps=2, guidance_scale=3.0,
@@ -114,7 +114,7 @@ def test_committed_scorer_names_the_class_of_clean_renders():
     from PIL import Image
 
     from cifc_bench.scoring import load_scorer
-    from cifc_bench.synth.checks import class_predictions, class_word_renders
+    from cifc_bench.synth.base_report import class_predictions, class_word_renders
     from cifc_bench.synth.pretrain import _grain
 
     renders, truth = class_word_renders(30, seed=123)
