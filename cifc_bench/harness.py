@@ -532,7 +532,7 @@ def evaluate_neglect(ctx: RunContext, j: int, neglect: dict[str, Any], reference
         concepts = [seq.concept(c) for c in m.concepts]
         protos = [_prototype(ctx, c, references) for c in concepts]
         sims = ng.neglect_similarities(ctx.scorer, images, m.boxes, [c.kind for c in concepts], protos)
-        scores = ng.score_presence(sims, [thresholds[c] for c in m.concepts])
+        scores = ng.score_presence(sims, ng.prompt_thresholds(neglect["calibration"], q, m.concepts))
         neglect["matrices"]["cnr"][j][q] = scores.cnr
         neglect["matrices"]["min_sim"][j][q] = scores.min_sim
         for k, c in enumerate(m.concepts):

@@ -269,12 +269,16 @@ def _neglect_table(run: ReportRun) -> str:
         rows.append(f"<tr><td>{q}</td><td class='l'>{_esc(p['prompt'])}</td><td class='l'>"
                     f"{_esc(', '.join(p['concepts']))}</td><td class='l'>{' → '.join(measured) or '–'}</td></tr>")
     thr = ng.get("calibration", {}).get("thresholds", {})
+    by_concept: dict[str, list[float]] = {}  # per prompt (a list) or, in older results, per concept
+    for per_prompt in (thr if isinstance(thr, list) else [thr]):
+        for c, v in per_prompt.items():
+            by_concept.setdefault(c, []).append(v)
     miss = ng["miss_rate"][run.done - 1] if run.done else {}
-    conc = "".join(f"<tr><td class='l'>{_esc(c)}</td><td>{thr.get(c, math.nan):.3f}</td><td>{_fmt(miss.get(c))}</td></tr>"
-                   for c in sorted(thr))
+    conc = "".join(f"<tr><td class='l'>{_esc(c)}</td><td>{' / '.join(f'{v:.3f}' for v in vs)}</td>"
+                   f"<td>{_fmt(miss.get(c))}</td></tr>" for c, vs in sorted(by_concept.items()))
     return ("<table><tr><th>q</th><th class='l'>prompt</th><th class='l'>concepts</th>"
             "<th class='l'>cnr ×100 after each task, from first availability</th></tr>" + "".join(rows) + "</table>"
-            "<table><tr><th class='l'>concept</th><th>presence threshold</th><th>final miss rate ×100</th></tr>"
+            "<table><tr><th class='l'>concept</th><th>presence threshold (per prompt)</th><th>final miss rate ×100</th></tr>"
             + conc + "</table>")
 
 

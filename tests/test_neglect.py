@@ -34,10 +34,26 @@ def test_crop_box_takes_the_normalised_region():
     assert np.array_equal(np.asarray(crop), np.asarray(img)[8:24, 16:32])
 
 
-def test_style_concepts_are_scored_on_the_whole_image():
-    img = Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8))
+def test_style_concepts_are_scored_on_the_whole_image_and_objects_on_their_box_at_native_scale():
+    px = np.full((16, 16, 3), 200, dtype=np.uint8)
+    px[2:6, 2:6] = (255, 0, 0)  # an object inside the first box
+    px[10:14, 10:14] = (0, 0, 255)  # another outside it
+    img = Image.fromarray(px)
     regions = ng.concept_regions([img], (Box(0, 0, 0.5, 0.5), Box(0, 0, 1, 1)), ["object", "style"])
-    assert regions[0][0].size == (8, 8) and regions[1][0] is img
+    isolated = np.asarray(regions[0][0])
+    assert regions[0][0].size == (16, 16) and regions[1][0] is img  # same size and place as the references
+    assert np.array_equal(isolated[:8, :8], px[:8, :8])  # the box is kept as it is
+    assert (isolated[8:] == 200).all() and (isolated[:, 8:] == 200).all()  # the rest: the box edge's colour
+
+
+def test_calibration_prompt_names_every_concept_by_its_class_word(tiny_protocol):
+    from cifc_bench.protocol import load_protocol
+
+    seq = load_protocol(str(tiny_protocol)).bind(tiny_protocol.with_name("tiny-data"))
+    m = seq.multi_concept_prompts[0]
+    concepts = [seq.concept(c) for c in m.concepts]
+    text = ng.class_word_prompt(m.prompt, concepts)
+    assert all(c.token_string not in text and c.class_word in text for c in concepts)
 
 
 def test_thresholds_are_reproducible_from_their_seed_and_cached(tmp_path, tiny_protocol, monkeypatch):
@@ -52,7 +68,8 @@ def test_thresholds_are_reproducible_from_their_seed_and_cached(tmp_path, tiny_p
     settings = GenerationSettings(resolution=32, num_inference_steps=2, guidance_scale=3.0, batch_size=8)
     first = ng.calibrate_thresholds(bundle, scorer, seq, settings, 6, "tiny-random", tmp_path / "a")
     second = ng.calibrate_thresholds(bundle, scorer, seq, settings, 6, "tiny-random", tmp_path / "b")
-    assert first["thresholds"] == second["thresholds"] and set(first["thresholds"]) == {"thing0", "thing1"}
+    assert first["thresholds"] == second["thresholds"]
+    assert [set(t) for t in first["thresholds"]] == [{"thing0", "thing1"}]  # per prompt, per concept
     other = ng.calibrate_thresholds(bundle, scorer, seq, settings, 7, "tiny-random", None)
     assert other["key"] != first["key"]  # the number of images is part of the key
     import torch

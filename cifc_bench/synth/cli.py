@@ -21,9 +21,13 @@ def add_command(sub) -> None:
     sp.add_argument("--chunks", type=int, help="run at most this many chunks now, then stop (resume later)")
     sp.add_argument("--unet-steps", type=int, help="base-model training steps (default: the committed recipe's)")
     sp.add_argument("--scorer-steps", type=int, help="scorer training steps (default: the committed recipe's)")
-    sc = ssub.add_parser("check", help="measure the base model's gates: context_acc and class_acc")
+    sc = ssub.add_parser("check", help="measure the tier's gates: the base model (context_acc, class_acc, two-object "
+                                       "binding), the exact oracles' soundness and the scorer's cnr of perfect renders")
     sc.add_argument("--prompts", type=int, default=200, help="held-out prompts to generate")
-    sc.add_argument("--grid", type=Path, help="also save a PNG grid of generated samples here")
+    sc.add_argument("--per-class", type=int, default=40, help="class-word images per class")
+    sc.add_argument("--per-prompt", type=int, default=40, help="perfect renders and class-word images per boxed prompt")
+    sc.add_argument("--grid", type=Path, help="also save a PNG grid: a row of class-word samples per class, then "
+                                              "two-object samples")
     sc.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
     sg = ssub.add_parser("gates", help="learning margin and forgetting of a method's synth10 runs versus base")
     sg.add_argument("--method", default="finetune")
@@ -63,21 +67,35 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(str(err)) from err
         return 0
     from cifc_bench.models import load_bundle
+    from cifc_bench.protocol import load_protocol
     from cifc_bench.scoring import load_scorer
-    from cifc_bench.synth.base_report import base_model_report
+    from cifc_bench.synth.base_report import base_model_report, oracle_report
+    from cifc_bench.synth.protocol import ensure_data
 
-    report = base_model_report(load_bundle("synth"), load_scorer("synth"), n_prompts=args.prompts)
-    numbers = {k: v for k, v in report.items() if k not in ("images", "class_images")}
+    bundle, scorer = load_bundle("synth"), load_scorer("synth")
+    report = base_model_report(bundle, scorer, n_prompts=args.prompts, images_per_class=args.per_class)
+    sequence = load_protocol("synth10").bind(ensure_data(None))
+    report["oracles"] = oracle_report(bundle, scorer, sequence, per_prompt=args.per_prompt)
+    numbers = {k: v for k, v in report.items() if k not in ("images", "class_images", "pair_images")}
     print(json.dumps(numbers, indent=1))
     if args.json:
         from cifc_bench.results import write_json_atomic
 
         write_json_atomic(args.json, numbers)
     if args.grid:
-        import numpy as np
-        from PIL import Image
-
-        ims = [np.asarray(im) for im in report["images"][:64]]
-        rows = [np.concatenate(ims[r * 8 : r * 8 + 8], axis=1) for r in range(len(ims) // 8)]
-        Image.fromarray(np.concatenate(rows, axis=0)).resize((8 * 128, len(rows) * 128), Image.NEAREST).save(args.grid)
+        save_grid(args.grid, report["class_images"], args.per_class, report["pair_images"])
     return 0
+
+
+def save_grid(path: Path, class_images, per_class: int, pair_images, columns: int = 10) -> None:
+    """One row of class-word samples per class (in the world's class order), then rows of two-object samples."""
+    import numpy as np
+    from PIL import Image
+
+    rows = [[np.asarray(im) for im in class_images[k * per_class : k * per_class + columns]]
+            for k in range(len(class_images) // per_class)]
+    pairs = [np.asarray(im) for im in pair_images]
+    rows += [pairs[r : r + columns] for r in range(0, min(len(pairs), 2 * columns), columns)]
+    rows = [r for r in rows if len(r) == columns]
+    grid = np.concatenate([np.concatenate(r, axis=1) for r in rows], axis=0)
+    Image.fromarray(grid).resize((grid.shape[1] * 4, grid.shape[0] * 4), Image.NEAREST).save(path)

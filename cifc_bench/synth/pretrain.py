@@ -463,9 +463,9 @@ def _export(cfg: PretrainConfig, out_dir: Path, state_dir: Path, trainer: UNetTr
     """Write the shipped files (EMA UNet in fp16, the fp16 text encoder, the scorer) and the manifest."""
     import shutil
 
-    from cifc_bench.models import save_bundle_folder
-
     from diffusers import DDIMScheduler
+
+    from cifc_bench.models import save_bundle_folder
 
     out_dir.mkdir(parents=True, exist_ok=True)
     save_bundle_folder(out_dir / "base", trainer.tokenizer, trainer.text_encoder.half(), trainer.ema_unet().half(),

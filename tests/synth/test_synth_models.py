@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cifc_bench.synth import weights_dir
-from cifc_bench.synth.pretrain import PretrainConfig, pretrain
+from cifc_bench.synth.pretrain import PretrainConfig, PretrainError, pretrain
 
 
 def test_committed_weights_load_offline_through_the_bundle_code():
@@ -27,40 +27,62 @@ def test_committed_weights_load_offline_through_the_bundle_code():
 
 
 def test_committed_weights_match_their_manifest_and_size_budget():
+    from cifc_bench.synth import world
+
     manifest = json.loads((weights_dir() / "manifest.json").read_text())
     assert manifest["config"] == asdict(PretrainConfig())  # `cifc-bench synth pretrain` defaults = this recipe
+    assert manifest["world"] == world.VERSION
     for rel, digest in manifest["files"].items():
         assert hashlib.sha256((weights_dir() / rel).read_bytes()).hexdigest() == digest, rel
     assert manifest["total_bytes"] <= 20 * 2**20
+    assert all(rel.endswith((".safetensors", ".json")) for rel in manifest["files"])  # nothing pickled
+    assert [c["index"] for c in manifest["chunks"]] == list(range(manifest["chunks_done"]))
+    assert all(c["seconds"] <= 2.2 * 3600 for c in manifest["chunks"])  # chunks of at most about 2 hours
 
 
-def test_pretraining_is_reproducible_from_the_seed(tmp_path):
-    small = dict(text_steps=2, unet_steps=2, scorer_steps=2, batch_size=4, scorer_batch_size=8, text_batch_size=8)
-    cfg = PretrainConfig(**small)
-    a = pretrain(cfg, tmp_path / "a")
-    b = pretrain(cfg, tmp_path / "b", parts=("base",))  # the parts train from separate streams:
-    b = pretrain(cfg, tmp_path / "b", parts=("scorer",))  # separate calls give the same files as one
-    assert a["files"] == b["files"] and set(b) >= {"scorer", "base"}
-    c = pretrain(PretrainConfig(seed=1, **small), tmp_path / "c")
-    assert c["files"]["base/unet/diffusion_pytorch_model.safetensors"] != a["files"]["base/unet/diffusion_pytorch_model.safetensors"]
+TINY = dict(text_steps=2, unet_steps=6, scorer_steps=2, batch_size=4, scorer_batch_size=8, text_batch_size=8,
+            chunk_steps=3, save_every=2)
 
 
-def test_retraining_one_part_keeps_the_other_parts_manifest_entry_only_if_its_recipe_is_unchanged(tmp_path):
-    from dataclasses import replace
-
-    small = PretrainConfig(text_steps=2, unet_steps=2, scorer_steps=2, batch_size=4, scorer_batch_size=8,
-                           text_batch_size=8)
-    first = pretrain(small, tmp_path)
-    new_scorer = pretrain(replace(small, scorer_steps=3), tmp_path, parts=("scorer",))
-    assert new_scorer["base"] == first["base"] and new_scorer["scorer"]["config"]["scorer_steps"] == 3
-    assert new_scorer["files"]["scorer.pt"] != first["files"]["scorer.pt"]
-    new_base_recipe = pretrain(replace(small, scorer_steps=3, unet_steps=3), tmp_path, parts=("scorer",))
-    assert "base" not in new_base_recipe  # the base files on disk no longer match the recipe: no entry vouches for them
+def _shipped(folder):
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*"))
+            if p.is_file() and "pretrain-state" not in p.parts and p.name != "manifest.json"}
 
 
-def test_pretraining_rejects_an_unknown_part(tmp_path):
-    with pytest.raises(ValueError, match="unknown pretraining part.*'vae'"):
-        pretrain(PretrainConfig(), tmp_path, parts=("vae",))
+def test_chunked_killed_and_resumed_pretraining_gives_the_files_of_one_uninterrupted_run(tmp_path):
+    cfg = PretrainConfig(**TINY)
+    whole = pretrain(cfg, tmp_path / "whole")
+    assert [c["index"] for c in whole["chunks"]] == [0, 1, 2]
+    # chunk by chunk, as sessions would run it
+    assert len(pretrain(cfg, tmp_path / "chunked", max_chunks=1)["chunks"]) == 1
+    with pytest.raises(PretrainError, match="pass --resume"):  # finished work is never restarted by mistake
+        pretrain(cfg, tmp_path / "chunked")
+    with pytest.raises(PretrainError, match="another recipe.*unet_steps"):
+        pretrain(PretrainConfig(**{**TINY, "unet_steps": 9}), tmp_path / "chunked", resume=True)
+    pretrain(cfg, tmp_path / "chunked", resume=True, max_chunks=1)
+    # killed (SIGKILL) in the middle of the last chunk, then resumed from its last saved state
+    code = ("import sys; from cifc_bench.synth.pretrain import PretrainConfig, pretrain; "
+            f"pretrain(PretrainConfig(**{TINY!r}), sys.argv[1], resume=True)")
+    env = {**__import__("os").environ, "CIFC_BENCH_FAULT": "kill:pretrain-step:2"}
+    killed = subprocess.run([sys.executable, "-c", code, str(tmp_path / "chunked")], env=env, capture_output=True)
+    assert killed.returncode == -9, killed.stderr.decode()[-2000:]
+    resumed = pretrain(cfg, tmp_path / "chunked", resume=True)
+    assert [c["sha256"] for c in resumed["chunks"]] == [c["sha256"] for c in whole["chunks"]]
+    assert _shipped(tmp_path / "chunked") == _shipped(tmp_path / "whole")
+    manifest = json.loads((tmp_path / "chunked" / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["files"] == _shipped(tmp_path / "whole")
+    other = pretrain(PretrainConfig(seed=1, **TINY), tmp_path / "seed1")
+    assert other["chunks"][0]["sha256"] != whole["chunks"][0]["sha256"]
+
+
+def test_a_damaged_state_file_is_refused_with_the_way_out(tmp_path):
+    pretrain(PretrainConfig(**TINY), tmp_path, max_chunks=2)
+    state = tmp_path / "pretrain-state" / "unet.safetensors"
+    data = bytearray(state.read_bytes())
+    data[-5] ^= 0xFF
+    state.write_bytes(bytes(data))
+    with pytest.raises(RuntimeError, match="does not match its own checksum.*Delete it"):
+        pretrain(PretrainConfig(**TINY), tmp_path, resume=True)
 
 
 def test_caption_parser_reads_every_attribute_the_grammar_can_state():
