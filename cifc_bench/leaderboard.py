@@ -224,12 +224,14 @@ NEGLECT_COLUMNS = ("final", "first", "change")
 
 def neglect_table(runs: list[RunRecord]):
     """The concept-neglect rate per method (×100, lower is better): per multi-concept prompt on the final
-    model, then the mean at the end, at first availability, and their change; plus ``min_sim``."""
+    model, then the mean at the end, at first availability, and their change; plus ``min_sim``, and the final
+    rate and change of every exact presence check the runs have (``cnr_exact`` in the synthetic tier)."""
     import pandas as pd
 
     by_label = _by_label(runs, lambda r: bool(r.data.get("neglect")))
     n_prompts = max((len(g[0].data["neglect"]["prompts"]) for g in by_label.values()), default=0)
     prompts = [f"q{q}" for q in range(n_prompts)]
+    exact = sorted({m for g in by_label.values() for r in g for m in r.data["neglect"]["matrices"]} - {"cnr", "min_sim"})
     rows, keys = [], []
     for label, group in by_label.items():
         row: dict[str, Any] = {"method": label, "seeds": len(group), "storage": group[0].data["run_info"].get("storage")}
@@ -238,11 +240,15 @@ def neglect_table(runs: list[RunRecord]):
         for key in NEGLECT_COLUMNS:
             row[f"cnr {key}"] = _fmt([_scaled(r.data["summary"].get("cnr", {}).get(key)) for r in group])
         row["min_sim final"] = _fmt([_scaled(r.data["summary"].get("min_sim", {}).get("final")) for r in group])
+        for check in exact:
+            for key in ("final", "change"):
+                row[f"{check} {key}"] = _fmt([_scaled(r.data["summary"].get(check, {}).get(key)) for r in group])
         finals = [v for v in (r.data["summary"].get("cnr", {}).get("final") for r in group) if v is not None]
         keys.append(sum(finals) / len(finals) if finals else math.inf)
         rows.append(row)
     rows = [row for _, row in sorted(zip(keys, rows, strict=True), key=lambda kv: kv[0])]  # lower neglect first
-    columns = ["method", "seeds", "storage", *prompts, *(f"cnr {k}" for k in NEGLECT_COLUMNS), "min_sim final"]
+    columns = ["method", "seeds", "storage", *prompts, *(f"cnr {k}" for k in NEGLECT_COLUMNS), "min_sim final",
+               *(f"{check} {k}" for check in exact for k in ("final", "change"))]
     return pd.DataFrame(rows, columns=columns, dtype=object).fillna("–")
 
 

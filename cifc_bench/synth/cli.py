@@ -19,6 +19,7 @@ def add_command(sub) -> None:
     sp.add_argument("--resume", action="store_true",
                     help="continue the pretraining under way in the state folder (after a kill, or chunk by chunk)")
     sp.add_argument("--chunks", type=int, help="run at most this many chunks now, then stop (resume later)")
+    sp.add_argument("--hours", type=float, help="stop after about this long, saving the state mid-chunk (resume later)")
     sp.add_argument("--unet-steps", type=int, help="base-model training steps (default: the committed recipe's)")
     sp.add_argument("--scorer-steps", type=int, help="scorer training steps (default: the committed recipe's)")
     sc = ssub.add_parser("check", help="measure the tier's gates: the base model (context_acc, class_acc, two-object "
@@ -31,6 +32,7 @@ def add_command(sub) -> None:
     sc.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
     sg = ssub.add_parser("gates", help="learning margin and forgetting of a method's synth10 runs versus base")
     sg.add_argument("--method", default="finetune")
+    sg.add_argument("--metric", action="append", help="metric(s) of the gates (default: ia and identity_acc)")
     sg.add_argument("--results", type=Path, default=Path("results"))
     sg.add_argument("--include-dirty", action="store_true")
 
@@ -49,20 +51,24 @@ def run(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(PretrainConfig(seed=args.seed), **overrides)
         out = args.out or weights_dir()
         try:
-            log = pretrain(cfg, out, args.state, resume=args.resume, max_chunks=args.chunks)
+            log = pretrain(cfg, out, args.state, resume=args.resume, max_chunks=args.chunks,
+                           max_seconds=args.hours * 3600 if args.hours else None)
         except PretrainError as err:
             raise CLIError(str(err)) from err
         done = len(log["chunks"])
         total = 1 + len(chunk_ranges(cfg))
         spent = sum(c["seconds"] for c in log["chunks"])
         left = "complete" if done == total else f"resume with --resume for the other {total - done}"
+        if log.get("paused"):
+            left = f"paused in chunk {log['paused']['chunk']} at UNet step {log['paused']['unet_step']}; " + left
         print(f"pretraining in {out}: {done} of {total} chunks done in {spent / 60:.0f} min; {left}")
         return 0
     if args.synth_command == "gates":
         from cifc_bench.synth.gates import gate_report
 
         try:
-            print(json.dumps(gate_report(args.results, args.method, include_dirty=args.include_dirty), indent=1))
+            print(json.dumps({m: gate_report(args.results, args.method, metric=m, include_dirty=args.include_dirty)
+                              for m in args.metric or ("ia", "identity_acc")}, indent=1))
         except ValueError as err:
             raise CLIError(str(err)) from err
         return 0

@@ -428,9 +428,11 @@ def _unet_trainer(cfg: PretrainConfig, state_dir: Path) -> UNetTrainer:
     return trainer
 
 
-def _unet_chunk(cfg: PretrainConfig, state_dir: Path, index: int, trainer: UNetTrainer) -> dict:
+def _unet_chunk(cfg: PretrainConfig, state_dir: Path, index: int, trainer: UNetTrainer,
+                deadline: float | None = None) -> dict | None:
     """Train the UNet through chunk ``index``'s step range, saving the whole state every ``save_every``
-    steps (a kill loses at most that much) and at the end."""
+    steps (a kill loses at most that much) and at the end. Past ``deadline`` (``time.monotonic()``) it saves
+    and returns None: the chunk continues on ``--resume``."""
     from cifc_bench.atomic import fault_point
     from cifc_bench.synth import training_state
 
@@ -452,6 +454,10 @@ def _unet_chunk(cfg: PretrainConfig, state_dir: Path, index: int, trainer: UNetT
         fault_point("pretrain-step")
         if trainer.step % cfg.save_every == 0 or trainer.step == last:
             digest = training_state.save(state_dir, "unet", *trainer.state())
+        elif deadline is not None and time.monotonic() > deadline:
+            training_state.save(state_dir, "unet", *trainer.state())
+            bar.close()
+            return None
     bar.close()
     if digest is None:  # the state was saved at the end of this chunk before a kill
         digest = training_state.tensor_digest(trainer.state()[0])
@@ -490,9 +496,10 @@ def _export(cfg: PretrainConfig, out_dir: Path, state_dir: Path, trainer: UNetTr
 
 
 def pretrain(cfg: PretrainConfig, out_dir: Path, state_dir: Path | None = None, resume: bool = False,
-             max_chunks: int | None = None) -> dict:
-    """Run the chunks of the recipe ``cfg`` that are not done yet (at most ``max_chunks`` of them), exporting
-    the shipped files into ``out_dir`` after each UNet chunk; returns the chunk log.
+             max_chunks: int | None = None, max_seconds: float | None = None) -> dict:
+    """Run the chunks of the recipe ``cfg`` that are not done yet (at most ``max_chunks`` of them, and for
+    about ``max_seconds``: then the UNet state is saved mid-chunk and ``"paused"`` is set in the returned
+    log), exporting the shipped files into ``out_dir`` after each UNet chunk; returns the chunk log.
 
     A pretraining already under way in ``state_dir`` (default ``out_dir/pretrain-state``) continues only with
     ``resume=True`` and the same recipe, so that finished chunks are never overwritten by mistake. Killed and
@@ -514,6 +521,7 @@ def pretrain(cfg: PretrainConfig, out_dir: Path, state_dir: Path | None = None, 
     else:
         log = {"config": asdict(cfg), "world": world.VERSION, "chunks": []}
     total, ran, trainer = 1 + len(chunk_ranges(cfg)), 0, None
+    deadline = time.monotonic() + max_seconds if max_seconds is not None else None
     while len(log["chunks"]) < total and (max_chunks is None or ran < max_chunks):
         index = len(log["chunks"])
         if index == 0:
@@ -521,7 +529,9 @@ def pretrain(cfg: PretrainConfig, out_dir: Path, state_dir: Path | None = None, 
             entry = _first_chunk(cfg, state_dir)
         else:
             trainer = trainer or _unet_trainer(cfg, state_dir)
-            entry = _unet_chunk(cfg, state_dir, index, trainer)
+            entry = _unet_chunk(cfg, state_dir, index, trainer, deadline)
+            if entry is None:
+                return {**log, "paused": {"chunk": index, "unet_step": trainer.step}}
         log["chunks"].append(entry)
         tmp = log_path.with_name(LOG + ".tmp")
         tmp.write_text(json.dumps(log, indent=1))

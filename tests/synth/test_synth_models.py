@@ -59,6 +59,8 @@ def test_chunked_killed_and_resumed_pretraining_gives_the_files_of_one_uninterru
         pretrain(cfg, tmp_path / "chunked")
     with pytest.raises(PretrainError, match="another recipe.*unet_steps"):
         pretrain(PretrainConfig(**{**TINY, "unet_steps": 9}), tmp_path / "chunked", resume=True)
+    paused = pretrain(cfg, tmp_path / "chunked", resume=True, max_seconds=0.0)  # a time box: saved mid-chunk
+    assert paused["paused"] == {"chunk": 1, "unet_step": 1} and len(paused["chunks"]) == 1
     pretrain(cfg, tmp_path / "chunked", resume=True, max_chunks=1)
     # killed (SIGKILL) in the middle of the last chunk, then resumed from its last saved state
     code = ("import sys; from cifc_bench.synth.pretrain import PretrainConfig, pretrain; "
