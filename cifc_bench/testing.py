@@ -75,6 +75,18 @@ def tiny_run_config(protocol: Path, **overrides: Any) -> RunSpec:
     return RunSpec(**settings)
 
 
+def bright_box_present(image, concept, box) -> bool:
+    """A toy presence check for tests of the ``presence`` plugin kind: the box (or image) is brighter than mid-grey."""
+    import numpy as np
+
+    px = np.asarray(image.convert("L"), dtype=np.float32)
+    if box is not None:
+        h, w = px.shape
+        y0, x0, y1, x1 = box.as_tuple()
+        px = px[int(y0 * h) : max(int(y1 * h), int(y0 * h) + 1), int(x0 * w) : max(int(x1 * w), int(x0 * w) + 1)]
+    return bool(px.mean() > 127.5)
+
+
 def store_random_cidm_task(method, concept, generator, std: float) -> None:
     """Give a CIDM instance one more stored task without training: the concept's layer-wise tokens and a random
     LoRA (up ~ N(0, std)) per module. For tests and benchmarks that need stored tasks, not learned ones."""

@@ -113,3 +113,44 @@ def test_run_writes_a_neglect_matrix_and_ia_dino(tmp_path, tiny_protocol):
     R = result["matrices"]["ia_dino"]
     assert all((R[j][i] is None) == (i > j) for j in range(3) for i in range(3))
     assert all(-1.0 <= R[j][i] <= 1.0 for j in range(3) for i in range(j + 1))
+
+
+def test_a_presence_check_plugin_gives_its_own_neglect_matrix(tmp_path, tiny_protocol):
+    import yaml
+    from PIL import Image
+
+    from cifc_bench.harness import run_benchmark
+    from cifc_bench.testing import bright_box_present, tiny_run_config
+
+    spec = yaml.safe_load(tiny_protocol.read_text())
+    spec["defaults"]["presence"] = ["cifc_bench.testing:bright_box_present"]
+    protocol = tiny_protocol.with_name("tiny-presence.yaml")
+    protocol.write_text(yaml.safe_dump(spec, sort_keys=False))
+    protocol.with_name("tiny-presence-data").symlink_to(tiny_protocol.with_name("tiny-data"))
+    result = run_benchmark(tiny_run_config(protocol, calibration_images=2, multi_images_per_prompt=3), tmp_path / "run")
+    rows = result["neglect"]["matrices"]["cifc_bench.testing:bright_box_present"]
+    assert rows[0][0] is None and all(0.0 <= r[0] <= 1.0 for r in rows[1:])
+    folder = tmp_path / "run" / "images" / "after_task_02" / "_multi"
+    scores = json.loads((folder / "scores.json").read_text())
+    flags = [s["present_cifc_bench.testing:bright_box_present"] for s in scores["images"]]
+    boxes = [Box(*b) for b in result["neglect"]["prompts"][0]["boxes"]]
+    expected = [[bright_box_present(Image.open(folder / s["file"]), None, b) for b in boxes] for s in scores["images"]]
+    assert flags == expected  # per image, the check's own answer, in concept order
+    assert rows[2][0] == pytest.approx(np.mean([not all(f) for f in flags]))
+    assert set(result["summary"]["cifc_bench.testing:bright_box_present"]) == {"final", "first", "change"}
+
+
+def test_an_unknown_presence_check_is_the_protocols_error(tmp_path, tiny_protocol):
+    import yaml
+
+    from cifc_bench.config import ConfigError
+    from cifc_bench.harness import run_benchmark
+    from cifc_bench.testing import tiny_run_config
+
+    spec = yaml.safe_load(tiny_protocol.read_text())
+    spec["defaults"]["presence"] = ["no_such_check"]
+    protocol = tiny_protocol.with_name("tiny-bad-presence.yaml")
+    protocol.write_text(yaml.safe_dump(spec, sort_keys=False))
+    protocol.with_name("tiny-bad-presence-data").symlink_to(tiny_protocol.with_name("tiny-data"))
+    with pytest.raises(ConfigError, match="defaults.presence names presence check 'no_such_check'.*registered"):
+        run_benchmark(tiny_run_config(protocol), tmp_path / "run")

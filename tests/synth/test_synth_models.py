@@ -128,8 +128,29 @@ def test_gate_measurement_runs_and_is_bounded():
     assert 0.0 <= report["context_acc"] <= 1.0 and 0.0 <= report["class_acc"] <= 1.0
     assert report["n_prompts"] == 6 and len(report["class_images"]) == 10
     assert np.mean(list(report["class_acc_by_class"].values())) == pytest.approx(report["class_acc"])
+    binding = report["two_object_fill_binding"]
+    assert binding["both"] <= min(binding["left"], binding["right"]) and binding["n"] == 100
     # the ceiling: the committed scorer names the class of the world's own renders far above chance (20 %)
     assert report["class_acc_renders"] >= 0.6
+
+
+def test_perfect_renders_of_the_boxed_prompts_are_present_for_the_oracle_and_the_calibrated_scorer(tmp_path):
+    """The neglect rate can move: the world's own renders of what the boxed prompts ask are called present by
+    cnr_exact and by the scorer's cnr under thresholds calibrated as a run calibrates them (v1: cnr = 1.00)."""
+    from cifc_bench.api import GenerationSettings
+    from cifc_bench.models import load_bundle
+    from cifc_bench.protocol import load_protocol
+    from cifc_bench.scoring import load_scorer
+    from cifc_bench.synth.base_report import oracle_report
+    from cifc_bench.synth.protocol import ensure_data
+
+    sequence = load_protocol("synth10").bind(ensure_data(tmp_path / "data"))
+    settings = GenerationSettings(resolution=32, num_inference_steps=10, guidance_scale=3.0, batch_size=40)
+    report = oracle_report(load_bundle("synth"), load_scorer("synth"), sequence, per_prompt=10,
+                           calibration_images=20, settings=settings)
+    assert report["cnr_exact_present_perfect"] >= 0.98 and report["identity_acc_perfect"] >= 0.95
+    assert report["cnr_exact_present_sibling"] <= 0.05
+    assert report["scorer_cnr_perfect"] <= 0.10, report["scorer_cnr_perfect_by_prompt"]
 
 
 def test_committed_scorer_names_the_class_of_clean_renders():
