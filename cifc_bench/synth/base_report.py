@@ -239,3 +239,44 @@ def oracle_report(bundle, scorer, sequence, per_prompt: int = 40, calibration_im
         "scorer_cnr_perfect_by_prompt": scorer_neglected,
         "calibration_thresholds": calibration["thresholds"],
     }
+
+
+def _blur(px: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur of an (H, W, C) array, edges repeated: about what survives high noise."""
+    radius = int(3 * sigma)
+    kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    kernel /= kernel.sum()
+    padded = np.pad(px, ((radius, radius), (radius, radius), (0, 0)), mode="edge")
+    rows = sum(k * padded[i : i + px.shape[0]] for i, k in enumerate(kernel))
+    return sum(k * rows[:, i : i + px.shape[1]] for i, k in enumerate(kernel))
+
+
+def world_report(n: int = 400, seed: int = 7, sigma: float = 2.0) -> dict:
+    """How much the world rewards drawing shape: mean squared pixel difference (per channel, [-1, 1] units)
+    between renders that differ only in the class, or only in the fill, same seed (same jitter and texture),
+    raw and after a σ-pixel blur, per size; and the smallest blurred difference of any two classes."""
+    rng = np.random.default_rng([seed, 5])
+    out: dict = {}
+    for size in world.SIZES:
+        diffs: dict[str, list[float]] = {"class": [], "fill": [], "class_blur": [], "fill_blur": []}
+        pairs: dict[tuple[str, str], list[float]] = {}
+        for k in range(n):
+            scene = world.replace(world.random_scene(rng), size=size, style="plain")
+            other_shape = str(rng.choice([s for s in world.SHAPES if s != scene.shape]))
+            other_fill = str(rng.choice([c for c in world.COLORS if c not in (scene.fill, scene.pattern_color)
+                                         and not world.low_contrast(c, scene.background)]))
+            base = world.render(scene, k).astype(np.float32) / 127.5 - 1
+            for kind, changed in (("class", world.replace(scene, shape=other_shape)),
+                                  ("fill", world.replace(scene, fill=other_fill))):
+                img = world.render(changed, k).astype(np.float32) / 127.5 - 1
+                diffs[kind].append(float(((img - base) ** 2).mean()))
+                blurred = float(((_blur(img, sigma) - _blur(base, sigma)) ** 2).mean())
+                diffs[f"{kind}_blur"].append(blurred)
+                if kind == "class":
+                    pairs.setdefault(tuple(sorted((scene.shape, other_shape))), []).append(blurred)
+        mean = {key: float(np.mean(v)) for key, v in diffs.items()}
+        smallest = min(pairs, key=lambda pair: np.mean(pairs[pair]))
+        out[size] = {**mean, "class_over_fill": mean["class"] / mean["fill"],
+                     "class_over_fill_blur": mean["class_blur"] / mean["fill_blur"],
+                     "closest_classes_blur": {"pair": list(smallest), "difference": float(np.mean(pairs[smallest]))}}
+    return {"sigma": sigma, "n": n, **out}

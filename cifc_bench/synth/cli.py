@@ -75,13 +75,14 @@ def run(args: argparse.Namespace) -> int:
     from cifc_bench.models import load_bundle
     from cifc_bench.protocol import load_protocol
     from cifc_bench.scoring import load_scorer
-    from cifc_bench.synth.base_report import base_model_report, oracle_report
+    from cifc_bench.synth.base_report import base_model_report, oracle_report, world_report
     from cifc_bench.synth.protocol import ensure_data
 
     bundle, scorer = load_bundle("synth"), load_scorer("synth")
     report = base_model_report(bundle, scorer, n_prompts=args.prompts, images_per_class=args.per_class)
     sequence = load_protocol("synth10").bind(ensure_data(None))
     report["oracles"] = oracle_report(bundle, scorer, sequence, per_prompt=args.per_prompt)
+    report["world"] = world_report()
     numbers = {k: v for k, v in report.items() if k not in ("images", "class_images", "pair_images")}
     print(json.dumps(numbers, indent=1))
     if args.json:
