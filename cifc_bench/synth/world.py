@@ -344,26 +344,34 @@ def _block_residual(px: np.ndarray, oy: int, ox: int) -> float:
 
 #: thresholds of :func:`detect_style`, chosen on renders with added Gaussian pixel noise of σ = 10 grey levels
 #: (the grain the synthetic base model's samples show) and checked by the tests: a sketch stays below the
-#: saturation bound, the world's object colours lie far above it; a mosaic is flat on its own 4-pixel grid
-#: but not on one shifted by 2 pixels
+#: saturation bound and has almost no strongly coloured pixel, the world's objects lie far above both; a
+#: mosaic is flat on its own 4-pixel grid but not on one shifted by 2 pixels
 SKETCH_MAX_SATURATION = 42.0
-MOSAIC_MAX_GRID_RATIO = 0.6
+SKETCH_MAX_COLOURED_PIXELS = 12  # pixels of saturation > 80 (raw): a small thin ring or kite has 40 or more
+MOSAIC_MAX_GRID_RATIO = 0.45
+#: a ratio up to 0.6 still calls a mosaic when the aligned blocks are nearly flat too: v2's flat brick, solid on
+#: a solid background, can sit on the grid with all but one edge and reach 0.48-0.6, never that flat
+MOSAIC_LOOSE_GRID_RATIO, MOSAIC_MAX_ALIGNED_RESIDUAL = 0.6, 40.0
 
 
 def detect_style(img: np.ndarray) -> str:
     """sketch: no coloured region; mosaic: flat 4×4 blocks on the world's grid; else plain.
 
-    Both tests run on a 3×3-median-filtered copy, so that the grain a sampler leaves does not decide them: a
+    Both tests run on a 3×3-median-filtered copy, so that the grain a sampler leaves does not decide them (the
+    sketch test also counts strongly coloured raw pixels: a thin patterned ring can vanish in the median): a
     mosaic is recognised by its blocks being flatter on their own grid than on a grid shifted by 2 pixels (a
     ratio that pixel noise pushes towards 1, never below it), not by exact flatness.
     """
-    px = _median3(np.asarray(img, dtype=np.float32))
+    raw = np.asarray(img, dtype=np.float32)
+    px = _median3(raw)
     saturation = float(np.percentile(px.max(-1) - px.min(-1), 98))
-    if saturation < SKETCH_MAX_SATURATION:
+    coloured = int(((raw.max(-1) - raw.min(-1)) > 80).sum())
+    if saturation < SKETCH_MAX_SATURATION and coloured < SKETCH_MAX_COLOURED_PIXELS:
         return "sketch"
     aligned = _block_residual(px, 0, 0)
     shifted = float(np.mean([_block_residual(px, 2, 0), _block_residual(px, 0, 2), _block_residual(px, 2, 2)]))
-    if shifted > 1.0 and aligned < MOSAIC_MAX_GRID_RATIO * shifted:
+    if shifted > 1.0 and (aligned < MOSAIC_MAX_GRID_RATIO * shifted or
+                          (aligned < MOSAIC_LOOSE_GRID_RATIO * shifted and aligned < MOSAIC_MAX_ALIGNED_RESIDUAL)):
         return "mosaic"
     return "plain"
 
