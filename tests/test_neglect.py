@@ -115,18 +115,25 @@ def test_run_writes_a_neglect_matrix_and_ia_dino(tmp_path, tiny_protocol):
     assert all(-1.0 <= R[j][i] <= 1.0 for j in range(3) for i in range(j + 1))
 
 
-def test_a_presence_check_plugin_gives_its_own_neglect_matrix(tmp_path, tiny_protocol):
+def _with_presence(tiny_protocol, name: str, checks: list[str]):
+    """A copy of the tiny protocol (same data) whose defaults name these presence checks."""
     import yaml
+
+    spec = yaml.safe_load(tiny_protocol.read_text())
+    spec["defaults"]["presence"] = checks
+    protocol = tiny_protocol.with_name(f"{name}.yaml")
+    protocol.write_text(yaml.safe_dump(spec, sort_keys=False))
+    protocol.with_name(f"{name}-data").symlink_to(tiny_protocol.with_name("tiny-data"))
+    return protocol
+
+
+def test_a_presence_check_plugin_gives_its_own_neglect_matrix(tmp_path, tiny_protocol):
     from PIL import Image
 
     from cifc_bench.harness import run_benchmark
     from cifc_bench.testing import bright_box_present, tiny_run_config
 
-    spec = yaml.safe_load(tiny_protocol.read_text())
-    spec["defaults"]["presence"] = ["cifc_bench.testing:bright_box_present"]
-    protocol = tiny_protocol.with_name("tiny-presence.yaml")
-    protocol.write_text(yaml.safe_dump(spec, sort_keys=False))
-    protocol.with_name("tiny-presence-data").symlink_to(tiny_protocol.with_name("tiny-data"))
+    protocol = _with_presence(tiny_protocol, "tiny-presence", ["cifc_bench.testing:bright_box_present"])
     result = run_benchmark(tiny_run_config(protocol, calibration_images=2, multi_images_per_prompt=3), tmp_path / "run")
     rows = result["neglect"]["matrices"]["cifc_bench.testing:bright_box_present"]
     assert rows[0][0] is None and all(0.0 <= r[0] <= 1.0 for r in rows[1:])
@@ -141,16 +148,10 @@ def test_a_presence_check_plugin_gives_its_own_neglect_matrix(tmp_path, tiny_pro
 
 
 def test_an_unknown_presence_check_is_the_protocols_error(tmp_path, tiny_protocol):
-    import yaml
-
     from cifc_bench.config import ConfigError
     from cifc_bench.harness import run_benchmark
     from cifc_bench.testing import tiny_run_config
 
-    spec = yaml.safe_load(tiny_protocol.read_text())
-    spec["defaults"]["presence"] = ["no_such_check"]
-    protocol = tiny_protocol.with_name("tiny-bad-presence.yaml")
-    protocol.write_text(yaml.safe_dump(spec, sort_keys=False))
-    protocol.with_name("tiny-bad-presence-data").symlink_to(tiny_protocol.with_name("tiny-data"))
+    protocol = _with_presence(tiny_protocol, "tiny-bad-presence", ["no_such_check"])
     with pytest.raises(ConfigError, match="defaults.presence names presence check 'no_such_check'.*registered"):
         run_benchmark(tiny_run_config(protocol), tmp_path / "run")

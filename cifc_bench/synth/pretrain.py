@@ -397,11 +397,11 @@ def _first_chunk(cfg: PretrainConfig, state_dir: Path) -> dict:
     tokenizer, text_encoder, _, _ = build_base_model(cfg.seed)
     text_report = pretrain_text_encoder(cfg, tokenizer, text_encoder)
     text_encoder.half().save_pretrained(state_dir / "text_encoder")
-    from cifc_bench.synth.training_state import sha256
+    from cifc_bench.data import sha256_file
 
     digest = hashlib.sha256()
     for f in (state_dir / "scorer.safetensors", state_dir / "text_encoder" / "model.safetensors"):
-        digest.update(sha256(f).encode())
+        digest.update(sha256_file(f).encode())
     return {"index": 0, "trains": ["scorer", "text_encoder"], "sha256": digest.hexdigest(),
             "seconds": time.perf_counter() - started, "scorer": {**scorer_report, "seconds": scorer_seconds},
             "text_encoder": {**text_report, "seconds": time.perf_counter() - started - scorer_seconds}}
@@ -471,6 +471,7 @@ def _export(cfg: PretrainConfig, out_dir: Path, state_dir: Path, trainer: UNetTr
 
     from diffusers import DDIMScheduler
 
+    from cifc_bench.data import sha256_file
     from cifc_bench.models import save_bundle_folder
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -486,7 +487,7 @@ def _export(cfg: PretrainConfig, out_dir: Path, state_dir: Path, trainer: UNetTr
         "world": world.VERSION, "config": log["config"], "complete": len(log["chunks"]) == 1 + len(chunk_ranges(cfg)),
         "chunks_done": len(log["chunks"]), "chunks_total": 1 + len(chunk_ranges(cfg)), "chunks": log["chunks"],
         "seconds": sum(c["seconds"] for c in log["chunks"]), "scorer_architecture": SCORER_CFG, "grain": SCORER_GRAIN,
-        "files": {str(p.relative_to(out_dir)): _sha256(p) for p in files},
+        "files": {str(p.relative_to(out_dir)): sha256_file(p) for p in files},
     }
     manifest["total_bytes"] = sum((out_dir / f).stat().st_size for f in manifest["files"])
     tmp = out_dir / "manifest.json.tmp"
@@ -540,7 +541,3 @@ def pretrain(cfg: PretrainConfig, out_dir: Path, state_dir: Path | None = None, 
             _export(cfg, out_dir, state_dir, trainer, log)
         ran += 1
     return log
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()

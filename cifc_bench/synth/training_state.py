@@ -91,11 +91,3 @@ def load(folder: Path, name: str) -> tuple[dict[str, torch.Tensor], dict] | None
         raise RuntimeError(f"{path} does not match its own checksum: the file is damaged. Delete it to restart "
                            f"the chunk it belongs to (finished chunks are kept in the log).")
     return tensors, meta
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
