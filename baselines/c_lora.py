@@ -101,6 +101,6 @@ class CLoRA(Method):
             for n in self.layers:
                 if f"past.{n}" in state:
                     modules[n].weight.copy_(state[f"weight.{n}"])
-                    self.past[n] = state[f"past.{n}"].clone()
+                    self.past[n] = state[f"past.{n}"].to(modules[n].weight.device, copy=True)
         self.tokens.load_state_dict(state, tasks_done)
         self._tasks = len(tasks_done)

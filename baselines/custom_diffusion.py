@@ -47,7 +47,7 @@ def closed_form_merge(w0: torch.Tensor, targets: torch.Tensor, values: torch.Ten
     dtype = w0.dtype
     w0, c, v, m = (x.double() for x in (w0, targets, values, reg_gram))
     d = m.shape[0]
-    m = m + eps * (torch.trace(m) / d + 1e-12) * torch.eye(d, dtype=m.dtype)
+    m = m + eps * (torch.trace(m) / d + 1e-12) * torch.eye(d, dtype=m.dtype, device=m.device)
     m_inv_ct = torch.linalg.solve(m, c.T)  # M⁻¹Cᵀ (d, n)
     gain = torch.linalg.pinv(c @ m_inv_ct)  # (C M⁻¹Cᵀ)⁺ (n, n)
     return (w0 + (v - w0 @ c.T) @ gain @ m_inv_ct.T).to(dtype)
@@ -205,11 +205,12 @@ class CustomDiffusion(Method):
         return state
 
     def load_state_dict(self, state, tasks_done) -> None:
+        device = self.bundle.device  # states load on the CPU
         self._set_weights({n: state[f"weight.{n}"] for n in self.layers})
         self.tokens.load_state_dict(state, tasks_done)
         for task in tasks_done:
             for c in task.concepts:
                 if f"target.{c.name}" in state:
-                    self.targets[c.name] = state[f"target.{c.name}"].clone()
-                    self.values[c.name] = {n: state[f"value.{c.name}.{n}"].clone() for n in self.layers}
-        self.reg_gram = state["reg_gram"].clone() if "reg_gram" in state else None
+                    self.targets[c.name] = state[f"target.{c.name}"].to(device, copy=True)
+                    self.values[c.name] = {n: state[f"value.{c.name}.{n}"].to(device, copy=True) for n in self.layers}
+        self.reg_gram = state["reg_gram"].to(device, copy=True) if "reg_gram" in state else None

@@ -92,5 +92,6 @@ class EWC(SequentialFinetune):
         super().load_state_dict({k: v for k, v in state.items() if not k.startswith("ewc.")}, tasks_done)
         n = len(self._lora_params())
         if "ewc.fisher0" in state:
-            self.fisher = [state[f"ewc.fisher{k}"] for k in range(n)]
-            self.anchor = [state[f"ewc.anchor{k}"] for k in range(n)]
+            device = self.bundle.device  # states load on the CPU
+            self.fisher = [state[f"ewc.fisher{k}"].to(device) for k in range(n)]
+            self.anchor = [state[f"ewc.anchor{k}"].to(device) for k in range(n)]

@@ -51,6 +51,7 @@ class LwF(SequentialFinetune):
                 latents = bundle.vae.encode(latents).latent_dist.sample(generator) * bundle.vae.config.scaling_factor
         noise = torch.randn(latents.shape, generator=generator).to(latents)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
+        t = t.to(latents.device)  # drawn on the CPU generator (same draws on every device); the UNet needs it here
         noisy = noise_scheduler.add_noise(latents, noise, t)
         unet.set_adapters([TEACHER])
         with torch.no_grad():

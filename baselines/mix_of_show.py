@@ -254,4 +254,6 @@ class MixOfShow(Method):
         self.tokens.load_state_dict(state, tasks_done)
         self.concepts = [c for task in tasks_done for c in task.concepts]
         self._set_weights({n: state[f"weight.{n}"] for n in self.layers})
-        self.sums = {n: (state[f"wg.{n}"].clone(), state[f"g.{n}"].clone()) for n in self.layers if f"g.{n}" in state}
+        device = self.bundle.device  # states load on the CPU
+        self.sums = {n: (state[f"wg.{n}"].to(device, copy=True), state[f"g.{n}"].to(device, copy=True))
+                     for n in self.layers if f"g.{n}" in state}

@@ -383,10 +383,12 @@ def _loop(ctx: RunContext, result: dict[str, Any]) -> None:
     if done:
         ctx.method.load_state_dict(_resume_state(ctx.run_dir, done - 1), tasks[:done])
     references: dict[str, np.ndarray] = {}
+    device = torch.device(ctx.config.device or "cpu")
+    on_cuda = device.type == "cuda" and torch.cuda.is_available()
     for j in progress(range(done, len(tasks)), desc="tasks", initial=done, total=len(tasks)):
         task = tasks[j]
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
+        if on_cuda:  # the run's own device: under --device cuda:1 the current device is another one
+            torch.cuda.reset_peak_memory_stats(device)
         started = time.perf_counter()
         checkpoint = state_path(ctx.run_dir, j)
         if checkpoint.exists():  # trained before a kill, not yet evaluated
@@ -410,7 +412,7 @@ def _loop(ctx: RunContext, result: dict[str, Any]) -> None:
             "train_seconds": train_seconds,
             "eval_seconds": time.perf_counter() - eval_started,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
+            "peak_cuda_mb": torch.cuda.max_memory_allocated(device) / 2**20 if on_cuda else None,
             "trainable_params": ctx.method.trainable_parameters(),
             "stored_params": ctx.method.stored_parameters(),
         })

@@ -109,7 +109,9 @@ def check_method(cls, method_args: dict[str, Any] | None = None, root: Path | No
     - learns two tasks within their budget and generates one image per request at the asked resolution, for
       single-concept requests and a boxed multi-concept one, deterministically for the same requests;
     - keeps tensors only in ``state_dict``, reports ``stored_parameters`` within them (0 for ``storage="none"``);
-    - restored into a fresh instance from ``state_dict`` after those tasks, generates the same images.
+    - restored into a fresh instance from ``state_dict`` after those tasks, generates the same images;
+    - restored onto a bundle on another device, keeps every tensor it holds there (states load on the CPU; the
+      check uses PyTorch's ``meta`` device, which fails as CUDA does where a CPU tensor meets it).
     """
     import tempfile
 
@@ -155,3 +157,27 @@ def check_method(cls, method_args: dict[str, Any] | None = None, root: Path | No
     for a, b in zip(images, restored.generate(requests, settings), strict=True):
         assert np.array_equal(np.asarray(a), np.asarray(b)), \
             "a fresh instance restored with load_state_dict(state, tasks_done) must generate the same images"
+    elsewhere = cls(load_bundle("tiny-random").to("meta"), **args)
+    elsewhere.load_state_dict(state, sequence.tasks[:2])
+    misplaced = [path for key, value in vars(elsewhere).items() if key != "bundle"
+                 for path, t in _held_tensors(value, key) if t.device.type != "meta"]
+    assert not misplaced, (f"after load_state_dict onto a bundle on another device, {misplaced[:5]} stayed on the "
+                           "device the state was loaded on: move what load_state_dict keeps to self.bundle.device")
+
+
+def _held_tensors(obj, path: str, seen: set | None = None):
+    """(path, tensor) of the tensors in an attribute's dicts, lists and tuples (modules are the bundle's)."""
+    import torch
+
+    seen = set() if seen is None else seen
+    if id(obj) in seen or isinstance(obj, torch.nn.Module):
+        return
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        yield path, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _held_tensors(v, f"{path}[{k!r}]", seen)
+    elif isinstance(obj, (list, tuple)):
+        for k, v in enumerate(obj):
+            yield from _held_tensors(v, f"{path}[{k}]", seen)

@@ -156,6 +156,7 @@ class CIDM(Method):
         bundle.unet.train()
         for step in progress(range(budget.steps), desc=f"train {task.name}", leave=False):
             pixels, masks, prompts = next(streams[step % len(streams)])
+            masks = masks.to(bundle.device)
             record = self.extras and self.attn_reg_weight > 0
             for proc in self.processors:
                 proc.record = [] if record else None
