@@ -496,6 +496,12 @@ def _export(cfg: PretrainConfig, out_dir: Path, state_dir: Path, trainer: UNetTr
     return manifest
 
 
+def _exported_chunks(out_dir: Path) -> int:
+    """How many chunks the shipped files in ``out_dir`` come from (-1: none exported by this recipe's driver)."""
+    manifest = out_dir / "manifest.json"
+    return json.loads(manifest.read_text()).get("chunks_done", -1) if manifest.exists() else -1
+
+
 def pretrain(cfg: PretrainConfig, out_dir: Path, state_dir: Path | None = None, resume: bool = False,
              max_chunks: int | None = None, max_seconds: float | None = None) -> dict:
     """Run the chunks of the recipe ``cfg`` that are not done yet (at most ``max_chunks`` of them, and for
@@ -506,6 +512,8 @@ def pretrain(cfg: PretrainConfig, out_dir: Path, state_dir: Path | None = None, 
     ``resume=True`` and the same recipe, so that finished chunks are never overwritten by mistake. Killed and
     resumed, or run in chunks across sessions, it ends with the same files as one uninterrupted run.
     """
+    from cifc_bench.atomic import fault_point
+
     torch.set_num_threads(cfg.threads)
     out_dir = Path(out_dir)
     state_dir = Path(state_dir) if state_dir else out_dir / STATE_DIR
@@ -522,6 +530,11 @@ def pretrain(cfg: PretrainConfig, out_dir: Path, state_dir: Path | None = None, 
     else:
         log = {"config": asdict(cfg), "world": world.VERSION, "chunks": []}
     total, ran, trainer = 1 + len(chunk_ranges(cfg)), 0, None
+    if len(log["chunks"]) >= 2 and _exported_chunks(out_dir) != len(log["chunks"]):
+        # killed after a chunk was logged but before its files were exported: the state is that chunk's end
+        trainer = _unet_trainer(cfg, state_dir)
+        if trainer.step == chunk_ranges(cfg)[len(log["chunks"]) - 2][1]:
+            _export(cfg, out_dir, state_dir, trainer, log)
     deadline = time.monotonic() + max_seconds if max_seconds is not None else None
     while len(log["chunks"]) < total and (max_chunks is None or ran < max_chunks):
         index = len(log["chunks"])
@@ -538,6 +551,7 @@ def pretrain(cfg: PretrainConfig, out_dir: Path, state_dir: Path | None = None, 
         tmp.write_text(json.dumps(log, indent=1))
         tmp.replace(log_path)
         if index > 0:
+            fault_point("pretrain-export")
             _export(cfg, out_dir, state_dir, trainer, log)
         ran += 1
     return log

@@ -68,6 +68,9 @@ def test_chunked_killed_and_resumed_pretraining_gives_the_files_of_one_uninterru
     env = {**__import__("os").environ, "CIFC_BENCH_FAULT": "kill:pretrain-step:2"}
     killed = subprocess.run([sys.executable, "-c", code, str(tmp_path / "chunked")], env=env, capture_output=True)
     assert killed.returncode == -9, killed.stderr.decode()[-2000:]
+    env["CIFC_BENCH_FAULT"] = "kill:pretrain-export:1"  # and again after the last chunk, before its export
+    killed = subprocess.run([sys.executable, "-c", code, str(tmp_path / "chunked")], env=env, capture_output=True)
+    assert killed.returncode == -9, killed.stderr.decode()[-2000:]
     resumed = pretrain(cfg, tmp_path / "chunked", resume=True)
     assert [c["sha256"] for c in resumed["chunks"]] == [c["sha256"] for c in whole["chunks"]]
     assert _shipped(tmp_path / "chunked") == _shipped(tmp_path / "whole")
