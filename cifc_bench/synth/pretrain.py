@@ -407,13 +407,20 @@ def _first_chunk(cfg: PretrainConfig, state_dir: Path) -> dict:
             "text_encoder": {**text_report, "seconds": time.perf_counter() - started - scorer_seconds}}
 
 
-def _frozen_text_encoder(state_dir: Path):
-    from transformers import CLIPTextModel
-
+def _tokenizer():
+    """The real CLIP tokenizer, limited to the world's caption length. Built afresh for the export: a fast
+    tokenizer that has been called saves its last padding and truncation settings into tokenizer.json."""
     from cifc_bench.tokenizer import build_clip_tokenizer
 
     tokenizer = build_clip_tokenizer()
     tokenizer.model_max_length = TEXT_LENGTH
+    return tokenizer
+
+
+def _frozen_text_encoder(state_dir: Path):
+    from transformers import CLIPTextModel
+
+    tokenizer = _tokenizer()
     text_encoder = CLIPTextModel.from_pretrained(state_dir / "text_encoder", torch_dtype=torch.float32)
     return tokenizer, text_encoder.requires_grad_(False).eval()
 
@@ -475,7 +482,7 @@ def _export(cfg: PretrainConfig, out_dir: Path, state_dir: Path, trainer: UNetTr
     from cifc_bench.models import save_bundle_folder
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_bundle_folder(out_dir / "base", trainer.tokenizer, trainer.text_encoder.half(), trainer.ema_unet().half(),
+    save_bundle_folder(out_dir / "base", _tokenizer(), trainer.text_encoder.half(), trainer.ema_unet().half(),
                        DDIMScheduler(**SAMPLER))
     trainer.text_encoder.float()
     shutil.copyfile(state_dir / "scorer.safetensors", out_dir / "scorer.safetensors.tmp")
