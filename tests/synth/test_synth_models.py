@@ -182,10 +182,14 @@ def test_shortened_synth10_run_is_the_default_protocol(tmp_path, method):
     result = json.loads((out / "result.json").read_text())
     assert result["run_info"]["protocol"]["name"] == "synth10"
     assert result["run_info"]["model"] == "synth" and result["run_info"]["scorer"] == "synth"
-    assert set(result["matrices"]) == {"ia", "ta", "context_acc"}
+    assert set(result["matrices"]) == {"ia", "ta", "context_acc", "identity_acc"}
     kinds = [c["kind"] for c in __import__("cifc_bench.protocol", fromlist=["x"]).load_protocol("synth10").raw["concepts"]]
     final = result["matrices"]["context_acc"][-1]
     # object prompts ask for backgrounds/positions; the first style prompts ask for nothing checkable (null)
     assert all(v is not None for v, k in zip(final, kinds, strict=True) if k == "object")
     # the four boxed two-object prompts are all evaluated on the final model
     assert len(result["neglect"]["prompts"]) == 4 and None not in result["neglect"]["matrices"]["cnr"][-1]
+    assert None not in result["neglect"]["matrices"]["cnr_exact"][-1]  # the exact neglect rate beside it
+    diagonal = [row[i] for i, row in enumerate(result["matrices"]["identity_acc"])]
+    # identity is measured for every concept on its own prompts (style prompts name a plain picture)
+    assert all(v is not None and 0.0 <= v <= 1.0 for v in diagonal)
