@@ -58,13 +58,20 @@ def presence_threshold(calibration_similarities: Sequence[float], percentile: fl
     return float(np.percentile(values, percentile))
 
 
+def box_pixels(box, height: int, width: int) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) pixel bounds of a normalised (y0, x0, y1, x1) box, rounded outwards, at least
+    one pixel wide and high, inside the image."""
+    y0, x0, y1, x1 = box.as_tuple() if hasattr(box, "as_tuple") else box
+    left, top = int(np.floor(x0 * width)), int(np.floor(y0 * height))
+    right, bottom = max(int(np.ceil(x1 * width)), left + 1), max(int(np.ceil(y1 * height)), top + 1)
+    return top, left, min(bottom, height), min(right, width)
+
+
 def crop_box(image, box) -> Any:
     """The region of a normalised (y0, x0, y1, x1) box, at least one pixel wide and high."""
     w, h = image.size
-    y0, x0, y1, x1 = box.as_tuple() if hasattr(box, "as_tuple") else box
-    left, top = int(np.floor(x0 * w)), int(np.floor(y0 * h))
-    right, bottom = max(int(np.ceil(x1 * w)), left + 1), max(int(np.ceil(y1 * h)), top + 1)
-    return image.crop((left, top, min(right, w), min(bottom, h)))
+    top, left, bottom, right = box_pixels(box, h, w)
+    return image.crop((left, top, right, bottom))
 
 
 @dataclass(frozen=True)
@@ -108,10 +115,7 @@ def isolate_box(image, box) -> Any:
     from PIL import Image
 
     px = np.asarray(image.convert("RGB"))
-    h, w = px.shape[:2]
-    y0, x0, y1, x1 = box.as_tuple() if hasattr(box, "as_tuple") else box
-    top, left = int(np.floor(y0 * h)), int(np.floor(x0 * w))
-    bottom, right = max(int(np.ceil(y1 * h)), top + 1), max(int(np.ceil(x1 * w)), left + 1)
+    top, left, bottom, right = box_pixels(box, *px.shape[:2])
     inside = px[top:bottom, left:right]
     edge = np.concatenate([inside[0], inside[-1], inside[:, 0], inside[:, -1]])
     out = np.empty_like(px)

@@ -251,10 +251,11 @@ def identity_acc(images, prompts, target: world.Scene | str) -> float:
 
 def box_region(box) -> np.ndarray:
     """Pixels of a normalised (y0, x0, y1, x1) box, rounded outwards as the scorer's crop is."""
-    y0, x0, y1, x1 = box.as_tuple() if hasattr(box, "as_tuple") else box
-    s = world.SIZE
-    region = np.zeros((s, s), dtype=bool)
-    region[int(np.floor(y0 * s)) : int(np.ceil(y1 * s)), int(np.floor(x0 * s)) : int(np.ceil(x1 * s))] = True
+    from cifc_bench.neglect import box_pixels
+
+    top, left, bottom, right = box_pixels(box, world.SIZE, world.SIZE)
+    region = np.zeros((world.SIZE, world.SIZE), dtype=bool)
+    region[top:bottom, left:right] = True
     return region
 
 
