@@ -17,6 +17,7 @@ from cifc_bench.api import ModelBundle  # the type is part of the method contrac
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 TINY_RANDOM = "tiny-random"
 _TINY_VERSION = "v1"
+_SD15_RANDOM_VERSION = "v1"
 
 # SD-1.5's noise schedule; the tiny model uses it too so training and sampling code is exercised unchanged.
 SD15_SCHEDULE = dict(
@@ -70,6 +71,21 @@ def tiny_random() -> Path:
     path = tiny_random_path()
     if not (path / "model_index.json").exists():
         save_tiny_random(path)
+    return path
+
+
+def sd15_random() -> Path:
+    """The ``sd15-random`` model's folder: SD-1.5's architecture with random weights (fp16 on disk, 2 GB), built
+    offline on first use (entry point ``sd15-random``). It lets the real tier's code path, memory and speed be
+    checked on a GPU where the weights cannot be downloaded; its images and scores mean nothing."""
+    import fcntl
+
+    path = cache_dir() / "models" / f"sd15-random-{_SD15_RANDOM_VERSION}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent first uses (test workers, ranks) build it once
+        if not (path / "model_index.json").exists():
+            save_sd15_random(path)
     return path
 
 
@@ -156,6 +172,43 @@ def save_tiny_random(path: Path, seed: int = 0) -> Path:
         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), norm_num_groups=8, sample_size=32,
     )
     scheduler = DPMSolverMultistepScheduler(**SD15_SCHEDULE)
+    save_bundle_folder(path, tokenizer, text_encoder, unet, scheduler, vae)
+    return path
+
+
+def save_sd15_random(path: Path, seed: int = 0) -> Path:
+    """SD-1.5's published configs (CLIP ViT-L/14 text tower, the 860M-parameter UNet, the KL VAE, the PNDM
+    scheduler that loading turns into DPM-Solver++) with seeded random weights, saved in fp16."""
+    import torch
+    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from cifc_bench.tokenizer import CONTEXT_LENGTH, build_clip_tokenizer
+
+    tokenizer = build_clip_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=768, intermediate_size=3072, num_attention_heads=12,
+        num_hidden_layers=12, max_position_embeddings=CONTEXT_LENGTH, hidden_act="quick_gelu", projection_dim=768,
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=1,
+    ))
+    torch.manual_seed(seed + 1)
+    unet = UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32,
+    )
+    torch.manual_seed(seed + 2)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        norm_num_groups=32, sample_size=512, scaling_factor=0.18215,
+    )
+    scheduler = PNDMScheduler(**SD15_SCHEDULE, skip_prk_steps=True)
+    for model in (text_encoder, unet, vae):
+        model.to(torch.float16)
     save_bundle_folder(path, tokenizer, text_encoder, unet, scheduler, vae)
     return path
 

@@ -53,3 +53,24 @@ def test_tiny_scorer_uses_clip_preprocessing_and_normalised_features():
     feats = scorer.encode_images([Image.new("RGB", (40, 60), "red"), Image.new("RGB", (64, 64), "blue")])
     assert np.allclose(np.linalg.norm(feats, axis=1), 1.0)
     assert np.allclose(np.linalg.norm(scorer.encode_texts(["a dog", "a cat"]), axis=1), 1.0)
+
+
+def test_sd15_random_has_sd15s_architecture_and_parameter_counts():
+    """The GPU check's model: SD-1.5's published sizes (UNet 859.52M, CLIP ViT-L/14 text 123.06M, VAE 83.65M
+    parameters), checked on the meta device so nothing is allocated or written."""
+    from pathlib import Path
+    from unittest import mock
+
+    import torch
+
+    import cifc_bench.models as models
+
+    built = {}
+    with torch.device("meta"), mock.patch.object(models, "save_bundle_folder",
+                                                 lambda path, tok, te, unet, sch, vae: built.update(te=te, unet=unet, vae=vae, sch=sch)):
+        models.save_sd15_random(Path("unused"))
+    counts = {k: round(sum(p.numel() for p in built[k].parameters()) / 1e4) / 100 for k in ("te", "unet", "vae")}
+    assert counts == {"te": 123.06, "unet": 859.52, "vae": 83.65}
+    assert built["unet"].config.cross_attention_dim == 768 and built["vae"].config.scaling_factor == 0.18215
+    assert all(p.dtype == torch.float16 for k in ("te", "unet", "vae") for p in built[k].parameters())
+    assert type(built["sch"]).__name__ == "PNDMScheduler"  # loading turns it into DPM-Solver++, as for SD-1.5
