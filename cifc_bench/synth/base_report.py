@@ -14,8 +14,9 @@ Base model:
 
 Oracles and neglect (``oracles``): whether ``cnr_exact`` calls perfect renders of the boxed prompts present
 (with sampling-like grain), and base-model class-word images and same-class siblings absent; the
-``identity_acc`` of perfect renders; and the scorer's ``cnr`` of perfect renders under thresholds calibrated
-as a run calibrates them.
+``identity_acc`` of perfect renders; the scorer's ``cnr`` of perfect renders under thresholds calibrated
+as a run calibrates them; and ``scorer_box_separation``, whether the scorer's box similarity can tell the
+concept from ideal generic instances of its class at all (:func:`box_separation`).
 """
 
 from __future__ import annotations
@@ -191,7 +192,7 @@ def oracle_report(bundle, scorer, sequence, per_prompt: int = 40, calibration_im
     targets = {c.name: checks.concept_target(c.generator) for c in sequence.concepts}
     present_perfect, present_classword, present_sibling = [], [], []
     calibration = ng.calibrate_thresholds(bundle, scorer, sequence, settings, calibration_images, "synth", None)
-    scorer_neglected = []
+    scorer_neglected, separation = [], {}
     protos = {c.name: ng.prototype(scorer.encode_images([load_rgb(p) for p in list_images(c.image_dir)]))
               for c in sequence.concepts}
     for q, (m, images) in enumerate(zip(sequence.multi_concept_prompts, perfect, strict=True)):
@@ -207,6 +208,11 @@ def oracle_report(bundle, scorer, sequence, per_prompt: int = 40, calibration_im
             present_classword += [checks.present(px, targets[c], box) for c, box in zip(m.concepts, m.boxes, strict=True)]
         sims = ng.neglect_similarities(scorer, images, m.boxes, [c.kind for c in concepts], [protos[c] for c in m.concepts])
         scorer_neglected.append(ng.score_presence(sims, ng.prompt_thresholds(calibration, q, m.concepts)).cnr)
+        for k, c in enumerate(concepts):
+            if c.kind == "object":
+                generic = generic_box_renders(targets[c.name], m.boxes[k], m.prompt, 4 * per_prompt, seed + q)
+                scores = ng.similarity(scorer.encode_images(generic), protos[c.name])
+                separation[f"q{q}:{c.name}"] = box_separation(sims[:, k], scores)
     rng = np.random.default_rng([seed, 4])
     for c in objects:  # every other object of the same class, drawn where this one is asked for
         for sib in (s for s in objects if s.class_word == c.class_word and s.name != c.name):
@@ -238,7 +244,44 @@ def oracle_report(bundle, scorer, sequence, per_prompt: int = 40, calibration_im
         "scorer_cnr_perfect": float(np.mean(scorer_neglected)),
         "scorer_cnr_perfect_by_prompt": scorer_neglected,
         "calibration_thresholds": calibration["thresholds"],
+        "scorer_box_separation": separation,
+        "scorer_box_generic_admitted_median": float(np.median([v["generic_admitted"] for v in separation.values()])),
     }
+
+
+def generic_box_renders(target: world.Scene, box, prompt: str, n: int, seed: int) -> list:
+    """Perfect renders of *generic* instances of the concept's class in its box (any fill, pattern and pattern
+    colour, the prompt's background, small, with grain), isolated like the scorer's cnr isolates them: what an
+    ideal base model draws for the class-word prompt."""
+    from PIL import Image
+
+    from cifc_bench import neglect as ng
+
+    rng = np.random.default_rng([seed, 6])
+    background = world.prompt_context(prompt).get("background", "gray")
+    y0, x0, y1, x1 = box.as_tuple()
+    position = "left" if x1 <= 0.55 else "right" if x0 >= 0.45 else "top" if y1 <= 0.55 else "bottom"
+    out = []
+    while len(out) < n:
+        scene = world.replace(world.random_scene(rng), shape=target.shape, size="small", position=position,
+                              background=background, style="plain")
+        if world.low_contrast(scene.fill, background):
+            continue
+        img = Image.fromarray(grain(world.render(scene, int(rng.integers(1 << 31))), rng))
+        out.append(ng.isolate_box(img, box))
+    return out
+
+
+def box_separation(perfect: np.ndarray, generic: np.ndarray) -> dict[str, float]:
+    """How well the scorer's box similarity separates the concept from generic instances of its class:
+    ``perfect_present_at_p95``, the share of perfect renders at or above the generic 95th percentile (the
+    calibration rule, with an ideal base model); ``generic_admitted``, the share of generic instances that a
+    threshold low enough to call 95 % of perfect renders present would call present too (0 when the scorer
+    separates them, 0.95 when it cannot tell them apart at all)."""
+    perfect, generic = np.asarray(perfect, dtype=np.float64), np.asarray(generic, dtype=np.float64)
+    return {"perfect_present_at_p95": float(np.mean(perfect >= np.percentile(generic, 95))),
+            "generic_admitted": float(np.mean(generic >= np.percentile(perfect, 5))),
+            "perfect_mean": float(perfect.mean()), "generic_mean": float(generic.mean())}
 
 
 def _blur(px: np.ndarray, sigma: float) -> np.ndarray:

@@ -157,6 +157,8 @@ def test_the_exact_oracles_are_sound_on_the_committed_models_images(oracle_figur
     """cnr_exact calls perfect boxed renders present and siblings absent; identity_acc of perfect renders is whole."""
     assert oracle_figures["cnr_exact_present_perfect"] >= 0.98 and oracle_figures["identity_acc_perfect"] >= 0.95
     assert oracle_figures["cnr_exact_present_sibling"] <= 0.05 and oracle_figures["cnr_exact_present_classword"] <= 0.10
+    separation = oracle_figures["scorer_box_separation"]
+    assert len(separation) == 8 and all(0 <= v["generic_admitted"] <= 1 for v in separation.values())
 
 
 @pytest.mark.xfail(strict=True, reason="issue 22 gate not met yet: the calibrated scorer's cnr of perfect renders "

@@ -38,3 +38,18 @@ def test_reference_crop_is_present_and_blank_crop_is_missing():
     assert sims[0, 0] == pytest.approx(float(ng.similarity(scorer.encode_images([refs[0]]), proto)[0]), abs=1e-5)
     assert scores.present.tolist() == [[True, False]]
     assert scores.cnr == 1.0
+
+
+def test_box_separation_tells_a_separating_scorer_from_a_blind_one():
+    """The diagnostic behind the scorer-cnr gate: 0 generic instances admitted when the similarity separates the
+    concept from its class, about 95 % when it cannot tell them apart."""
+    import numpy as np
+
+    from cifc_bench.synth.base_report import box_separation
+
+    rng = np.random.default_rng(0)
+    generic = rng.normal(0.5, 0.05, 2000)
+    apart = box_separation(rng.normal(0.9, 0.01, 400), generic)
+    assert apart["generic_admitted"] == 0.0 and apart["perfect_present_at_p95"] == 1.0
+    blind = box_separation(rng.normal(0.5, 0.05, 4000), generic)
+    assert 0.9 <= blind["generic_admitted"] <= 0.99 and blind["perfect_present_at_p95"] <= 0.1
