@@ -100,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, help="run directory (default: runs/<protocol>/<method>/<timestamp>-s<seed>; "
                                             "the reference runs in results/ change only with an explicit --out)")
     r.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last finished task")
+    r.add_argument("--dry-run", action="store_true",
+                   help="print the run's work (training steps, images, UNet passes, for both evaluation schedules) "
+                        "and an estimated wall time from a short warm-up on the model and device; writes nothing")
+    r.add_argument("--warmup-steps", type=int, default=4, metavar="N",
+                   help="training steps the --dry-run warm-up times (0: counts only, no model or data needed)")
 
     v = sub.add_parser("validate", help="check a protocol file and its data")
     v.add_argument("--protocol", required=True)
@@ -191,6 +196,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from cifc_bench.harness import run_benchmark
 
     given = _given_settings(args)
+    if args.dry_run:
+        if args.resume:
+            raise CLIError("--dry-run plans a new run; to see what a resumed run has left, drop --resume")
+        return dry_run(_run_config(given), args.warmup_steps)
     if args.resume:
         result = run_benchmark(None, args.resume, resume=True, given=given)
         run_dir = args.resume
@@ -203,6 +212,41 @@ def cmd_run(args: argparse.Namespace) -> int:
         _check_writable(run_dir)
         result = run_benchmark(config, run_dir)
     print(f"run {result['status']}: {run_dir}/result.json\n{_summary_lines(result['summary'])}")
+    return 0
+
+
+def dry_run(config, warmup_steps: int) -> int:
+    """Print the work of ``config`` for its evaluation schedule and the other one, then (``warmup_steps`` > 0)
+    time a warm-up on the model and device and print the estimated wall time of both."""
+    import tempfile
+
+    from cifc_bench import plan
+    from cifc_bench.config import EVAL_SCHEDULES
+    from cifc_bench.harness import load_context, resolve_run
+
+    if warmup_steps < 0:
+        raise CLIError(f"--warmup-steps {warmup_steps}: give a whole number >= 0 (0: counts only)")
+    config, spec, _, budgets = resolve_run(config)
+    sequence = spec.bind(Path(config.data_dir or "."), check=False)  # counts need the protocol, not its data
+    schedules = (config.eval_schedule, *(s for s in EVAL_SCHEDULES if s != config.eval_schedule))
+    plans = {s: plan.work_plan(config, sequence, budgets, s) for s in schedules}
+    print(f"dry run: {config.method} on {spec.name} (schedule {config.schedule}), model {config.model}, "
+          f"device {config.device}; nothing is written")
+    for s, p in plans.items():
+        which = "this run" if s == config.eval_schedule else f"with --eval-schedule {s}"
+        print(f"eval schedule {s} ({which}):" + "".join(f"\n  {line}" for line in plan.describe(p)))
+    if warmup_steps == 0:
+        return 0
+    print(f"warm-up: {warmup_steps + 2} training steps and 3 image batches of task 1 on {config.device} ...", flush=True)
+    with tempfile.TemporaryDirectory(prefix="cifc-dry-run-") as tmp:  # the run directory is never written
+        ctx = load_context(config, Path(tmp), calibration={"thresholds": []})
+        warm = plan.measure_warmup(ctx, warmup_steps)
+    multi = f", {warm.multi_image:.3g} s per multi-concept image" if warm.multi_image is not None else ""
+    print(f"  measured: {warm.step:.3g} s per training step + {warm.per_task:.3g} s per task, "
+          f"{warm.concept_image:.3g} s per concept image{multi}, {warm.base_image:.3g} s per base-model image")
+    for s, p in plans.items():
+        print(f"  estimated wall time ({s}): {plan.format_duration(plan.estimate_seconds(p, warm))} "
+              "(an estimate: work that grows with the number of stored tasks is timed at task 1)")
     return 0
 
 

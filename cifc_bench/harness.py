@@ -106,6 +106,21 @@ def multi_requests(sequence: TaskSequence, q: int, n_images: int):
                                boxes=m.boxes), f"q{q:03d}_s{k:03d}.png") for k in range(n_images)]
 
 
+def resolve_run(config: RunSpec):
+    """(resolved config, protocol spec, method class, per-task budgets) of ``config``: everything a run is
+    before any data or model is touched (a typo in the method or schedule fails here, at once)."""
+    from cifc_bench.protocol import default_protocol, load_protocol
+    from cifc_bench.registry import load_method
+
+    method_cls = load_method(config.method)
+    if config.protocol is None:
+        config = dataclasses.replace(config, protocol=default_protocol())
+    spec = load_protocol(config.protocol)
+    config = config.resolved(dict(spec.defaults), registered_names(method_cls))
+    budgets = tuple(spec.task_budgets(config.schedule, config.steps))
+    return config, spec, method_cls, budgets
+
+
 def load_context(config: RunSpec, run_dir: Path, calibration: dict[str, Any] | None = None,
                  with_method: bool = True) -> RunContext:
     """Bind the protocol to its data and load model, scorer and method for ``config``.
@@ -115,16 +130,9 @@ def load_context(config: RunSpec, run_dir: Path, calibration: dict[str, Any] | N
     no method is built and nothing can be generated.
     """
     from cifc_bench.models import load_bundle
-    from cifc_bench.protocol import default_protocol, load_protocol
-    from cifc_bench.registry import load_method
     from cifc_bench.scoring import load_scorer
 
-    method_cls = load_method(config.method)  # cheap, and a typo should not wait for data checks
-    if config.protocol is None:
-        config = dataclasses.replace(config, protocol=default_protocol())
-    spec = load_protocol(config.protocol)
-    config = config.resolved(dict(spec.defaults), registered_names(method_cls))
-    budgets = tuple(spec.task_budgets(config.schedule, config.steps))  # a bad schedule should not wait for data
+    config, spec, method_cls, budgets = resolve_run(config)
     sequence = spec.bind(spec.data_root(config.data_dir))
     if config.prompts_per_concept > min(len(c.eval_prompts) for c in sequence.concepts):
         raise ConfigError(

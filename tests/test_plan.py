@@ -1,0 +1,64 @@
+"""``run --dry-run``: the counted work equals what a run does, and the warm-up gives an estimate."""
+
+import math
+from pathlib import Path
+
+import pytest
+
+from cifc_bench.cli import main
+from cifc_bench.harness import MULTI, resolve_run, run_benchmark
+from cifc_bench.plan import estimate_seconds, work_plan
+from cifc_bench.testing import tiny_run_config
+
+
+@pytest.mark.parametrize("eval_schedule", ["each-task", "final"])
+def test_counted_work_equals_what_a_run_generates_and_trains(tiny_protocol, tmp_path, eval_schedule):
+    config = tiny_run_config(tiny_protocol, method="base", eval_schedule=eval_schedule, multi_images_per_prompt=3)
+    resolved, spec, _, budgets = resolve_run(config)
+    plan = work_plan(resolved, spec.bind(Path("."), check=False), budgets)
+    result = run_benchmark(config, tmp_path / "run")
+    images = tmp_path / "run" / "images"
+    concept = [len([p for p in (images / f"after_task_{j:02d}").glob("*/*.png") if p.parent.name != MULTI])
+               for j in range(len(budgets))]
+    multi = [len(list((images / f"after_task_{j:02d}" / MULTI).glob("*.png"))) for j in range(len(budgets))]
+    assert list(plan.concept_images) == concept and list(plan.multi_images) == multi
+    assert sum(multi) > 0 and (eval_schedule == "each-task") == (concept[0] > 0)
+    assert list(plan.train_steps) == [t["steps"] for t in result["tasks"]]
+    calibration = result["neglect"]["calibration"]
+    assert plan.calibration_images == calibration["n_images"] * len(calibration["thresholds"])
+
+
+def test_dry_run_on_cifc10_counts_both_schedules_without_data_or_model(capsys):
+    """The issue's figures: CIDM's release schedule, 55,000 images after each task, 10,000 at the end only."""
+    assert main(["run", "--method", "cidm", "--protocol", "cifc10", "--dry-run", "--warmup-steps", "0",
+                 "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "training: 8,075 steps over 10 tasks" in out
+    assert "55,000 concept images" in out and "10,000 concept images" in out
+    assert "5,573,600 UNet passes" in out and "eval schedule final (with --eval-schedule final)" in out
+
+
+def test_dry_run_warmup_estimates_a_wall_time_and_writes_nothing(tiny_protocol, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    data = tiny_protocol.with_name("tiny-data")
+    assert main(["run", "--method", "finetune", "--protocol", str(tiny_protocol), "--data-dir", str(data),
+                 "--model", "tiny-random", "--scorer", "tiny-random", "--steps", "2", "--resolution", "32",
+                 "--num-inference-steps", "2", "--prompts-per-concept", "2", "--images-per-prompt", "1",
+                 "--device", "cpu", "--dry-run", "--warmup-steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "s per training step" in out and out.count("estimated wall time") == 2
+    assert not any(tmp_path.iterdir()), "a dry run writes nothing where it runs"
+
+
+def test_estimate_adds_each_kind_of_work_at_its_rate():
+    from cifc_bench.plan import Warmup, WorkPlan
+
+    plan = WorkPlan("each-task", (10, 20), 2, (4, 8), (0, 3), 5, 2, True)
+    warm = Warmup(step=1.0, per_task=100.0, concept_image=0.5, multi_image=2.0, base_image=0.1, steps_measured=4)
+    assert math.isclose(estimate_seconds(plan, warm), 30 + 200 + 6 + 6 + 0.5)
+    assert plan.unet_passes == 20 * 2 * 2
+
+
+def test_dry_run_refuses_resume(tmp_path, capsys):
+    assert main(["run", "--resume", str(tmp_path), "--dry-run"]) == 2
+    assert "--dry-run plans a new run" in capsys.readouterr().err
