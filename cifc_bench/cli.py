@@ -2,6 +2,7 @@
 
     cifc-bench run --method cidm --protocol cifc10          # train + evaluate, writes results/<protocol>/...
     cifc-bench run --resume RUN_DIR                         # continue a killed run
+    cifc-bench sweep --methods finetune cidm --seeds 0 1 2  # a grid of runs; again: only what is missing
     cifc-bench validate --protocol cifc10 --data-dir DIR
     cifc-bench data fetch cifc10 [--to DIR]
     cifc-bench leaderboard --protocol cifc10 --format md|csv|latex
@@ -64,12 +65,8 @@ def _scalar(value):
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cifc-bench", description="Benchmark continual customization of diffusion models.")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    r = sub.add_parser("run", help="train a method on a protocol's task stream and evaluate it")
-    r.add_argument("--method", help="registered method name or package.module:Class (default: finetune)")
+def _add_setting_flags(r: argparse.ArgumentParser) -> None:
+    """The run settings every run of a command shares (``run``, ``sweep``): one flag per setting."""
     r.add_argument("--protocol", help="protocol name or YAML path (default: the installed protocol marked "
                                       "`default: true`, the CPU world)")
     r.add_argument("--method-args", nargs="*", default=[], metavar="KEY=VALUE", help="method hyper-parameters")
@@ -90,13 +87,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--negative-prompt", help="the unconditional prompt of guidance (default: the protocol's)")
     r.add_argument("--eval-schedule", choices=("each-task", "final"), help="evaluate after each task (default) or once")
     r.add_argument("--eval-batch-size", type=int, help="images generated per batch")
-    r.add_argument("--seed", type=int, help="training seed (evaluation seeds are fixed by the protocol)")
     r.add_argument("--dino", help="DINO model for ia_dino: dino-vits16, tiny-random, timm:MODEL[:FILE], or none "
                                   "(default: the protocol's)")
     r.add_argument("--multi-images-per-prompt", type=int, help="images per multi-concept prompt (neglect rate)")
     r.add_argument("--calibration-images", type=int,
                    help="base-model class-word images per concept that calibrate the presence thresholds")
     r.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cifc-bench", description="Benchmark continual customization of diffusion models.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="train a method on a protocol's task stream and evaluate it")
+    r.add_argument("--method", help="registered method name or package.module:Class (default: finetune)")
+    r.add_argument("--seed", type=int, help="training seed (evaluation seeds are fixed by the protocol)")
+    _add_setting_flags(r)
     r.add_argument("--out", type=Path, help="run directory (default: runs/<protocol>/<method>/<timestamp>-s<seed>; "
                                             "the reference runs in results/ change only with an explicit --out)")
     r.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last finished task")
@@ -105,6 +111,27 @@ def build_parser() -> argparse.ArgumentParser:
                         "and an estimated wall time from a short warm-up on the model and device; writes nothing")
     r.add_argument("--warmup-steps", type=int, default=4, metavar="N",
                    help="training steps the --dry-run warm-up times (0: counts only, no model or data needed)")
+
+    sw = sub.add_parser("sweep", help="run a grid of methods x seeds x method arguments; run it again to finish "
+                                      "what is missing (completed runs are skipped, partial ones resumed)")
+    sw.add_argument("--methods", nargs="+", required=True, metavar="METHOD")
+    sw.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="SEED")
+    sw.add_argument("--grid", nargs="*", default=[], metavar="[METHOD.]KEY=V1,V2",
+                    help="method arguments to sweep: every combination, for every method or for the one named")
+    _add_setting_flags(sw)
+    sw.add_argument("--out", type=Path, default=Path("runs"),
+                    help="root of the run directories, <out>/<protocol>/<method>/<args>s<seed> (default: runs)")
+    sw.add_argument("--launcher", choices=("local", "slurm", "submitit-local"), default="local",
+                    help="local: N runs at a time here; slurm: a submitit job array; submitit-local: that array here")
+    sw.add_argument("--jobs", type=int, default=1, metavar="N",
+                    help="local launcher: runs at a time (threads are split between them; GPUs given out in turn)")
+    sw.add_argument("--slurm-partition")
+    sw.add_argument("--slurm-gpus", type=int, default=1, help="GPUs per job (default: 1)")
+    sw.add_argument("--slurm-time", type=int, default=24 * 60, metavar="MINUTES",
+                    help="time limit per job; a job that reaches it is requeued and resumes (default: 1440)")
+    sw.add_argument("--slurm-parallel", type=int, help="most array jobs running at once")
+    sw.add_argument("--slurm-arg", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="more sbatch parameters for submitit, e.g. account=myproj mem_gb=64")
 
     v = sub.add_parser("validate", help="check a protocol file and its data")
     v.add_argument("--protocol", required=True)
@@ -250,6 +277,50 @@ def dry_run(config, warmup_steps: int) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from cifc_bench import sweep
+
+    if args.jobs < 1:
+        raise CLIError(f"--jobs {args.jobs}: give a whole number >= 1")
+    given = _given_settings(args)
+    fixed = given.pop("method_args", {})
+    if given.get("protocol") is None:
+        from cifc_bench.protocol import default_protocol
+
+        given["protocol"] = default_protocol()
+    from cifc_bench.registry import load_method
+
+    for method in args.methods:  # a typo should fail before anything starts
+        load_method(method)
+    grid = sweep.parse_grid(args.grid, args.methods)
+    jobs = sweep.expand(args.methods, args.seeds, grid, args.out, given["protocol"], fixed, given)
+    states = {j.run_dir: j.status() for j in jobs}
+    todo = [j for j in jobs if states[j.run_dir] in ("missing", "partial")]
+    counts = {s: sum(v == s for v in states.values()) for s in ("completed", "failed", "partial", "missing")}
+    print(f"sweep: {len(jobs)} run(s) under {args.out}: {counts['completed']} completed (skipped), {counts['failed']} "
+          f"failed (left alone: delete the folder to run it again), {counts['partial']} to resume, "
+          f"{counts['missing']} to start", flush=True)
+    for job in jobs:
+        if states[job.run_dir] == "failed":
+            print(f"  failed before: {job.run_dir}")
+    if not todo:
+        return 0
+    if sweep.calibrate_once(todo):
+        print("sweep: neglect thresholds calibrated once for every run", flush=True)
+    if args.launcher == "local":
+        codes = sweep.launch_local(todo, args.jobs, args.out / "_sweep_logs", echo=lambda m: print(m, flush=True))
+    else:
+        slurm = {"timeout_min": args.slurm_time, "slurm_partition": args.slurm_partition,
+                 "gpus_per_node": args.slurm_gpus, "slurm_array_parallelism": args.slurm_parallel,
+                 **_parse_method_args(args.slurm_arg)}
+        codes = sweep.launch_submitit(todo, args.out / "_sweep_logs" / "submitit", args.launcher == "submitit-local",
+                                      slurm, echo=lambda m: print(m, flush=True))
+    failed = [d for d, c in codes.items() if c]
+    print(f"sweep: {len(codes) - len(failed)} of {len(codes)} run(s) finished"
+          + (f"; {len(failed)} failed (their logs say why): {', '.join(failed)}" if failed else ""))
+    return EXIT_FAILED if failed else 0
+
+
 def _check_writable(run_dir: Path) -> None:
     """Fail before any work when the run directory cannot be written, with the folder and the fix."""
     import os
@@ -358,7 +429,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "data": cmd_data, "leaderboard": cmd_leaderboard, "ls": cmd_ls,
+COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "validate": cmd_validate, "data": cmd_data, "leaderboard": cmd_leaderboard, "ls": cmd_ls,
             "report": cmd_report, "rescore": cmd_rescore}
 
 
