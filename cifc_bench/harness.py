@@ -484,19 +484,29 @@ def evaluate_task(ctx: RunContext, result: dict[str, Any], j: int, references: d
 
 def generate_cached(ctx: RunContext, pairs, folder: Path, desc: str) -> list:
     """The images of ``pairs`` (request, file name): generated for the files missing in ``folder``, then read."""
+    from concurrent.futures import ThreadPoolExecutor
+
     missing = [(r, name) for r, name in pairs if not (folder / name).exists()]
     if missing and ctx.method is None:
         raise ConfigError(f"{folder} lacks {len(missing)} of the run's images (first: {missing[0][1]}); rescoring "
                           "reads the images a run saved and generates none. Re-run the method instead.")
     settings = ctx.settings
-    for start in progress(range(0, len(missing), settings.batch_size), desc=desc, leave=False):
-        chunk = missing[start : start + settings.batch_size]
-        images = ctx.method.generate([r for r, _ in chunk], settings)
-        if len(images) != len(chunk):
-            raise RuntimeError(f"method {ctx.config.method!r} returned {len(images)} images for {len(chunk)} requests")
-        for (_, name), image in zip(chunk, images, strict=True):
-            save_atomic(image, folder / name)
-    return [load_rgb(folder / name) for _, name in pairs]
+    generated: dict[str, Any] = {}
+    # one writer thread: PNG encoding (zlib releases the GIL) overlaps the sampling of the next batch
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="png-writer") as writer:
+        writes = []
+        for start in progress(range(0, len(missing), settings.batch_size), desc=desc, leave=False):
+            chunk = missing[start : start + settings.batch_size]
+            images = ctx.method.generate([r for r, _ in chunk], settings)
+            if len(images) != len(chunk):
+                raise RuntimeError(f"method {ctx.config.method!r} returned {len(images)} images for {len(chunk)} "
+                                   "requests")
+            for (_, name), image in zip(chunk, images, strict=True):
+                generated[name] = image.convert("RGB")  # what the PNG decodes to (lossless): no re-reading
+                writes.append(writer.submit(save_atomic, generated[name], folder / name))
+        for write in writes:
+            write.result()  # a failed write (a full disk) surfaces here, before any score is computed
+    return [generated[name] if name in generated else load_rgb(folder / name) for _, name in pairs]
 
 
 def evaluate_concept(ctx: RunContext, j: int, concept: Concept, references: dict[str, np.ndarray]) -> dict[str, float]:

@@ -94,18 +94,20 @@ class ConceptBatches:
     augment: Callable = default_augment
 
     def __post_init__(self) -> None:
-        self._data = concept_dataset(self.concept)
+        data = concept_dataset(self.concept)
+        # decoded once per task, not at every step (a 4k-pixel JPEG takes about half a second to decode)
+        self._images, self._captions = list(data["image"]), list(data["caption"])
         self._rng = random.Random(self.seed)
         self._gen = torch.Generator().manual_seed(self.seed)
 
     def __iter__(self):
-        n = len(self._data)
+        n = len(self._images)
         while True:
             order = torch.randperm(n, generator=self._gen).tolist()
             for start in range(0, n - n % self.batch_size or n, self.batch_size):
-                rows = [self._data[i] for i in order[start : start + self.batch_size]]
-                pairs = [self.augment(r["image"], self.resolution) for r in rows]
-                prompts = [training_prompt(self.concept, r["caption"], self._rng) for r in rows]
+                rows = order[start : start + self.batch_size]
+                pairs = [self.augment(self._images[i], self.resolution) for i in rows]
+                prompts = [training_prompt(self.concept, self._captions[i], self._rng) for i in rows]
                 yield torch.stack([p for p, _ in pairs]), torch.stack([m for _, m in pairs]), prompts
 
 

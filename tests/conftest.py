@@ -11,8 +11,19 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("CIFC_BENCH_PROGRESS", "0")
+# One thread per process, here and in the runs tests start: the tests' tiny models run fastest on one thread,
+# and two processes of two threads each on a 2-core machine slow each other down tenfold.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 SHARED_CIFC10 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifc10"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    yield
 
 
 @pytest.fixture(scope="session", autouse=True)

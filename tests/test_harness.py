@@ -137,3 +137,27 @@ def test_unknown_method_args_are_rejected_not_ignored(tmp_path, tiny_protocol):
         run_benchmark(tiny_run_config(tiny_protocol, method_args={"rnak": 8}), tmp_path / "run")
     assert str(info.value) == ("method 'finetune' has no argument(s) ['rnak']; it accepts: rank, lr, embedding_lr, "
                                "targets (--method-args KEY=VALUE)")
+
+
+def test_images_returned_while_their_pngs_are_written_equal_the_files(tmp_path):
+    """The writer thread saves while the next batch samples; what the harness scores is what a later run
+    (or a rescore) reads back from disk, pixel for pixel, and a second call reads instead of generating."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    from cifc_bench.methods.zero_shot import ZeroShot
+
+    from cifc_bench.api import GenerationRequest, GenerationSettings
+    from cifc_bench.harness import generate_cached
+    from cifc_bench.images import load_rgb
+    from cifc_bench.models import load_bundle
+
+    settings = GenerationSettings(resolution=32, num_inference_steps=2, guidance_scale=7.5, batch_size=2)
+    ctx = SimpleNamespace(method=ZeroShot(load_bundle("tiny-random")), settings=settings,
+                          config=SimpleNamespace(method="base"))
+    pairs = [(GenerationRequest(prompt=f"a dog {k}", seed=k), f"{k}.png") for k in range(5)]
+    images = generate_cached(ctx, pairs, tmp_path, "test")
+    on_disk = [np.asarray(load_rgb(tmp_path / name)) for _, name in pairs]
+    assert all(np.array_equal(np.asarray(a), b) for a, b in zip(images, on_disk, strict=True))
+    again = generate_cached(SimpleNamespace(**{**vars(ctx), "method": None}), pairs, tmp_path, "test")  # read back
+    assert all(np.array_equal(np.asarray(a), b) for a, b in zip(again, on_disk, strict=True))
