@@ -139,6 +139,7 @@ def load_context(config: RunSpec, run_dir: Path, calibration: dict[str, Any] | N
             f"--prompts-per-concept {config.prompts_per_concept} exceeds the smallest prompt set of "
             f"{spec.name!r} ({min(len(c.eval_prompts) for c in sequence.concepts)} prompts)"
         )
+    fast_fp32_matmuls(config.device)
     bundle = load_bundle(config.model, config.device)
     fingerprint = model_fingerprint(bundle)
     scorer = load_scorer(config.scorer, config.device)
@@ -175,6 +176,19 @@ def load_context(config: RunSpec, run_dir: Path, calibration: dict[str, Any] | N
     return RunContext(config=config, sequence=sequence, method=method, scorer=scorer, run_dir=Path(run_dir),
                       metrics=metrics, dino=dino, calibration=calibration, model_fingerprint=fingerprint,
                       budgets=budgets, metric_fns=metric_fns, presence_fns=presence_fns)
+
+
+def fast_fp32_matmuls(device: str | None) -> bool:
+    """On CUDA, fp32 matrix products and convolutions run on TF32 tensor cores (10 mantissa bits in the
+    products, fp32 accumulation), as diffusers' own training scripts allow; a CPU run is left as it is.
+    Returns whether TF32 is on (recorded in ``run_info.tf32``)."""
+    import torch
+
+    if not str(device or "").startswith("cuda"):
+        return False
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return True
 
 
 def load_metrics(names, source, key: str = "metrics") -> dict[str, Any]:
@@ -247,6 +261,7 @@ def new_result(ctx: RunContext) -> dict[str, Any]:
             "scorer": ctx.config.scorer,
             "scorer_fingerprint": scorer_fingerprint(ctx.scorer),
             "model_fingerprint": ctx.model_fingerprint,
+            "tf32": fast_fp32_matmuls(ctx.config.device),
             "git": git_info(),
             "packages": package_versions(),
             "started": now(),
