@@ -43,26 +43,15 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _parse_method_args(items: Sequence[str]) -> dict:
-    import yaml
+    from cifc_bench.config import parse_value
 
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise CLIError(f"--method-args {item!r}: write KEY=VALUE, e.g. --method-args rank=4 lr=1e-4")
-        out[key.strip()] = _scalar(yaml.safe_load(value))
+        out[key.strip()] = parse_value(value)
     return out
-
-
-def _scalar(value):
-    """A YAML scalar, with numbers that YAML 1.1 leaves as strings (``1e6``, ``1e-4``) made numbers."""
-    if isinstance(value, str):
-        for kind in (int, float):
-            try:
-                return kind(value)
-            except ValueError:
-                pass
-    return value
 
 
 def _add_setting_flags(r: argparse.ArgumentParser) -> None:

@@ -126,6 +126,21 @@ class RunSpec:
         return cls(**data)
 
 
+def parse_value(text: str) -> Any:
+    """A value typed on the command line (``rank=4``, ``lr=1e-4``, ``variant=paper``), read as YAML, with the
+    numbers YAML 1.1 leaves as strings (``1e6``, ``1e-4``) made numbers."""
+    import yaml
+
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        for kind in (int, float):
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+    return value
+
+
 def setting_names() -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(RunSpec))
 

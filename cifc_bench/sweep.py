@@ -73,7 +73,7 @@ def _text(value: Any) -> str:
 
 def parse_grid(items: Sequence[str], methods: Sequence[str]) -> dict[str, dict[str, list]]:
     """``KEY=V1,V2`` (every method) or ``METHOD.KEY=V1,V2`` (one method) -> {method: {key: [values]}}."""
-    import yaml
+    from cifc_bench.config import parse_value
 
     grid: dict[str, dict[str, list]] = {m: {} for m in methods}
     for item in items:
@@ -83,21 +83,10 @@ def parse_grid(items: Sequence[str], methods: Sequence[str]) -> dict[str, dict[s
         scope, dot, name = key.rpartition(".")
         if dot and scope not in grid:
             raise SweepError(f"--grid {item!r}: {scope!r} is not one of the sweep's --methods {list(methods)}")
-        parsed = [_number(yaml.safe_load(v)) for v in values.split(",")]
+        parsed = [parse_value(v) for v in values.split(",")]
         for method in ([scope] if dot else methods):
             grid[method][name] = parsed
     return grid
-
-
-def _number(value: Any) -> Any:
-    """YAML 1.1 leaves ``1e-4`` a string; a sweep value that reads as a number is one."""
-    if isinstance(value, str):
-        for kind in (int, float):
-            try:
-                return kind(value)
-            except ValueError:
-                pass
-    return value
 
 
 def expand(methods: Sequence[str], seeds: Sequence[int], grid: Mapping[str, Mapping[str, list]], out: Path,
