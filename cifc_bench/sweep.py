@@ -145,10 +145,9 @@ def _default_device() -> str:
 
 
 def run_cli(argv: Sequence[str]) -> int:
-    """Run one job in this process (a SLURM or submitit job); raises when the run fails, so the array says so."""
-    from cifc_bench.cli import main
-
-    code = main(list(argv))
+    """Run one job as its own ``cifc-bench`` process (inside a SLURM or submitit job); raises when the run
+    fails, so the array says so."""
+    code = subprocess.run([sys.executable, "-m", "cifc_bench.cli", *argv]).returncode
     if code:
         raise RuntimeError(f"cifc-bench {' '.join(argv)} exited with {code}")
     return code

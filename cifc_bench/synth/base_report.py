@@ -70,11 +70,6 @@ def _accuracy(predicted: np.ndarray, truth: np.ndarray) -> tuple[float, dict[str
                                                 for k, s in enumerate(world.SHAPES)}
 
 
-def grain(pixels: np.ndarray, rng: np.random.Generator, sigma: float = 10.0) -> np.ndarray:
-    """The pixel grain the base model's samples show (σ ≈ 10 grey levels)."""
-    return np.clip(pixels + rng.normal(0.0, sigma, pixels.shape), 0, 255).round().astype(np.uint8)
-
-
 def _settings(settings: GenerationSettings | None) -> GenerationSettings:
     return settings or GenerationSettings(resolution=world.SIZE, num_inference_steps=12, guidance_scale=3.0,
                                           batch_size=50)
@@ -172,7 +167,7 @@ def perfect_boxed_renders(sequence, per_prompt: int, seed: int = 7) -> list[list
             position = "left" if x1 <= 0.55 else "right" if x0 >= 0.45 else "top" if y1 <= 0.55 else "bottom"
             target = concept_target(sequence.concept(c).generator)
             scenes.append(world.replace(target, size="small", position=position, background=background))
-        out.append([Image.fromarray(grain(world.render_many(scenes, int(rng.integers(1 << 31))), rng))
+        out.append([Image.fromarray(world.grain(world.render_many(scenes, int(rng.integers(1 << 31))), rng))
                     for _ in range(per_prompt)])
     return out
 
@@ -219,7 +214,7 @@ def oracle_report(bundle, scorer, sequence, per_prompt: int = 40, calibration_im
             for k in range(per_prompt):
                 side = ("left", LEFT) if k % 2 == 0 else ("right", RIGHT)
                 scene = world.replace(targets[sib.name], size="small", position=side[0])
-                px = grain(world.render(scene, int(rng.integers(1 << 31))), rng)
+                px = world.grain(world.render(scene, int(rng.integers(1 << 31))), rng)
                 present_sibling.append(checks.present(px, targets[c.name], side[1]))
     identity = []
     for c in sequence.concepts:
@@ -232,7 +227,7 @@ def oracle_report(bundle, scorer, sequence, per_prompt: int = 40, calibration_im
             else:
                 scene = world.replace(world.random_scene(rng), style="plain", personal_style=targets[c.name])
                 prompt = f"a picture of a {scene.shape}"
-            rendered.append((grain(world.render(scene, int(rng.integers(1 << 31))), rng), prompt))
+            rendered.append((world.grain(world.render(scene, int(rng.integers(1 << 31))), rng), prompt))
         identity.append(checks.identity_acc([r[0] for r in rendered], [r[1] for r in rendered], targets[c.name]))
     return {
         "cnr_exact_present_perfect": float(np.mean(present_perfect)), "n_perfect": len(present_perfect),
@@ -267,7 +262,7 @@ def generic_box_renders(target: world.Scene, box, prompt: str, n: int, seed: int
                               background=background, style="plain")
         if world.low_contrast(scene.fill, background):
             continue
-        img = Image.fromarray(grain(world.render(scene, int(rng.integers(1 << 31))), rng))
+        img = Image.fromarray(world.grain(world.render(scene, int(rng.integers(1 << 31))), rng))
         out.append(ng.isolate_box(img, box))
     return out
 

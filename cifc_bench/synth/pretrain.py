@@ -365,9 +365,7 @@ def pretrain_scorer(cfg: PretrainConfig, out: Path) -> dict:
 def _grain(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Add the pixel grain that sampling leaves (Gaussian, σ uniform in [0, SCORER_GRAIN]): the scorer judges
     generated images, and one trained on clean renders alone misreads grainy ones."""
-    from cifc_bench.synth.base_report import grain
-
-    return grain(pixels, rng, rng.uniform(0.0, SCORER_GRAIN))
+    return world.grain(pixels, rng, rng.uniform(0.0, SCORER_GRAIN))
 
 
 # ----------------------------------------------------------------------------------------------------------

