@@ -226,8 +226,8 @@ class MixOfShow(Method):
         from cifc_bench.sampling import sample
 
         uncond = self._encode(self.bundle, [settings.negative_prompt])
-        regions = [(torch.cat([uncond, self._encode(self.bundle, [f"a {c.eval_replacement}"])]), box.as_tuple())
-                   for c, box in zip(request.concepts, request.boxes, strict=True)]
+        regions = [(torch.cat([uncond, self._encode(self.bundle, [request.region_prompt(k)])]), box.as_tuple())
+                   for k, box in enumerate(request.boxes)]
         for proc in self.processors:
             proc.regions = regions
         try:

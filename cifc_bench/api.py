@@ -191,6 +191,15 @@ class GenerationRequest:
     seed: int
     concepts: tuple[Concept, ...] = ()
     boxes: tuple[Box, ...] | None = None
+    #: one text per box for methods that condition each region on its own prompt (CIDM's region synthesis,
+    #: Mix-of-Show's regional sampler); None: "a <the concept's evaluation phrase>"
+    region_prompts: tuple[str, ...] | None = None
+
+    def region_prompt(self, k: int) -> str:
+        """The prompt of box ``k``: the user's, or the concept's evaluation phrase."""
+        if self.region_prompts is not None:
+            return self.region_prompts[k]
+        return f"a {self.concepts[k].eval_replacement}"
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
     cifc-bench run --method cidm --protocol cifc10          # train + evaluate, writes results/<protocol>/...
     cifc-bench run --resume RUN_DIR                         # continue a killed run
     cifc-bench sweep --methods finetune cidm --seeds 0 1 2  # a grid of runs; again: only what is missing
+    cifc-bench generate RUN_DIR --prompt "a {dog1} on the beach"   # images with what a run learned
     cifc-bench validate --protocol cifc10 --data-dir DIR
     cifc-bench data fetch cifc10 [--to DIR]
     cifc-bench leaderboard --protocol cifc10 --format md|csv|latex
@@ -33,13 +34,15 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from cifc_bench.config import ConfigError
     from cifc_bench.data import DataError
     from cifc_bench.dino import DinoLoadError
+    from cifc_bench.generate import GenerateError
     from cifc_bench.models import ModelLoadError
     from cifc_bench.protocol import ProtocolError
     from cifc_bench.registry import PluginError
     from cifc_bench.scoring import ScorerLoadError
+    from cifc_bench.sweep import SweepError
 
-    return (CLIError, ConfigError, DataError, DinoLoadError, ModelLoadError, PluginError, ProtocolError, ScorerLoadError,
-            FileNotFoundError)
+    return (CLIError, ConfigError, DataError, DinoLoadError, GenerateError, ModelLoadError, PluginError, ProtocolError,
+            ScorerLoadError, SweepError, FileNotFoundError)
 
 
 def _parse_method_args(items: Sequence[str]) -> dict:
@@ -121,6 +124,22 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--slurm-parallel", type=int, help="most array jobs running at once")
     sw.add_argument("--slurm-arg", nargs="*", default=[], metavar="KEY=VALUE",
                     help="more sbatch parameters for submitit, e.g. account=myproj mem_gb=64")
+
+    g = sub.add_parser("generate", help="generate images with what a run learned, from your own prompt")
+    g.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    g.add_argument("--prompt", required=True,
+                   help='learned concepts in braces, e.g. "a photo of {dog1} on the beach" (cifc-bench generate '
+                        "lists them when one is unknown)")
+    g.add_argument("--n", type=int, default=4, help="images (seeds --seed, --seed + 1, ...; default 4)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--after-task", type=int, metavar="N", help="the model after task N (default: the last finished)")
+    g.add_argument("--box", nargs="*", default=[], metavar="CONCEPT=Y0,X0,Y1,X1",
+                   help="one box per concept the prompt names (fractions of the image): a multi-concept request")
+    g.add_argument("--region-prompt", nargs="*", default=[], metavar="CONCEPT=TEXT",
+                   help="the prompt of a concept's box (default: 'a {concept}')")
+    g.add_argument("--out", type=Path, help="folder for the images, grid.png and request.json "
+                                            "(default: generated/<run>-<timestamp>)")
+    g.add_argument("--device", help="default: the run's")
 
     v = sub.add_parser("validate", help="check a protocol file and its data")
     v.add_argument("--protocol", required=True)
@@ -263,6 +282,17 @@ def dry_run(config, warmup_steps: int) -> int:
     for s, p in plans.items():
         print(f"  estimated wall time ({s}): {plan.format_duration(plan.estimate_seconds(p, warm))} "
               "(an estimate: work that grows with the number of stored tasks is timed at task 1)")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from cifc_bench.generate import generate_from_run
+
+    if not (args.run_dir / "result.json").is_file():
+        raise CLIError(f"no result.json in {args.run_dir}; pass a run directory (runs/<protocol>/<method>/<run>)")
+    grid, images = generate_from_run(args.run_dir, args.prompt, args.n, args.seed, args.out, args.after_task,
+                                     args.box, args.region_prompt, args.device)
+    print(f"generated {len(images)} image(s): {grid.parent} (grid: {grid})")
     return 0
 
 
@@ -418,7 +448,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "validate": cmd_validate, "data": cmd_data, "leaderboard": cmd_leaderboard, "ls": cmd_ls,
+COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "generate": cmd_generate, "validate": cmd_validate, "data": cmd_data, "leaderboard": cmd_leaderboard, "ls": cmd_ls,
             "report": cmd_report, "rescore": cmd_rescore}
 
 

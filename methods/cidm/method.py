@@ -323,7 +323,8 @@ class CIDM(Method):
         groups: dict[tuple, list[int]] = {}
         for k, r in enumerate(requests):
             if r.boxes:
-                key = (r.prompt, tuple(b.as_tuple() for b in r.boxes), tuple(c.name for c in r.concepts))
+                key = (r.prompt, tuple(b.as_tuple() for b in r.boxes), tuple(c.name for c in r.concepts),
+                       r.region_prompts)
                 groups.setdefault(key, []).append(k)
         for idx in groups.values():
             for start in range(0, len(idx), settings.batch_size):
@@ -356,8 +357,8 @@ class CIDM(Method):
 
         cond, uncond = encode(request.prompt), encode(settings.negative_prompt)
         # region u's prompt, for the CFG batch [uncond; cond]: the unconditional half keeps the empty prompt
-        regions = [(torch.cat([uncond, encode(f"a {c.eval_replacement}")]), box.as_tuple())
-                   for c, box in zip(request.concepts, request.boxes, strict=True)]
+        regions = [(torch.cat([uncond, encode(request.region_prompt(k))]), box.as_tuple())
+                   for k, box in enumerate(request.boxes)]
         weights = self.task_weights(cond) if self.task_placeholders else None
         scheduler = type(bundle.scheduler).from_config(bundle.scheduler.config)
         scheduler.set_timesteps(settings.num_inference_steps, device=bundle.device)

@@ -1,0 +1,74 @@
+"""``cifc-bench generate``: a user's prompt, with learned concepts in braces, on a finished run's model."""
+
+import json
+
+import numpy as np
+import pytest
+
+from cifc_bench.api import Box
+from cifc_bench.cli import main
+from cifc_bench.generate import GenerateError, expand_prompt, parse_boxes, requests_for
+
+
+@pytest.fixture(scope="module")
+def cidm_run(tiny_protocol, tmp_path_factory):
+    """A finished CIDM run of the tiny protocol (three concepts; CIDM reads boxes and region prompts)."""
+    from cifc_bench.harness import run_benchmark
+    from cifc_bench.testing import tiny_run_config
+
+    run_dir = tmp_path_factory.mktemp("gen") / "run"
+    run_benchmark(tiny_run_config(tiny_protocol, method="cidm", prompts_per_concept=1), run_dir)
+    return run_dir
+
+
+def test_prompt_braces_expand_to_learned_concepts_and_unknown_names_are_listed(tiny_protocol):
+    from pathlib import Path
+
+    from cifc_bench.protocol import load_protocol
+
+    learned = {c.name: c for c in load_protocol(str(tiny_protocol)).bind(Path("."), check=False).concepts[:2]}
+    text, used = expand_prompt("a {thing1} next to a {thing0} and {thing1}", learned)
+    assert text == "a <t1a> <t1b> next to a <t0a> <t0b> and <t1a> <t1b>" and [c.name for c in used] == ["thing1", "thing0"]
+    with pytest.raises(GenerateError, match=r"names \{thing2\}, which this run has not learned; learned: thing0, thing1"):
+        expand_prompt("a {thing2}", learned)
+    with pytest.raises(GenerateError, match=r"--box 'thing0=0.2,0.1,1.3,0.5': box \(0.2, 0.1, 1.3, 0.5\) is not"):
+        parse_boxes(["thing0=0.2,0.1,1.3,0.5"])
+    with pytest.raises(GenerateError, match="write CONCEPT=y0,x0,y1,x1"):
+        parse_boxes(["thing0=0.2,0.1"])
+    with pytest.raises(GenerateError, match="give a box for every concept the prompt names .*missing thing1"):
+        requests_for("{thing0} and {thing1}", learned, 1, 0, {"thing0": Box(0, 0, 1, 0.5)})
+    with pytest.raises(GenerateError, match="--region-prompt needs --box"):
+        requests_for("{thing0}", learned, 1, 0, regions={"thing0": "a toy"})
+    with pytest.raises(GenerateError, match="--n 0"):
+        requests_for("{thing0}", learned, 0, 0)
+
+
+def test_generate_writes_images_grid_and_request_and_repeats_itself(cidm_run, tmp_path):
+    out = tmp_path / "a"
+    assert main(["generate", str(cidm_run), "--prompt", "a photo of {thing0} on a table", "--n", "3", "--seed", "5",
+                 "--out", str(out)]) == 0
+    files = sorted(p.name for p in out.glob("*.png"))
+    assert files == ["000_s5.png", "001_s6.png", "002_s7.png", "grid.png"]
+    asked = json.loads((out / "request.json").read_text())
+    assert asked["expanded_prompt"] == "a photo of <t0a> <t0b> on a table" and asked["after_task"] == 3
+    again = tmp_path / "b"
+    assert main(["generate", str(cidm_run), "--prompt", "a photo of {thing0} on a table", "--n", "3", "--seed", "5",
+                 "--out", str(again)]) == 0  # the same command gives the same images (batches alike: float sums
+    from PIL import Image  # depend on the batch, as in the harness, whose batches the protocol fixes)
+
+    for name in files:
+        assert np.array_equal(np.asarray(Image.open(out / name)), np.asarray(Image.open(again / name))), name
+
+
+def test_boxed_generation_reads_region_prompts_and_after_task_limits_the_concepts(cidm_run, tmp_path, capsys):
+    from PIL import Image
+
+    boxed = ["--prompt", "a {thing0} next to a {thing1}", "--n", "1", "--box", "thing0=0,0,1,0.5", "thing1=0,0.5,1,1"]
+    assert main(["generate", str(cidm_run), *boxed, "--out", str(tmp_path / "plain")]) == 0
+    assert main(["generate", str(cidm_run), *boxed, "--region-prompt", "thing1=a {thing1} in the forest",
+                 "--out", str(tmp_path / "region")]) == 0
+    plain, region = (np.asarray(Image.open(tmp_path / d / "000_s0.png")) for d in ("plain", "region"))
+    assert plain.shape == region.shape and not np.array_equal(plain, region), "the region prompt did not reach CIDM"
+    assert main(["generate", str(cidm_run), "--prompt", "a {thing1}", "--after-task", "1", "--out",
+                 str(tmp_path / "early")]) == 2
+    assert "names {thing1}, which this run has not learned; learned: thing0" in capsys.readouterr().err
