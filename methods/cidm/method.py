@@ -73,8 +73,8 @@ def paste_augment(image, resolution: int):
 class CIDM(Method):
     storage = "per-task-adapters"
 
-    version = 2  # v2: release attention regulariser (batch mean, skipped without outside), exact R2 step 2,
-    # sigmoid on region features only, the release's style templates; v1 runs are not comparable
+    version = 3  # v2: release attention regulariser (batch mean, skipped without outside), exact R2 step 2,
+    # sigmoid on region features only, the release's style templates; v3: R2 step 2 solved in float64
 
     def __init__(self, bundle, variant: str = "paper", rank: int = 4, lr: float = 1e-4, embedding_lr: float = 1e-3, gamma1: float = 0.1, gamma2: float | None = None, tsp: bool = True,
                  tsh: bool = True, ewa: bool = True, alpha: float = 0.8, ccs_alpha: float = 0.1,
