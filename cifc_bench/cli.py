@@ -88,6 +88,8 @@ def _add_setting_flags(r: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from cifc_bench.sweep import LAUNCHERS
+
     p = argparse.ArgumentParser(prog="cifc-bench", description="Benchmark continual customization of diffusion models.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -113,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting_flags(sw)
     sw.add_argument("--out", type=Path, default=Path("runs"),
                     help="root of the run directories, <out>/<protocol>/<method>/<args>s<seed> (default: runs)")
-    sw.add_argument("--launcher", choices=("local", "slurm", "submitit-local"), default="local",
+    sw.add_argument("--launcher", choices=LAUNCHERS, default="local",
                     help="local: N runs at a time here; slurm: a submitit job array; submitit-local: that array here")
     sw.add_argument("--jobs", type=int, default=1, metavar="N",
                     help="local launcher: runs at a time (threads are split between them; GPUs given out in turn)")

@@ -128,9 +128,9 @@ def calibrate_once(jobs: Sequence[SweepJob]) -> int:
         spec_data.setdefault("device", _default_device())
         config, spec, _, _ = resolve_run(RunSpec.from_dict(spec_data))
         key = (config.protocol, config.model, config.scorer, config.generation(), config.calibration_images)
+        if key in done or not spec.raw.get("multi_concept_prompts"):
+            continue  # bound (its data checked) once per setting, not once per job
         sequence = spec.bind(spec.data_root(config.data_dir))
-        if key in done or not sequence.multi_concept_prompts:
-            continue
         calibrate_thresholds(load_bundle(config.model, config.device), load_scorer(config.scorer, config.device),
                              sequence, config.generation(), config.calibration_images, config.model,
                              cache_dir() / "cnr-thresholds")
@@ -187,9 +187,10 @@ def launch_local(jobs: Sequence[SweepJob], n_parallel: int, log_dir: Path, echo=
                 env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
             slot += 1
             log = log_dir / f"{job.method.replace(':', '_')}-{job.run_dir.name}.log"
-            echo(f"start {job.run_dir} ({'resume' if '--resume' in job.argv() else 'new'}), log {log}")
+            argv = job.argv()
+            echo(f"start {job.run_dir} ({'resume' if '--resume' in argv else 'new'}), log {log}")
             handle = open(log, "a")  # noqa: SIM115 - closed when the process ends
-            proc = subprocess.Popen([sys.executable, "-m", "cifc_bench.cli", *job.argv()], env=env,
+            proc = subprocess.Popen([sys.executable, "-m", "cifc_bench.cli", *argv], env=env,
                                     stdout=handle, stderr=subprocess.STDOUT)
             running.append((job, proc, handle))
         finished = [(j, p, h) for j, p, h in running if p.poll() is not None]
