@@ -45,7 +45,10 @@ class ModelBundle:
     - ``scheduler``: the evaluation sampler (DPM-Solver++ for SD-1.5); build training schedulers from its config.
     - ``vae``: a diffusers ``AutoencoderKL``, or **None** for a pixel-space model (the synthetic tier): the UNet
       then works on pixels in [-1, 1], and ``vae_scale_factor`` is 1.
-    Everything is frozen (``requires_grad`` off, eval mode) and float32 on ``device`` when a method receives it.
+    Everything is frozen (``requires_grad`` off, eval mode) on ``device`` when a method receives it: the text
+    encoder in float32, the UNet and VAE in the run's ``--dtype`` (float32 on CPU, bfloat16 on CUDA by default).
+    ``learn_task`` and ``generate`` run under ``torch.autocast`` for a low dtype; what a method trains must be
+    float32 (``cifc_bench.precision.fp32_trainable``) and stepped through ``precision.loss_scaler``.
     A method may add tokens, wrap or patch modules and change weights in place, as long as its ``generate``
     sees what it learned; the harness builds a fresh bundle per run.
     """

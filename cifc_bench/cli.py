@@ -59,6 +59,8 @@ def _parse_method_args(items: Sequence[str]) -> dict:
 
 def _add_setting_flags(r: argparse.ArgumentParser) -> None:
     """The run settings every run of a command shares (``run``, ``sweep``): one flag per setting."""
+    from cifc_bench.config import DTYPES
+
     r.add_argument("--protocol", help="protocol name or YAML path (default: the installed protocol marked "
                                       "`default: true`, the CPU world)")
     r.add_argument("--method-args", nargs="*", default=[], metavar="KEY=VALUE", help="method hyper-parameters")
@@ -85,6 +87,9 @@ def _add_setting_flags(r: argparse.ArgumentParser) -> None:
     r.add_argument("--calibration-images", type=int,
                    help="base-model class-word images per concept that calibrate the presence thresholds")
     r.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    r.add_argument("--dtype", choices=DTYPES, help="precision of the frozen weights, run under autocast; trainable "
+                                                   "parameters and optimiser state stay fp32 (default: bf16 on CUDA, "
+                                                   "fp32 on CPU)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -268,7 +273,7 @@ def dry_run(config, warmup_steps: int) -> int:
     schedules = (config.eval_schedule, *(s for s in EVAL_SCHEDULES if s != config.eval_schedule))
     plans = {s: plan.work_plan(config, sequence, budgets, s) for s in schedules}
     print(f"dry run: {config.method} on {spec.name} (schedule {config.schedule}), model {config.model}, "
-          f"device {config.device}; nothing is written")
+          f"device {config.device}, {config.dtype}; nothing is written")
     for s, p in plans.items():
         which = "this run" if s == config.eval_schedule else f"with --eval-schedule {s}"
         print(f"eval schedule {s} ({which}):" + "".join(f"\n  {line}" for line in plan.describe(p)))
@@ -277,7 +282,8 @@ def dry_run(config, warmup_steps: int) -> int:
     print(f"warm-up: {warmup_steps + 2} training steps and 3 image batches of task 1 on {config.device} ...", flush=True)
     with tempfile.TemporaryDirectory(prefix="cifc-dry-run-") as tmp:  # the run directory is never written
         ctx = load_context(config, Path(tmp), calibration={"thresholds": []})
-        warm = plan.measure_warmup(ctx, warmup_steps)
+        with ctx.precision():
+            warm = plan.measure_warmup(ctx, warmup_steps)
     multi = f", {warm.multi_image:.3g} s per multi-concept image" if warm.multi_image is not None else ""
     print(f"  measured: {warm.step:.3g} s per training step + {warm.per_task:.3g} s per task, "
           f"{warm.concept_image:.3g} s per concept image{multi}, {warm.base_image:.3g} s per base-model image")

@@ -167,7 +167,8 @@ def generate_from_run(run_dir: Path, prompt: str, n: int = 4, seed: int = 0, out
     ctx, j = restore(Path(run_dir), after_task, device)
     learned = learned_concepts(ctx, j)
     requests = requests_for(prompt, learned, n, seed, boxed, parse_regions(regions, learned))
-    images = ctx.method.generate(requests, ctx.settings)
+    with ctx.precision():
+        images = ctx.method.generate(requests, ctx.settings)
     out = out or Path("generated") / f"{Path(run_dir).name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     asked = {"run": str(run_dir), "after_task": j, "prompt": prompt, "n": n, "seed": seed, "boxes": list(boxes),
              "region_prompts": list(regions)}

@@ -72,6 +72,12 @@ class RunContext:
     def settings(self) -> GenerationSettings:
         return self.config.generation()
 
+    def precision(self):
+        """The autocast context of the run's ``dtype``, entered around every ``learn_task`` and ``generate``."""
+        from cifc_bench.precision import autocast
+
+        return autocast(self.config.device, self.config.dtype)
+
 
 def state_path(run_dir: Path, task_index: int) -> Path:
     return Path(run_dir) / "state" / f"after_task_{task_index:02d}.safetensors"
@@ -130,6 +136,7 @@ def load_context(config: RunSpec, run_dir: Path, calibration: dict[str, Any] | N
     no method is built and nothing can be generated.
     """
     from cifc_bench.models import load_bundle
+    from cifc_bench.precision import autocast, cast_frozen
     from cifc_bench.scoring import load_scorer
 
     config, spec, method_cls, budgets = resolve_run(config)
@@ -141,7 +148,8 @@ def load_context(config: RunSpec, run_dir: Path, calibration: dict[str, Any] | N
         )
     fast_fp32_matmuls(config.device)
     bundle = load_bundle(config.model, config.device)
-    fingerprint = model_fingerprint(bundle)
+    fingerprint = model_fingerprint(bundle)  # of the weights as published, whatever precision the run uses
+    cast_frozen(bundle, config.dtype)
     scorer = load_scorer(config.scorer, config.device)
     dino = None
     if config.dino and config.dino != "none":
@@ -152,8 +160,9 @@ def load_context(config: RunSpec, run_dir: Path, calibration: dict[str, Any] | N
         from cifc_bench.models import cache_dir
         from cifc_bench.neglect import calibrate_thresholds
 
-        calibration = calibrate_thresholds(bundle, scorer, sequence, config.generation(), config.calibration_images,
-                                           config.model, cache_dir() / "cnr-thresholds")
+        with autocast(config.device, config.dtype):
+            calibration = calibrate_thresholds(bundle, scorer, sequence, config.generation(),
+                                               config.calibration_images, config.model, cache_dir() / "cnr-thresholds")
     import torch
 
     torch.manual_seed(derive_seed("method-init", config.seed))  # adapters initialised at construction
@@ -262,6 +271,7 @@ def new_result(ctx: RunContext) -> dict[str, Any]:
             "scorer_fingerprint": scorer_fingerprint(ctx.scorer),
             "model_fingerprint": ctx.model_fingerprint,
             "tf32": fast_fp32_matmuls(ctx.config.device),
+            "dtype": ctx.config.dtype,
             "git": git_info(),
             "packages": package_versions(),
             "started": now(),
@@ -420,7 +430,8 @@ def _loop(ctx: RunContext, result: dict[str, Any]) -> None:
         else:
             seed = train_seed(cfg.seed, j)
             torch.manual_seed(seed)
-            ctx.method.learn_task(task, cfg.budget(ctx.budgets[j], seed))
+            with ctx.precision():
+                ctx.method.learn_task(task, cfg.budget(ctx.budgets[j], seed))
             train_seconds = time.perf_counter() - started
             state = ctx.method.state_dict()
             check_state(state, task, ctx.budgets[j]["steps"], cfg.method_args)  # never saved, so never resumed
@@ -512,7 +523,8 @@ def generate_cached(ctx: RunContext, pairs, folder: Path, desc: str) -> list:
         writes = []
         for start in progress(range(0, len(missing), settings.batch_size), desc=desc, leave=False):
             chunk = missing[start : start + settings.batch_size]
-            images = ctx.method.generate([r for r, _ in chunk], settings)
+            with ctx.precision():
+                images = ctx.method.generate([r for r, _ in chunk], settings)
             if len(images) != len(chunk):
                 raise RuntimeError(f"method {ctx.config.method!r} returned {len(images)} images for {len(chunk)} "
                                    "requests")

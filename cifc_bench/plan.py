@@ -94,6 +94,7 @@ def measure_warmup(ctx, steps: int = 4) -> Warmup:
 
     from cifc_bench.harness import concept_requests, multi_requests
     from cifc_bench.models import load_bundle
+    from cifc_bench.precision import cast_frozen
     from cifc_bench.sampling import generate_batched
     from cifc_bench.seeding import train_seed
 
@@ -110,7 +111,7 @@ def measure_warmup(ctx, steps: int = 4) -> Warmup:
     for k, n_steps in enumerate((1, 1 + steps)):
         if k:  # a fresh instance on a fresh bundle (methods install adapters into theirs), not a continuation
             torch.manual_seed(0)
-            method = type(ctx.method)(load_bundle(cfg.model, cfg.device), **cfg.method_args)
+            method = type(ctx.method)(cast_frozen(load_bundle(cfg.model, cfg.device), cfg.dtype), **cfg.method_args)
         budget = cfg.budget({"steps": n_steps, "lr_scale": 1.0}, train_seed(cfg.seed, 0))
         seconds.append(_timed(lambda m=method, b=budget: m.learn_task(task, b)))
     step = max((seconds[1] - seconds[0]) / steps, 0.0)

@@ -91,6 +91,8 @@ def run_identity(result: dict[str, Any]) -> str:
 
     info = result["run_info"]
     config = {k: v for k, v in (info.get("config") or {}).items() if k not in _NOT_IDENTITY}
+    if config.get("dtype") == "fp32":  # every run before --dtype existed was fp32: they keep their identities
+        del config["dtype"]
     scorer = info.get("scorer_fingerprint")  # rescoring updates it: a rescored run is scored like a new one
     key = {
         "protocol": [info["protocol"]["name"], str(info["protocol"].get("version"))],

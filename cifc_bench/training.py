@@ -186,6 +186,7 @@ def train_lora_and_tokens(bundle, task, budget, lora_params, new_ids, lr: float,
     """
     from diffusers import DDPMScheduler
 
+    from cifc_bench.precision import fp32_trainable, loss_scaler
     from cifc_bench.progress import progress
     from cifc_bench.sampling import encode_prompts
 
@@ -196,6 +197,8 @@ def train_lora_and_tokens(bundle, task, budget, lora_params, new_ids, lr: float,
     emb = bundle.text_encoder.get_input_embeddings().weight
     original = emb.detach().clone()
     emb.requires_grad_(True)
+    fp32_trainable([bundle.unet, bundle.text_encoder])  # a bf16/fp16 bundle's trained weights get fp32 masters
+    scaler = loss_scaler(bundle)
     optimizer = torch.optim.AdamW([*({"params": ps, "lr": g_lr * budget.lr_scale} for ps, g_lr in adapter_groups),
                                    {"params": [emb], "lr": embedding_lr}], weight_decay=0.01)
     noise_scheduler = DDPMScheduler.from_config(bundle.scheduler.config)
@@ -211,8 +214,9 @@ def train_lora_and_tokens(bundle, task, budget, lora_params, new_ids, lr: float,
         check_loss(loss, task, step, {"lr": lr * budget.lr_scale, "embedding_lr": embedding_lr,
                                       **{f"lr[{k + 1}]": g_lr * budget.lr_scale for k, (_, g_lr) in enumerate(groups)}})
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         restore_rows(emb, original, new_ids)
     bundle.unet.eval()
     emb.requires_grad_(False)

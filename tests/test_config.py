@@ -13,7 +13,7 @@ SAMPLE = {
     "schedule": "shared", "batch_size": 3, "prompts_per_concept": 3, "images_per_prompt": 3, "resolution": 16,
     "num_inference_steps": 3, "guidance_scale": 2.5, "negative_prompt": "neg", "eval_schedule": "final",
     "eval_batch_size": 3, "seed": 3, "device": "meta", "dino": "none", "multi_images_per_prompt": 3,
-    "calibration_images": 3, "method_args": {"rank": 8},
+    "calibration_images": 3, "dtype": "fp16", "method_args": {"rank": 8},
 }
 
 

@@ -153,8 +153,10 @@ def test_images_returned_while_their_pngs_are_written_equal_the_files(tmp_path):
     from cifc_bench.models import load_bundle
 
     settings = GenerationSettings(resolution=32, num_inference_steps=2, guidance_scale=7.5, batch_size=2)
+    import contextlib
+
     ctx = SimpleNamespace(method=ZeroShot(load_bundle("tiny-random")), settings=settings,
-                          config=SimpleNamespace(method="base"))
+                          config=SimpleNamespace(method="base"), precision=contextlib.nullcontext)
     pairs = [(GenerationRequest(prompt=f"a dog {k}", seed=k), f"{k}.png") for k in range(5)]
     images = generate_cached(ctx, pairs, tmp_path, "test")
     on_disk = [np.asarray(load_rgb(tmp_path / name)) for _, name in pairs]

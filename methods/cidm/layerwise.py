@@ -234,7 +234,8 @@ class TaskLoRALinear(nn.Module):
             return
         deltas = torch.stack([self.delta(i) for i in range(len(self.ups))])  # [g, out, in]
         merged = self.base.weight.unsqueeze(0) + alpha * torch.einsum("ng,goi->noi", weights.to(deltas), deltas)
-        self.merged = merged.transpose(1, 2).contiguous()
+        # summed in fp32, kept in the frozen weights' dtype (half the memory of [N, in, out] under bf16)
+        self.merged = merged.to(self.base.weight.dtype).transpose(1, 2).contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged is not None:

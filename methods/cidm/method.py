@@ -123,6 +123,8 @@ class CIDM(Method):
     def learn_task(self, task, budget) -> None:
         from diffusers import DDPMScheduler
 
+        from cifc_bench.precision import fp32_trainable, loss_scaler
+
         bundle = self.bundle
         gen = torch.Generator().manual_seed(budget.seed)
         new_ids: list[int] = []
@@ -143,6 +145,8 @@ class CIDM(Method):
         emb.requires_grad_(True)
         lora_lr = self.lr * budget.lr_scale  # the release's style tasks 6 and 8 train at 1.5x (schedule release)
         lora_params = [p for m in self.modules for p in (m.up, m.down)]
+        fp32_trainable(self.modules)  # LoRAs are made in fp32; a low-precision bundle must not change that
+        scaler = loss_scaler(bundle)
         optimizer = torch.optim.AdamW([{"params": lora_params, "lr": lora_lr},
                                        {"params": [emb], "lr": self.embedding_lr}], weight_decay=0.01)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 - s / max(budget.steps, 1))
@@ -167,8 +171,9 @@ class CIDM(Method):
             loss = loss + self._consolidation(old)
             check_loss(loss, task, step, {"lr": lora_lr, "embedding_lr": self.embedding_lr})
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             schedule.step()
             keep = [] if frozen_embeddings else new_ids
             with torch.no_grad():

@@ -8,6 +8,7 @@ prints it; so does the synchronous writer, for comparison. At the tiny model's 3
 sampling on an H200, docs/gpu.md), which the writer thread and the fast level hide.
 """
 
+import contextlib
 from types import SimpleNamespace
 
 import pytest
@@ -37,7 +38,8 @@ def _harness(method, root, counter):
     from cifc_bench.harness import generate_cached
 
     counter[0] += 1
-    ctx = SimpleNamespace(method=method, settings=SETTINGS, config=SimpleNamespace(method="base"))
+    ctx = SimpleNamespace(method=method, settings=SETTINGS, config=SimpleNamespace(method="base"),
+                          precision=contextlib.nullcontext)
     pairs = [(r, f"{k:03d}.png") for k, r in enumerate(REQUESTS)]
     return generate_cached(ctx, pairs, root / f"round{counter[0]}", "bench")
 
