@@ -242,18 +242,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.resume:
             raise CLIError("--dry-run plans a new run; to see what a resumed run has left, drop --resume")
         return dry_run(_run_config(given), args.warmup_steps)
+    from cifc_bench.distributed import join
+
     if args.resume:
+        ranks = join()
         result = run_benchmark(None, args.resume, resume=True, given=given)
         run_dir = args.resume
     else:
         config = _run_config(given)
+        ranks = join()  # under torchrun / accelerate launch: one run shared by the processes
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         # your runs go to runs/; the committed reference runs in results/ change only with an explicit --out
-        run_dir = args.out or Path("runs") / Path(config.protocol).stem / config.method.replace(":", "_") / \
-            f"{stamp}-s{config.seed}"
+        run_dir = ranks.broadcast(args.out or Path("runs") / Path(config.protocol).stem /
+                                  config.method.replace(":", "_") / f"{stamp}-s{config.seed}")  # chosen once
         _check_writable(run_dir)
         result = run_benchmark(config, run_dir)
-    print(f"run {result['status']}: {run_dir}/result.json\n{_summary_lines(result['summary'])}")
+    if ranks.main:
+        print(f"run {result['status']}: {run_dir}/result.json\n{_summary_lines(result['summary'])}")
     return 0
 
 

@@ -32,6 +32,7 @@ from cifc_bench.api import (
     TaskSequence,
 )
 from cifc_bench.config import ConfigError, RunSpec
+from cifc_bench.distributed import SINGLE, Ranks
 from cifc_bench.images import list_images, load_rgb, save_atomic
 from cifc_bench.progress import progress
 from cifc_bench.results import (
@@ -67,6 +68,7 @@ class RunContext:
     #: exact neglect checks: name -> (image, Concept, Box | None) -> bool; each gives a neglect matrix of its name
     presence_fns: dict[str, Any] = dataclasses.field(default_factory=dict)
     budgets: tuple[dict[str, Any], ...] = ()  # per task: the schedule's steps and lr_scale
+    ranks: Ranks = SINGLE  # this process's place in a run launched on many processes
 
     @property
     def settings(self) -> GenerationSettings:
@@ -128,18 +130,20 @@ def resolve_run(config: RunSpec):
 
 
 def load_context(config: RunSpec, run_dir: Path, calibration: dict[str, Any] | None = None,
-                 with_method: bool = True) -> RunContext:
+                 with_method: bool = True, ranks: Ranks = SINGLE) -> RunContext:
     """Bind the protocol to its data and load model, scorer and method for ``config``.
 
     The neglect rate's presence thresholds are calibrated here (or taken from ``calibration``, a resumed run's
     own), on the base model before the method can touch it. Without ``with_method`` (rescoring saved images)
-    no method is built and nothing can be generated.
+    no method is built and nothing can be generated. Under a launcher (``ranks``), each process takes its own
+    device and the calibration images are dealt out among the processes.
     """
     from cifc_bench.models import load_bundle
     from cifc_bench.precision import autocast, cast_frozen
     from cifc_bench.scoring import load_scorer
 
     config, spec, method_cls, budgets = resolve_run(config)
+    config = dataclasses.replace(config, device=ranks.device(config.device))
     sequence = spec.bind(spec.data_root(config.data_dir))
     if config.prompts_per_concept > min(len(c.eval_prompts) for c in sequence.concepts):
         raise ConfigError(
@@ -162,7 +166,8 @@ def load_context(config: RunSpec, run_dir: Path, calibration: dict[str, Any] | N
 
         with autocast(config.device, config.dtype):
             calibration = calibrate_thresholds(bundle, scorer, sequence, config.generation(),
-                                               config.calibration_images, config.model, cache_dir() / "cnr-thresholds")
+                                               config.calibration_images, config.model, cache_dir() / "cnr-thresholds",
+                                               ranks=ranks)
     import torch
 
     torch.manual_seed(derive_seed("method-init", config.seed))  # adapters initialised at construction
@@ -184,7 +189,7 @@ def load_context(config: RunSpec, run_dir: Path, calibration: dict[str, Any] | N
     presence_fns = load_metrics(spec.defaults.get("presence", ()), spec.path, key="presence")
     return RunContext(config=config, sequence=sequence, method=method, scorer=scorer, run_dir=Path(run_dir),
                       metrics=metrics, dino=dino, calibration=calibration, model_fingerprint=fingerprint,
-                      budgets=budgets, metric_fns=metric_fns, presence_fns=presence_fns)
+                      budgets=budgets, metric_fns=metric_fns, presence_fns=presence_fns, ranks=ranks)
 
 
 def fast_fp32_matmuls(device: str | None) -> bool:
@@ -271,6 +276,7 @@ def new_result(ctx: RunContext) -> dict[str, Any]:
             "scorer_fingerprint": scorer_fingerprint(ctx.scorer),
             "model_fingerprint": ctx.model_fingerprint,
             "tf32": fast_fp32_matmuls(ctx.config.device),
+            "processes": ctx.ranks.count,
             "dtype": ctx.config.dtype,
             "git": git_info(),
             "packages": package_versions(),
@@ -334,11 +340,15 @@ def run_benchmark(config: RunSpec | None, run_dir: Path, resume: bool = False,
 
     On resume the run's own stored config is used; ``given`` holds settings the user typed again, which must
     agree with it (only ``device`` may change). One process at a time writes a run directory (a lock that the
-    system releases when the process dies, however it dies).
+    system releases when the process dies, however it dies). Under torchrun or ``accelerate launch`` the
+    processes share the run (:mod:`cifc_bench.distributed`): rank 0 holds the lock and writes the result.
     """
+    from cifc_bench.distributed import join
+
     run_dir = Path(run_dir)
-    with run_lock(run_dir):
-        return _run_locked(config, run_dir, resume, given)
+    ranks = join()
+    with run_lock(run_dir) if ranks.main else contextlib.nullcontext():
+        return _run_locked(config, run_dir, resume, given, ranks)
 
 
 @contextlib.contextmanager
@@ -363,15 +373,17 @@ def run_lock(run_dir: Path):
         yield
 
 
-def _run_locked(config: RunSpec | None, run_dir: Path, resume: bool, given: dict[str, Any] | None) -> dict[str, Any]:
+def _run_locked(config: RunSpec | None, run_dir: Path, resume: bool, given: dict[str, Any] | None,
+                ranks: Ranks = SINGLE) -> dict[str, Any]:
     if resume:
         result = read_result(run_dir)
+        ranks.barrier()  # every rank has read the result before rank 0 rewrites it
         stored = RunSpec.from_dict(result["run_info"]["config"])
         given = dict(given or {})
         device = given.pop("device", stored.device)
         _check_resume_config(given, stored)
         ctx = load_context(dataclasses.replace(stored, device=device), run_dir,
-                           calibration=(result.get("neglect") or {}).get("calibration"))
+                           calibration=(result.get("neglect") or {}).get("calibration"), ranks=ranks)
         began_on = result["run_info"].get("model_fingerprint")
         if began_on and began_on != ctx.model_fingerprint:
             raise ConfigError(f"{run_dir} began on other weights of model {stored.model!r} (fingerprint {began_on}, "
@@ -381,9 +393,15 @@ def _run_locked(config: RunSpec | None, run_dir: Path, resume: bool, given: dict
     else:
         if (run_dir / RESULT_FILE).exists():
             raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or pick a new --out")
-        ctx = load_context(config, run_dir)
+        ranks.barrier()  # every rank has checked before rank 0 writes
+        ctx = load_context(config, run_dir, ranks=ranks)
         result = new_result(ctx)
-        warn_if_duplicate(run_dir, result)
+        if ranks.main:
+            warn_if_duplicate(run_dir, result)
+    if not ranks.main:  # the other ranks help generate; rank 0 alone writes, and its result is the run's
+        _loop(ctx, result)
+        ranks.barrier()  # rank 0 has written the final result
+        return read_result(run_dir)
     write_json_atomic(run_dir / RESULT_FILE, result)
     try:
         _loop(ctx, result)
@@ -395,6 +413,7 @@ def _run_locked(config: RunSpec | None, run_dir: Path, resume: bool, given: dict
     result["status"] = "completed"
     result["run_info"]["finished"] = now()
     write_json_atomic(run_dir / RESULT_FILE, result)
+    ranks.barrier()
     return result
 
 
@@ -411,7 +430,7 @@ def _loop(ctx: RunContext, result: dict[str, Any]) -> None:
 
     from cifc_bench.checkpoint import load_state, save_state
 
-    tasks, cfg = ctx.sequence.tasks, ctx.config
+    tasks, cfg, ranks = ctx.sequence.tasks, ctx.config, ctx.ranks
     done = len(result["tasks"])
     if done:
         ctx.method.load_state_dict(_resume_state(ctx.run_dir, done - 1), tasks[:done])
@@ -424,10 +443,10 @@ def _loop(ctx: RunContext, result: dict[str, Any]) -> None:
             torch.cuda.reset_peak_memory_stats(device)
         started = time.perf_counter()
         checkpoint = state_path(ctx.run_dir, j)
-        if checkpoint.exists():  # trained before a kill, not yet evaluated
-            ctx.method.load_state_dict(load_state(checkpoint), tasks[: j + 1])
-            train_seconds = None
-        else:
+        trained_before = checkpoint.exists()  # before a kill, not yet evaluated
+        ranks.barrier()  # every rank has looked before rank 0 may write it
+        train_seconds = None
+        if not trained_before and ranks.main:
             seed = train_seed(cfg.seed, j)
             torch.manual_seed(seed)
             with ctx.precision():
@@ -436,9 +455,19 @@ def _loop(ctx: RunContext, result: dict[str, Any]) -> None:
             state = ctx.method.state_dict()
             check_state(state, task, ctx.budgets[j]["steps"], cfg.method_args)  # never saved, so never resumed
             save_state(checkpoint, state)
+        if not trained_before:
+            ranks.barrier()  # the other ranks wait for rank 0's state
+        if trained_before or not ranks.main:
+            ctx.method.load_state_dict(load_state(checkpoint), tasks[: j + 1])
         eval_started = time.perf_counter()
         if evaluated_after(cfg, j, len(tasks)):
-            evaluate_task(ctx, result, j, references)
+            if ranks.count > 1:
+                generate_share(ctx, j)  # each rank samples its batches; rank 0 then reads them all
+                ranks.barrier()
+            if ranks.main:
+                evaluate_task(ctx, result, j, references)
+        if not ranks.main:
+            continue
         result["tasks"].append({
             "index": j,
             "task": task.name,
@@ -508,23 +537,55 @@ def evaluate_task(ctx: RunContext, result: dict[str, Any], j: int, references: d
         evaluate_neglect(ctx, j, result["neglect"], references)
 
 
+def evaluation_images(ctx: RunContext, j: int) -> list[tuple[list, Path]]:
+    """Every (pairs, folder) the evaluation after task ``j`` generates: each learned concept's requests, then
+    each multi-concept prompt whose concepts are all learned, as :func:`evaluate_task` asks for them."""
+    seq, cfg = ctx.sequence, ctx.config
+    out = [(concept_requests(seq.name, c, cfg.prompts_per_concept, cfg.images_per_prompt), image_dir(ctx.run_dir, j, c.name))
+           for c in seq.concepts[: j + 1]]
+    learned = {c.name for c in seq.concepts[: j + 1]}
+    out += [(multi_requests(seq, q, cfg.multi_images_per_prompt), multi_dir(ctx.run_dir, j))
+            for q, m in enumerate(seq.multi_concept_prompts) if set(m.concepts) <= learned]
+    return out
+
+
+def missing_batches(pairs, folder: Path, batch_size: int) -> list[list]:
+    """The requests of ``pairs`` whose files are missing, in generation batches (the same in every process)."""
+    missing = [(r, name) for r, name in pairs if not (folder / name).exists()]
+    return [missing[start : start + batch_size] for start in range(0, len(missing), batch_size)]
+
+
+def generate_share(ctx: RunContext, j: int) -> None:
+    """This rank's share of the evaluation after task ``j``: the missing images' batches, dealt round-robin
+    over the ranks, sampled and written. Batches are those one process would make, so every image is too."""
+    batches = [(folder, batch) for pairs, folder in evaluation_images(ctx, j)
+               for batch in missing_batches(pairs, folder, ctx.settings.batch_size)]
+    mine = ctx.ranks.share(batches)
+    for folder in {f for f, _ in mine}:
+        _write_batches(ctx, [b for f, b in mine if f == folder], folder, f"generate share {ctx.ranks.index}@{j}")
+
+
 def generate_cached(ctx: RunContext, pairs, folder: Path, desc: str) -> list:
     """The images of ``pairs`` (request, file name): generated for the files missing in ``folder``, then read."""
+    batches = missing_batches(pairs, folder, ctx.settings.batch_size)
+    if batches and ctx.method is None:
+        raise ConfigError(f"{folder} lacks {sum(map(len, batches))} of the run's images (first: {batches[0][0][1]}); "
+                          "rescoring reads the images a run saved and generates none. Re-run the method instead.")
+    generated = _write_batches(ctx, batches, folder, desc)
+    return [generated[name] if name in generated else load_rgb(folder / name) for _, name in pairs]
+
+
+def _write_batches(ctx: RunContext, batches: list[list], folder: Path, desc: str) -> dict[str, Any]:
+    """Generate each batch of (request, file name) and write its PNGs; returns file name -> image."""
     from concurrent.futures import ThreadPoolExecutor
 
-    missing = [(r, name) for r, name in pairs if not (folder / name).exists()]
-    if missing and ctx.method is None:
-        raise ConfigError(f"{folder} lacks {len(missing)} of the run's images (first: {missing[0][1]}); rescoring "
-                          "reads the images a run saved and generates none. Re-run the method instead.")
-    settings = ctx.settings
     generated: dict[str, Any] = {}
     # one writer thread: PNG encoding (zlib releases the GIL) overlaps the sampling of the next batch
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="png-writer") as writer:
         writes = []
-        for start in progress(range(0, len(missing), settings.batch_size), desc=desc, leave=False):
-            chunk = missing[start : start + settings.batch_size]
+        for chunk in progress(batches, desc=desc, leave=False):
             with ctx.precision():
-                images = ctx.method.generate([r for r, _ in chunk], settings)
+                images = ctx.method.generate([r for r, _ in chunk], ctx.settings)
             if len(images) != len(chunk):
                 raise RuntimeError(f"method {ctx.config.method!r} returned {len(images)} images for {len(chunk)} "
                                    "requests")
@@ -533,7 +594,7 @@ def generate_cached(ctx: RunContext, pairs, folder: Path, desc: str) -> list:
                 writes.append(writer.submit(save_atomic, generated[name], folder / name))
         for write in writes:
             write.result()  # a failed write (a full disk) surfaces here, before any score is computed
-    return [generated[name] if name in generated else load_rgb(folder / name) for _, name in pairs]
+    return generated
 
 
 def evaluate_concept(ctx: RunContext, j: int, concept: Concept, references: dict[str, np.ndarray]) -> dict[str, float]:

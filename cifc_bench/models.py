@@ -68,24 +68,34 @@ def load_bundle(spec: str = DEFAULT_MODEL, device: str = "cpu") -> ModelBundle:
 
 def tiny_random() -> Path:
     """The ``tiny-random`` model's folder, built offline on first use (entry point ``tiny-random``)."""
-    path = tiny_random_path()
-    if not (path / "model_index.json").exists():
-        save_tiny_random(path)
-    return path
+    return built_once(tiny_random_path(), save_tiny_random)
 
 
 def sd15_random() -> Path:
     """The ``sd15-random`` model's folder: SD-1.5's architecture with random weights (fp16 on disk, 2 GB), built
     offline on first use (entry point ``sd15-random``). It lets the real tier's code path, memory and speed be
     checked on a GPU where the weights cannot be downloaded; its images and scores mean nothing."""
+    return built_once(cache_dir() / "models" / f"sd15-random-{_SD15_RANDOM_VERSION}", save_sd15_random)
+
+
+def built_once(path: Path, build) -> Path:
+    """``path``, made by ``build(path)`` unless it holds a model already. Concurrent first uses (test workers)
+    wait on a lock and build it once; without the lock a second builder would replace the folder while the
+    first one loads from it. In a launched run rank 0 builds while the others wait: transformers'
+    ``save_pretrained`` writes nothing on the other ranks."""
     import fcntl
 
-    path = cache_dir() / "models" / f"sd15-random-{_SD15_RANDOM_VERSION}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / f".{path.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent first uses (test workers, ranks) build it once
-        if not (path / "model_index.json").exists():
-            save_sd15_random(path)
+    import torch.distributed as dist
+
+    ranked = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if not ranked or dist.get_rank() == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.parent / f".{path.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (path / "model_index.json").exists():
+                build(path)
+    if ranked:
+        dist.barrier()
     return path
 
 

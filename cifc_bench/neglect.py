@@ -180,19 +180,23 @@ def calibration_key(protocol: str, protocol_version: str, model: str, scorer: st
 
 
 def calibrate_thresholds(bundle, scorer, sequence, settings, n_images: int, model_name: str, cache: Path | None,
-                         percentile: float = PERCENTILE) -> dict[str, Any]:
+                         percentile: float = PERCENTILE, ranks=None) -> dict[str, Any]:
     """{"thresholds": [{concept: τ} per multi-concept prompt], "n_images": ..., "key": ...}: for each prompt,
     ``n_images`` base-model images of it with class words, and per concept the ``percentile`` of its box's
     similarity to the concept's prototype.
 
     Must run before any method changes ``bundle``. The result is written to (and read back from)
-    ``cache/<key>.json``, so it is computed once per protocol, model, scorer and sampler setting.
+    ``cache/<key>.json``, so it is computed once per protocol, model, scorer and sampler setting. Under a
+    launcher (``ranks``, :class:`cifc_bench.distributed.Ranks`) the image batches are dealt out among the
+    processes and rank 0 scores them, as one process would.
     """
+    from cifc_bench.distributed import SINGLE
     from cifc_bench.images import list_images, load_rgb
     from cifc_bench.progress import progress
     from cifc_bench.results import write_json_atomic
     from cifc_bench.sampling import generate_batched
 
+    ranks = ranks or SINGLE
     fingerprint = weights_fingerprint(bundle.unet, bundle.text_encoder, scorer.model)
     key = calibration_key(sequence.name, sequence.version, model_name, scorer.name, settings, n_images, percentile,
                           f"{fingerprint}|{CALIBRATION_RULE}")
@@ -204,29 +208,36 @@ def calibrate_thresholds(bundle, scorer, sequence, settings, n_images: int, mode
     spread: list[dict[str, dict]] = [{} for _ in prompts]
     protos: dict[str, np.ndarray] = {}
     batches = [(q, start) for q in range(len(prompts)) for start in range(0, n_images, settings.batch_size)]
-    images: list[list] = [[] for _ in prompts]
-    for q, start in progress(batches, desc="calibrate presence thresholds (base-model images, once per setting)"):
+    owner = {b: k % ranks.count for k, b in enumerate(batches)}  # dealt over all prompts, gathered per prompt
+    for q in progress(range(len(prompts)), desc="calibrate presence thresholds (base-model images, once per setting)"):
         m = prompts[q]
         concepts = [sequence.concept(c) for c in m.concepts]
-        seeds = [calibration_seed(sequence.name, f"q{q}", k) for k in range(start, min(start + settings.batch_size, n_images))]
-        images[q] += generate_batched(bundle, [class_word_prompt(m.prompt, concepts)] * len(seeds), seeds, settings)
-        if len(images[q]) < n_images:
+        mine = {}
+        for start in range(0, n_images, settings.batch_size):
+            if owner[(q, start)] == ranks.index:
+                seeds = [calibration_seed(sequence.name, f"q{q}", k)
+                         for k in range(start, min(start + settings.batch_size, n_images))]
+                mine[start] = generate_batched(bundle, [class_word_prompt(m.prompt, concepts)] * len(seeds), seeds,
+                                               settings)
+        parts = ranks.gather(mine)
+        if not ranks.main:
             continue
+        shares = {start: ims for part in parts for start, ims in part.items()}
+        images = [im for start in sorted(shares) for im in shares[start]]
         for c in concepts:
             if c.name not in protos:
                 protos[c.name] = prototype(scorer.encode_images([load_rgb(p) for p in list_images(c.image_dir)]))
-        sims = neglect_similarities(scorer, images[q], m.boxes, [c.kind for c in concepts],
+        sims = neglect_similarities(scorer, images, m.boxes, [c.kind for c in concepts],
                                     [protos[c.name] for c in concepts])
-        images[q] = []
         for k, c in enumerate(concepts):
             thresholds[q][c.name] = presence_threshold(sims[:, k], percentile)
             spread[q][c.name] = {"mean": float(sims[:, k].mean()), "max": float(sims[:, k].max())}
     out = {"key": key, "protocol": sequence.name, "model": model_name, "scorer": scorer.name,
            "weights_fingerprint": fingerprint, "rule": CALIBRATION_RULE, "n_images": n_images,
            "percentile": percentile, "thresholds": thresholds, "calibration_similarity": spread}
-    if path is not None:
+    if path is not None and ranks.main:
         write_json_atomic(path, out)
-    return out
+    return ranks.broadcast(out)
 
 
 def prompt_thresholds(calibration: dict[str, Any], q: int, concepts: Sequence[str]) -> list[float]:

@@ -75,6 +75,33 @@ def tiny_run_config(protocol: Path, **overrides: Any) -> RunSpec:
     return RunSpec(**settings)
 
 
+def tiny_run_flags(protocol: Path, **overrides: Any) -> list[str]:
+    """``cifc-bench run`` flags for a small run on the tiny protocol (``overrides``: setting -> value)."""
+    settings = {"protocol": protocol, "data_dir": Path(protocol).with_name(Path(protocol).stem + "-data"),
+                "model": "tiny-random", "scorer": "tiny-random", "steps": 2, "prompts_per_concept": 2,
+                "images_per_prompt": 3, "resolution": 32, "num_inference_steps": 2, "eval_batch_size": 2,
+                "multi_images_per_prompt": 3, "calibration_images": 5, "device": "cpu", **overrides}
+    return [a for k, v in settings.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+
+
+def run_cli(args: list[str], processes: int = 1, cwd: Path | None = None, cache: Path | None = None,
+            timeout: float = 600, check: bool = True, env: dict[str, str] | None = None):
+    """``cifc-bench <args>`` in a subprocess with one thread, or under torchrun with ``processes`` processes
+    (gloo); ``cache`` is its own ``CIFC_BENCH_CACHE``, ``env`` more variables. Returns the finished process;
+    with ``check``, fails with its stderr unless it succeeded."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **({"CIFC_BENCH_CACHE": str(cache)} if cache else {}), **(env or {})}
+    head = [sys.executable, "-m", "cifc_bench.cli"] if processes == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", "-m",
+        "cifc_bench.cli"]
+    done = subprocess.run([*head, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0 or not check, f"{' '.join(args[:2])} failed: {done.stderr[-3000:]}"
+    return done
+
+
 def bright_box_present(image, concept, box) -> bool:
     """A toy presence check for tests of the ``presence`` plugin kind: the box (or image) is brighter than mid-grey."""
     import numpy as np

@@ -1,0 +1,78 @@
+"""One run on two processes (torchrun, gloo on this CPU): the same result and the same images as one process.
+
+Rank 0 trains and writes; the evaluation and calibration images are dealt out by whole batches; the run
+directory is chosen once. The timing side (2 processes ÷ 1) is the benchmark
+``tests/benchmarks/test_sharded_evaluation.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from cifc_bench.config import ConfigError
+from cifc_bench.distributed import SINGLE, Ranks
+from cifc_bench.testing import run_cli, tiny_run_flags
+
+
+def files(run_dir: Path) -> dict[str, str]:
+    return {p.relative_to(run_dir).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(run_dir.rglob("*")) if p.is_file() and p.suffix in (".png", ".safetensors")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["finetune", "cidm"])
+def test_two_processes_give_one_process_result_and_images(method, tiny_protocol, tmp_path):
+    flags = tiny_run_flags(tiny_protocol, method=method)
+    run_cli(["run", *flags, "--out", str(tmp_path / "one")], 1, tmp_path, tmp_path / "cache1")
+    two = run_cli(["run", *flags], 2, tmp_path, tmp_path / "cache2")  # its own, timestamped folder; calibrates anew
+    made = list((tmp_path / "runs").glob("*/*/*/result.json"))
+    assert len(made) == 1, f"the two ranks must share one run directory, found {made}"
+    assert two.stdout.count("run completed") == 1  # rank 0 reports
+    one, shared = (json.loads(p.read_text()) for p in (tmp_path / "one" / "result.json", made[0]))
+    assert shared["status"] == "completed" and shared["run_info"]["processes"] == 2
+    assert one["run_info"]["processes"] == 1
+    assert shared["matrices"] == one["matrices"]
+    assert shared["neglect"] == one["neglect"]  # the calibration's thresholds included
+    mine, theirs = files(tmp_path / "one"), files(made[0].parent)
+    assert sum(k.endswith(".png") for k in mine) >= 30 and mine == theirs
+    assert not list(made[0].parent.rglob("*.tmp*"))
+
+
+@pytest.mark.slow
+def test_two_processes_killed_mid_run_resume_to_the_one_process_result(tiny_protocol, tmp_path):
+    flags = tiny_run_flags(tiny_protocol, method="finetune")
+    run_cli(["run", *flags, "--out", str(tmp_path / "one")], 1, tmp_path, tmp_path / "cache")
+    killed = run_cli(["run", *flags, "--out", str(tmp_path / "two")], 2, tmp_path, tmp_path / "cache", check=False,
+                     env={"CIFC_BENCH_FAULT": "kill:state:2"})  # rank 0 dies saving task 2; torchrun stops rank 1
+    assert killed.returncode != 0
+    assert len(json.loads((tmp_path / "two" / "result.json").read_text())["tasks"]) == 1
+    run_cli(["run", "--resume", str(tmp_path / "two")], 2, tmp_path, tmp_path / "cache")
+    one, two = (json.loads((tmp_path / d / "result.json").read_text()) for d in ("one", "two"))
+    assert two["status"] == "completed" and two["matrices"] == one["matrices"] and two["neglect"] == one["neglect"]
+    assert files(tmp_path / "one") == files(tmp_path / "two")
+
+
+def test_ranks_deal_whole_batches_round_robin():
+    batches = [f"b{k}" for k in range(7)]
+    shares = [Ranks(index=r, count=3).share(batches) for r in range(3)]
+    assert shares == [["b0", "b3", "b6"], ["b1", "b4"], ["b2", "b5"]]
+    assert sorted(b for s in shares for b in s) == sorted(batches)
+    assert SINGLE.share(batches) == batches and SINGLE.main
+
+
+def test_single_process_collectives_are_no_ops():
+    assert SINGLE.broadcast({"a": 1}) == {"a": 1}
+    assert SINGLE.gather(3) == [3]
+    SINGLE.barrier()
+
+
+def test_each_rank_takes_its_local_gpu_and_a_pinned_gpu_is_refused():
+    assert Ranks(index=3, count=4, local_index=3).device("cuda") == "cuda:3"
+    assert Ranks(index=3, count=4, local_index=3).device("cpu") == "cpu"
+    assert SINGLE.device("cuda:1") == "cuda:1"
+    with pytest.raises(ConfigError, match=r"--device cuda:1 would put all 4 processes on one GPU.*--device cuda"):
+        Ranks(index=0, count=4).device("cuda:1")
