@@ -49,7 +49,7 @@ class ImageEncoder:
     batch_size: int = 64
 
     def image_forward(self, batch):
-        return self.model.encode_image(batch)
+        return self.model.encode_image(batch.to(next(self.model.parameters()).dtype))
 
     def encode_images(self, images: Sequence) -> np.ndarray:
         return encode_image_batches(self.image_forward, self.preprocess, images, self.device, self.batch_size)
@@ -118,12 +118,20 @@ def tiny_random(device: str = "cpu") -> Scorer:
     return open_clip_scorer(TINY_RANDOM, _TINY_ARCH, str(_tiny_random_weights()), device)
 
 
+def scorer_precision(device: str) -> str:
+    """fp16 on CUDA, fp32 elsewhere: what the paper's evaluator gets from OpenAI's ``clip.load``, which turns the
+    weights to fp16 on a GPU (and the images with them) and keeps them fp32 on a CPU (spec §E)."""
+    return "fp16" if str(device).startswith("cuda") else "fp32"
+
+
 def open_clip_scorer(spec: str, arch: str, pretrained: str, device: str = "cpu") -> Scorer:
-    """An open_clip model and its own preprocessing as a frozen scorer; a clear error when weights are missing."""
+    """An open_clip model and its own preprocessing as a frozen scorer, in :func:`scorer_precision`; a clear
+    error when weights are missing."""
     import open_clip
 
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained, device=device)
+        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained, device=device,
+                                                                     precision=scorer_precision(device))
     except (RuntimeError, OSError, ValueError) as err:
         raise ScorerLoadError(
             f"scorer {spec!r} ({arch}, pretrained={pretrained!r}) could not be loaded: {err}. Its weights come "
