@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from cifc_bench.api import Method
-from cifc_bench.sampling import generate_batched
+from cifc_bench.sampling import generate_requests
 from cifc_bench.tokens import PlaceholderTokens
 from cifc_bench.training import lora_config, train_lora_and_tokens
 
@@ -78,7 +78,7 @@ class CLoRA(Method):
         self._tasks += 1
 
     def generate(self, requests, settings):
-        return generate_batched(self.bundle, [r.prompt for r in requests], [r.seed for r in requests], settings)
+        return generate_requests(self.bundle, requests, settings)
 
     def trainable_parameters(self) -> int:
         return self._trainable

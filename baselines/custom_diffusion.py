@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 
 from cifc_bench.api import Method
-from cifc_bench.sampling import encode_prompts, generate_batched, to_pixels
+from cifc_bench.sampling import encode_prompts, generate_batched, generate_requests, to_pixels
 from cifc_bench.tokens import PlaceholderTokens
 from cifc_bench.training import diffusion_loss, train_lora_and_tokens
 
@@ -181,7 +181,7 @@ class CustomDiffusion(Method):
 
     # -- generation and state ------------------------------------------------------------------------------
     def generate(self, requests, settings):
-        return generate_batched(self.bundle, [r.prompt for r in requests], [r.seed for r in requests], settings)
+        return generate_requests(self.bundle, requests, settings)
 
     def trainable_parameters(self) -> int:
         return self._trainable

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from cifc_bench.sampling import generate_batched
+from cifc_bench.sampling import generate_requests
 
 from .lora_merge import LoRAMerge
 
@@ -36,5 +36,4 @@ class LoRAComposite(LoRAMerge):
 
     def generate(self, requests, settings):
         predict = self.composite_predictor() if self.adapters else None
-        return generate_batched(self.bundle, [r.prompt for r in requests], [r.seed for r in requests], settings,
-                                predict=predict)
+        return generate_requests(self.bundle, requests, settings, predict=predict)

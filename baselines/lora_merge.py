@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from cifc_bench.api import Method
-from cifc_bench.sampling import generate_batched
+from cifc_bench.sampling import generate_requests
 from cifc_bench.tokens import PlaceholderTokens
 from cifc_bench.training import lora_config, train_lora_and_tokens
 
@@ -59,7 +59,7 @@ class LoRAMerge(Method):
     def generate(self, requests, settings):
         if self.adapters:
             self.bundle.unet.set_adapters(self.adapters, weights=self.merge_weights())
-        return generate_batched(self.bundle, [r.prompt for r in requests], [r.seed for r in requests], settings)
+        return generate_requests(self.bundle, requests, settings)
 
     def trainable_parameters(self) -> int:
         return self._trainable

@@ -231,7 +231,8 @@ class MixOfShow(Method):
         for proc in self.processors:
             proc.regions = regions
         try:
-            return sample(self.bundle, self._encode(self.bundle, [request.prompt]), uncond, [request.seed], settings)[0]
+            return sample(self.bundle, self._encode(self.bundle, [request.prompt]), uncond, [request.seed], settings,
+                          inits=[request.init])[0]
         finally:
             for proc in self.processors:
                 proc.regions = None

@@ -13,6 +13,7 @@ Everything here is a frozen dataclass so that runs can be hashed, logged and com
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +109,34 @@ class Box:
     def as_tuple(self) -> tuple[float, float, float, float]:
         return (self.y0, self.x0, self.y1, self.x1)
 
+    def pixels(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """(top, left, bottom, right) bounds on a ``height`` × ``width`` grid, rounded outwards, at least one
+        cell wide and high: the suite's one rounding of a box (crops, presence regions, edit masks)."""
+        left, top = math.floor(self.x0 * width), math.floor(self.y0 * height)
+        right, bottom = max(math.ceil(self.x1 * width), left + 1), max(math.ceil(self.y1 * height), top + 1)
+        return top, left, min(bottom, height), min(right, width)
+
+
+@dataclass(frozen=True, eq=False)
+class ImageInit:
+    """An input image a request starts from, for the image-conditioned uses of a learned model.
+
+    - ``strength`` in (0, 1] (SDEdit style transfer): how far the input is noised before the method denoises it
+      with its prompt; near 0 returns the input, 1 starts from pure noise (diffusers' img2img rule).
+    - ``box`` (blended editing): only this region may change; outside it every pixel is the input's.
+    The shared sampler (``cifc_bench.sampling``) implements both for every method that samples through it.
+    """
+
+    image: Any  # a PIL image; resized to the sampling resolution
+    strength: float = 1.0
+    box: Box | None = None
+
+    def __post_init__(self) -> None:
+        s = self.strength
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.0 < s <= 1.0:
+            raise ValueError(f"strength {s!r} is outside (0, 1]: give the fraction of the sampler's steps to redo "
+                             "(e.g. 0.6 for style transfer; 1 with a box for editing)")
+
 
 @dataclass(frozen=True)
 class Concept:
@@ -197,6 +226,8 @@ class GenerationRequest:
     #: one text per box for methods that condition each region on its own prompt (CIDM's region synthesis,
     #: Mix-of-Show's regional sampler); None: "a <the concept's evaluation phrase>"
     region_prompts: tuple[str, ...] | None = None
+    #: an input image to redraw (style transfer) or edit inside a box; None: text-to-image
+    init: ImageInit | None = None
 
     def region_prompt(self, k: int) -> str:
         """The prompt of box ``k``: the user's, or the concept's evaluation phrase."""

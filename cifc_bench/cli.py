@@ -146,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the prompt of a concept's box (default: 'a {concept}')")
     g.add_argument("--out", type=Path, help="folder for the images, grid.png and request.json "
                                             "(default: generated/<run>-<timestamp>)")
+    g.add_argument("--init-image", type=Path, metavar="PATH",
+                   help="redraw this image: style transfer with --strength, editing inside --mask-box")
+    g.add_argument("--strength", type=float, metavar="S",
+                   help="style transfer: how much of the sampler to redo on the input, in (0, 1] (e.g. 0.6)")
+    g.add_argument("--mask-box", metavar="Y0,X0,Y1,X1",
+                   help="editing: only this box of the input changes (fractions of the image)")
     g.add_argument("--device", help="default: the run's")
 
     v = sub.add_parser("validate", help="check a protocol file and its data")
@@ -304,7 +310,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if not (args.run_dir / "result.json").is_file():
         raise CLIError(f"no result.json in {args.run_dir}; pass a run directory (runs/<protocol>/<method>/<run>)")
     grid, images = generate_from_run(args.run_dir, args.prompt, args.n, args.seed, args.out, args.after_task,
-                                     args.box, args.region_prompt, args.device)
+                                     args.box, args.region_prompt, args.device, args.init_image, args.strength,
+                                     args.mask_box)
     print(f"generated {len(images)} image(s): {grid.parent} (grid: {grid})")
     return 0
 

@@ -6,6 +6,11 @@ concept is named in braces and expands to the phrase the protocol evaluates it w
 e.g. ``{dog1}`` -> ``<dog1> <dog1b>``). With one box per named concept the request is a multi-concept one: the
 methods that condition regions (CIDM's context-controllable synthesis, Mix-of-Show's regional sampler) read
 the boxes and, optionally, a prompt per region.
+
+With an input image the model redraws it: ``--init-image PATH --strength S`` is style transfer (SDEdit: the
+input noised to S, then denoised with the prompt, e.g. "a photo in the style of {style1}"), and
+``--init-image PATH --mask-box y0,x0,y1,x1`` is editing (only the box changes, e.g. "{dog1} on the grass"),
+for every method through the shared sampler (:class:`cifc_bench.sampling.Trajectory`).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 
-from cifc_bench.api import Box, Concept, GenerationRequest
+from cifc_bench.api import Box, Concept, GenerationRequest, ImageInit
 
 _BRACES = re.compile(r"\{([^{}]*)\}")
 
@@ -75,9 +80,44 @@ def parse_regions(items: Sequence[str], learned: Mapping[str, Concept]) -> dict[
     return out
 
 
+def image_init(path: str | Path | None, strength: float | None = None, mask_box: str | None = None) -> ImageInit | None:
+    """The input image of ``--init-image`` with ``--strength`` (style transfer) or ``--mask-box`` (editing;
+    strength 1 unless given), or None without one; each bad value gets an error naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    if path is None:
+        if strength is not None or mask_box is not None:
+            raise GenerateError(f"{'--strength' if strength is not None else '--mask-box'} needs --init-image PATH: "
+                                "it says how to redraw (or where to edit) an input image")
+        return None
+    path = Path(path)
+    if not path.is_file():
+        raise GenerateError(f"--init-image {path}: no such file; give the path of an image (PNG, JPEG)")
+    try:
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
+    except (UnidentifiedImageError, OSError) as err:
+        raise GenerateError(f"--init-image {path}: not a readable image ({err})") from err
+    box = None
+    if mask_box is not None:
+        try:
+            box = Box(*(float(v) for v in mask_box.split(",")))
+        except (TypeError, ValueError) as err:
+            raise GenerateError(f"--mask-box {mask_box!r}: write y0,x0,y1,x1, four fractions of the image with "
+                                f"y0 < y1 and x0 < x1 (e.g. --mask-box 0.25,0.25,0.75,0.75): {err}") from err
+    if strength is None and box is None:
+        raise GenerateError("--init-image without --mask-box is style transfer: give --strength S in (0, 1], "
+                            "e.g. --strength 0.6 (higher redraws more)")
+    try:
+        return ImageInit(image=image, strength=1.0 if strength is None else strength, box=box)
+    except ValueError as err:
+        raise GenerateError(f"--strength {strength}: {err}") from err
+
+
 def requests_for(prompt: str, learned: Mapping[str, Concept], n: int, seed: int, boxes: Mapping[str, Box] | None = None,
-                 regions: Mapping[str, str] | None = None) -> list[GenerationRequest]:
-    """``n`` requests (seeds ``seed`` .. ``seed + n - 1``) for a prompt, boxed when boxes are given."""
+                 regions: Mapping[str, str] | None = None, init: ImageInit | None = None) -> list[GenerationRequest]:
+    """``n`` requests (seeds ``seed`` .. ``seed + n - 1``) for a prompt, boxed when boxes are given, from an input
+    image when ``init`` is given."""
     if n < 1:
         raise GenerateError(f"--n {n}: give a whole number >= 1")
     text, concepts = expand_prompt(prompt, learned)
@@ -96,8 +136,8 @@ def requests_for(prompt: str, learned: Mapping[str, Concept], n: int, seed: int,
     box_list = tuple(boxes[x] for x in names) if boxes else None
     region_list = tuple(regions.get(x, f"a {c.eval_replacement}") for x, c in zip(names, concepts, strict=True)) \
         if regions else None
-    return [GenerationRequest(prompt=text, seed=seed + k, concepts=concepts, boxes=box_list, region_prompts=region_list)
-            for k in range(n)]
+    return [GenerationRequest(prompt=text, seed=seed + k, concepts=concepts, boxes=box_list, region_prompts=region_list,
+                              init=init) for k in range(n)]
 
 
 def restore(run_dir: Path, after_task: int | None = None, device: str | None = None):
@@ -135,7 +175,12 @@ def write_outputs(images: Sequence, requests: Sequence[GenerationRequest], out: 
     out.mkdir(parents=True, exist_ok=True)
     for k, (image, request) in enumerate(zip(images, requests, strict=True)):
         save_atomic(image, out / f"{k:03d}_s{request.seed}.png")
-    save_atomic(grid(images, requests[0].boxes), out / "grid.png")
+    init = requests[0].init
+    tiles, boxes = list(images), requests[0].boxes
+    if init is not None:  # the input first, at the images' size
+        tiles.insert(0, init.image.convert("RGB").resize(images[0].size))
+        boxes = (*(boxes or ()), init.box) if init.box is not None else boxes
+    save_atomic(grid(tiles, boxes), out / "grid.png")
     (out / "request.json").write_text(json.dumps({**asked, "expanded_prompt": requests[0].prompt,
                                                   "seeds": [r.seed for r in requests]}, indent=2))
     return out / "grid.png"
@@ -161,15 +206,19 @@ def grid(images: Sequence, boxes: Sequence[Box] | None = None, columns: int = 4)
 
 def generate_from_run(run_dir: Path, prompt: str, n: int = 4, seed: int = 0, out: Path | None = None,
                       after_task: int | None = None, boxes: Sequence[str] = (), regions: Sequence[str] = (),
-                      device: str | None = None) -> tuple[Path, list]:
-    """Restore the run, generate ``n`` images of ``prompt`` and write them; returns (grid path, images)."""
+                      device: str | None = None, init_image: str | Path | None = None, strength: float | None = None,
+                      mask_box: str | None = None) -> tuple[Path, list]:
+    """Restore the run, generate ``n`` images of ``prompt`` (from ``init_image``, when given) and write them;
+    returns (grid path, images)."""
     boxed = parse_boxes(boxes)  # malformed input fails before the model loads
+    init = image_init(init_image, strength, mask_box)
     ctx, j = restore(Path(run_dir), after_task, device)
     learned = learned_concepts(ctx, j)
-    requests = requests_for(prompt, learned, n, seed, boxed, parse_regions(regions, learned))
+    requests = requests_for(prompt, learned, n, seed, boxed, parse_regions(regions, learned), init)
     with ctx.precision():
         images = ctx.method.generate(requests, ctx.settings)
     out = out or Path("generated") / f"{Path(run_dir).name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     asked = {"run": str(run_dir), "after_task": j, "prompt": prompt, "n": n, "seed": seed, "boxes": list(boxes),
-             "region_prompts": list(regions)}
+             "region_prompts": list(regions), "init_image": None if init_image is None else str(init_image),
+             "strength": None if init is None else init.strength, "mask_box": mask_box}
     return write_outputs(images, requests, Path(out), asked), images

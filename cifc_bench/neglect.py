@@ -61,10 +61,9 @@ def presence_threshold(calibration_similarities: Sequence[float], percentile: fl
 def box_pixels(box, height: int, width: int) -> tuple[int, int, int, int]:
     """(top, left, bottom, right) pixel bounds of a normalised (y0, x0, y1, x1) box, rounded outwards, at least
     one pixel wide and high, inside the image."""
-    y0, x0, y1, x1 = box.as_tuple() if hasattr(box, "as_tuple") else box
-    left, top = int(np.floor(x0 * width)), int(np.floor(y0 * height))
-    right, bottom = max(int(np.ceil(x1 * width)), left + 1), max(int(np.ceil(y1 * height)), top + 1)
-    return top, left, min(bottom, height), min(right, width)
+    from cifc_bench.api import Box
+
+    return (box if isinstance(box, Box) else Box(*box)).pixels(height, width)
 
 
 def crop_box(image, box) -> Any:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from cifc_bench.api import Method
-from cifc_bench.sampling import generate_batched
+from cifc_bench.sampling import generate_requests
 from cifc_bench.tokens import PlaceholderTokens
 from cifc_bench.training import lora_config, train_lora_and_tokens
 
@@ -65,7 +65,7 @@ class SequentialFinetune(Method):
         """Called after a task's optimisation, with its data streams (EWC estimates its Fisher here)."""
 
     def generate(self, requests, settings):
-        return generate_batched(self.bundle, [r.prompt for r in requests], [r.seed for r in requests], settings)
+        return generate_requests(self.bundle, requests, settings)
 
     def trainable_parameters(self) -> int:
         return self._trainable

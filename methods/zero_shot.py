@@ -7,7 +7,7 @@ Every placeholder group in a prompt is replaced by its concept's class word (``<
 from __future__ import annotations
 
 from cifc_bench.api import Method
-from cifc_bench.sampling import generate_batched
+from cifc_bench.sampling import generate_requests
 
 
 class ZeroShot(Method):
@@ -26,4 +26,4 @@ class ZeroShot(Method):
             for concept in r.concepts:
                 text = concept.to_class_words(text)
             prompts.append(text)
-        return generate_batched(self.bundle, prompts, [r.seed for r in requests], settings)
+        return generate_requests(self.bundle, requests, settings, prompts=prompts)

@@ -72,3 +72,31 @@ def test_boxed_generation_reads_region_prompts_and_after_task_limits_the_concept
     assert main(["generate", str(cidm_run), "--prompt", "a {thing1}", "--after-task", "1", "--out",
                  str(tmp_path / "early")]) == 2
     assert "names {thing1}, which this run has not learned; learned: thing0" in capsys.readouterr().err
+
+
+def test_generate_redraws_an_input_image_in_both_modes(cidm_run, tmp_path):
+    from PIL import Image
+
+    source = Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    source.save(tmp_path / "in.png")
+    edit = tmp_path / "edit"
+    assert main(["generate", str(cidm_run), "--prompt", "a photo of {thing0}", "--n", "2", "--init-image",
+                 str(tmp_path / "in.png"), "--mask-box", "0.25,0.25,0.75,0.75", "--out", str(edit)]) == 0
+    inside = np.zeros((32, 32), bool)
+    inside[8:24, 8:24] = True
+    for name in ("000_s0.png", "001_s1.png"):
+        pixels = np.asarray(Image.open(edit / name))
+        assert np.array_equal(pixels[~inside], np.asarray(source)[~inside]) and not np.array_equal(pixels, source)
+    assert Image.open(edit / "grid.png").size == (3 * 32, 32)  # the input, then the two images
+    asked = json.loads((edit / "request.json").read_text())
+    assert asked["mask_box"] == "0.25,0.25,0.75,0.75" and asked["strength"] == 1.0
+    style = tmp_path / "style"
+    assert main(["generate", str(cidm_run), "--prompt", "a photo of {thing1}", "--n", "1", "--init-image",
+                 str(tmp_path / "in.png"), "--strength", "0.5", "--out", str(style)]) == 0
+    assert json.loads((style / "request.json").read_text())["strength"] == 0.5
+
+
+def test_generate_refuses_a_missing_input_image_before_loading_the_model(cidm_run, tmp_path, capsys):
+    assert main(["generate", str(cidm_run), "--prompt", "a {thing0}", "--init-image", str(tmp_path / "gone.png"),
+                 "--strength", "0.5"]) == 2
+    assert "--init-image" in capsys.readouterr().err

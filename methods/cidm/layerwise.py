@@ -86,16 +86,17 @@ def generate_unboxed(bundle, requests, settings, placeholders: list[str], n_laye
     """
     import contextlib
 
-    from cifc_bench.sampling import sample
+    from cifc_bench.sampling import condition_batches, sample
 
     images = [None] * len(requests)
     plain = [k for k, r in enumerate(requests) if not r.boxes]
-    for start in range(0, len(plain), settings.batch_size):
-        idx = plain[start : start + settings.batch_size]
+    for batch in condition_batches(len(plain), settings.batch_size, [requests[k].init for k in plain]):
+        idx = [plain[b] for b in batch]
         cond = encode_layerwise(bundle, [requests[k].prompt for k in idx], placeholders, n_layers)
         uncond = encode_layerwise(bundle, [settings.negative_prompt] * len(idx), placeholders, n_layers)
         with around(cond) if around else contextlib.nullcontext():
-            out = sample(bundle, cond, uncond, [requests[k].seed for k in idx], settings)
+            out = sample(bundle, cond, uncond, [requests[k].seed for k in idx], settings,
+                         inits=[requests[k].init for k in idx])
         for k, im in zip(idx, out, strict=True):
             images[k] = im
     return images

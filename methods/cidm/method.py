@@ -329,7 +329,7 @@ class CIDM(Method):
         for k, r in enumerate(requests):
             if r.boxes:
                 key = (r.prompt, tuple(b.as_tuple() for b in r.boxes), tuple(c.name for c in r.concepts),
-                       r.region_prompts)
+                       r.region_prompts, None if r.init is None else (r.init.strength, r.init.box))
                 groups.setdefault(key, []).append(k)
         for idx in groups.values():
             for start in range(0, len(idx), settings.batch_size):
@@ -352,7 +352,7 @@ class CIDM(Method):
 
         ``requests`` share prompt, boxes and concepts and differ in their seeds; they are sampled as one batch.
         """
-        from cifc_bench.sampling import decode, initial_latents
+        from cifc_bench.sampling import Trajectory
 
         bundle, phs, L = self.bundle, self.placeholders, self.n_layers
         request, n = requests[0], len(requests)
@@ -365,9 +365,8 @@ class CIDM(Method):
         regions = [(torch.cat([uncond, encode(request.region_prompt(k))]), box.as_tuple())
                    for k, box in enumerate(request.boxes)]
         weights = self.task_weights(cond) if self.task_placeholders else None
-        scheduler = type(bundle.scheduler).from_config(bundle.scheduler.config)
-        scheduler.set_timesteps(settings.num_inference_steps, device=bundle.device)
-        latents = initial_latents(bundle, [r.seed for r in requests], settings.resolution) * scheduler.init_noise_sigma
+        trajectory = Trajectory(bundle, [r.seed for r in requests], settings, [r.init for r in requests])
+        latents = trajectory.latents
         h, w = latents.shape[-2:]
         masks = [box_mask(box, h, w, latents.device) for _, box in regions]
 
@@ -387,15 +386,15 @@ class CIDM(Method):
         if weights is not None:
             self.set_merged(weights)
         try:
-            for t in scheduler.timesteps:
-                model_in = scheduler.scale_model_input(latents, t)
+            for i, t in enumerate(trajectory.timesteps):
+                model_in = trajectory.scheduler.scale_model_input(latents, t)
                 eps = guided(model_in, t)
                 regional = [guided(model_in, t, region) for region in regions]
                 eps = combine_region_noise(eps, regional, masks, self.ccs_alpha)
-                latents = scheduler.step(eps, t, latents).prev_sample
+                latents = trajectory.step(eps, t, latents, i)
         finally:
             self.set_merged(None)
-        return decode(bundle, latents)
+        return trajectory.finish(latents)
 
     # ------------------------------------------------------------------ state
     def trainable_parameters(self) -> int:
