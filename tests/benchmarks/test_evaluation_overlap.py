@@ -18,7 +18,6 @@ from cifc_bench.api import GenerationRequest, GenerationSettings
 SETTINGS = GenerationSettings(resolution=32, num_inference_steps=4, guidance_scale=7.5, batch_size=8)
 REQUESTS = [GenerationRequest(prompt=f"a photo of a dog number {i}", seed=i) for i in range(64)]
 ROUNDS = 5
-_medians: dict[str, float] = {}
 
 
 @pytest.fixture(scope="module")
@@ -56,32 +55,22 @@ def _synchronous(method, root, counter):
     return [load_rgb(folder / f"{k:03d}.png") for k in range(len(REQUESTS))]
 
 
-def _record(benchmark, name):
-    if benchmark.stats is None:  # --benchmark-disable: ran once as a smoke test
-        return
-    _medians[name] = benchmark.stats.stats.median
-    if name != "generation" and "generation" in _medians:
-        ratio = _medians[name] / _medians["generation"]
-        benchmark.extra_info["ratio_to_generation"] = ratio
-        print(f"\n{name}: {ratio:.3f} x generation alone (median)")
-
-
 @pytest.mark.benchmark(group="evaluation-64-images")
-def test_generation_alone(benchmark, method):
+def test_generation_alone(benchmark, record_ratio, method):
     images = benchmark.pedantic(_generate_all, args=(method,), rounds=ROUNDS, warmup_rounds=1)
     assert len(images) == 64
-    _record(benchmark, "generation")
+    record_ratio(benchmark, "generation", "generation", "ratio_to_generation", "generation alone")
 
 
 @pytest.mark.benchmark(group="evaluation-64-images")
-def test_harness_generation_with_overlapped_writes(benchmark, method, tmp_path):
+def test_harness_generation_with_overlapped_writes(benchmark, record_ratio, method, tmp_path):
     images = benchmark.pedantic(_harness, args=(method, tmp_path, [0]), rounds=ROUNDS, warmup_rounds=1)
     assert len(images) == 64 and len(list((tmp_path / "round1").glob("*.png"))) == 64
-    _record(benchmark, "harness")
+    record_ratio(benchmark, "harness", "generation", "ratio_to_generation", "generation alone")
 
 
 @pytest.mark.benchmark(group="evaluation-64-images")
-def test_synchronous_writer_before_the_overlap(benchmark, method, tmp_path):
+def test_synchronous_writer_before_the_overlap(benchmark, record_ratio, method, tmp_path):
     images = benchmark.pedantic(_synchronous, args=(method, tmp_path, [0]), rounds=ROUNDS, warmup_rounds=1)
     assert len(images) == 64
-    _record(benchmark, "synchronous")
+    record_ratio(benchmark, "synchronous", "generation", "ratio_to_generation", "generation alone")

@@ -15,7 +15,6 @@ from cifc_bench.api import GenerationRequest, GenerationSettings
 SETTINGS = GenerationSettings(resolution=32, num_inference_steps=10, guidance_scale=7.5, batch_size=8)
 REQUESTS = [GenerationRequest(prompt=f"a photo of a dog number {i}", seed=i) for i in range(8)]
 ROUNDS = 15
-_medians: dict[str, float] = {}
 
 
 @pytest.fixture(scope="module")
@@ -48,28 +47,18 @@ def _harness(bundle):
     return ZeroShot(bundle).generate(REQUESTS, SETTINGS)
 
 
-def _record(benchmark, name):
-    if benchmark.stats is None:  # --benchmark-disable: ran once as a smoke test
-        return
-    _medians[name] = benchmark.stats.stats.median
-    if name != "diffusers" and "diffusers" in _medians:
-        ratio = _medians[name] / _medians["diffusers"]
-        benchmark.extra_info["ratio_to_diffusers"] = ratio
-        print(f"\n{name}: {ratio:.3f} x StableDiffusionPipeline (median)")
-
-
 @pytest.mark.benchmark(group="sampler-8-images")
-def test_diffusers_pipeline(benchmark, bundle):
+def test_diffusers_pipeline(benchmark, record_ratio, bundle):
     images = benchmark.pedantic(_diffusers, args=(_pipeline(bundle),), rounds=ROUNDS, warmup_rounds=1)
     assert len(images) == 8
-    _record(benchmark, "diffusers")
+    record_ratio(benchmark, "diffusers", "diffusers", "ratio_to_diffusers", "StableDiffusionPipeline")
 
 
 @pytest.mark.benchmark(group="sampler-8-images")
-def test_harness_sampler(benchmark, bundle):
+def test_harness_sampler(benchmark, record_ratio, bundle):
     images = benchmark.pedantic(_harness, args=(bundle,), rounds=ROUNDS, warmup_rounds=1)
     assert len(images) == 8
-    _record(benchmark, "harness")
+    record_ratio(benchmark, "harness", "diffusers", "ratio_to_diffusers", "StableDiffusionPipeline")
 
 
 def test_harness_sampler_draws_the_pipelines_images(bundle):
