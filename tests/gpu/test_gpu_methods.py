@@ -64,7 +64,7 @@ def _command(method: str, protocol: Path, out: Path) -> list[str]:
                "--dino", "none", "--device", "cuda", "--steps", "2", "--batch-size", "1",
                "--prompts-per-concept", "1", "--images-per-prompt", "2", "--resolution", str(RESOLUTION),
                "--num-inference-steps", "2", "--calibration-images", "2", "--multi-images-per-prompt", "1",
-               "--eval-batch-size", "2", "--out", str(out)]
+               "--eval-batch-size", "2", "--dtype", os.environ.get("CIFC_BENCH_GPU_DTYPE", "bf16"), "--out", str(out)]
     if method in QUICK_ARGS:
         command += ["--method-args", *QUICK_ARGS[method]]
     return command
