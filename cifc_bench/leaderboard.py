@@ -219,6 +219,59 @@ def metric_table(metric: str, runs: list[RunRecord], concepts: list[str], refere
     return pd.DataFrame(rows, columns=columns, dtype=object).fillna("–")
 
 
+INTERVAL_SUMMARIES = ("final", "learning", "forgetting")
+INTERVALS = ":intervals"  # suffix of a metric's interval table in leaderboard_tables
+
+
+def unit_table(run: RunRecord, metric: str, summary: str):
+    """One run's per-concept values behind a summary (the units the intervals resample): ``final`` the last
+    row, ``learning`` the diagonal, ``forgetting`` diagonal − last row over all but the last concept; None
+    when the run did not measure them (a final-only run has no diagonal)."""
+    import numpy as np
+
+    R = np.array([[np.nan if v is None else v for v in row] for row in run.data["matrices"][metric]], dtype=float)
+    diag, last = np.diag(R), R[-1]
+    values = {"final": last, "learning": diag, "forgetting": (diag - last)[:-1]}[summary]
+    return None if values.size == 0 or np.isnan(values).any() else values
+
+
+def interval_table(metric: str, runs: list[RunRecord]):
+    """A metric's final, learning and forgetting per method with 95 % intervals (:mod:`cifc_bench.stats`: a
+    crossed bootstrap over run seeds and concepts, paired across methods by concept). ★ marks the best method
+    of a column, ≈ every method whose paired difference to it is not distinguishable from 0; ``W-T-L`` counts
+    the methods each one beats, ties and loses to on ``final``."""
+    import numpy as np
+    import pandas as pd
+
+    from cifc_bench import stats
+
+    by_label = _by_label(runs, lambda r: metric in r.data["matrices"])
+    tables: dict[str, dict[str, Any]] = {key: {} for key in INTERVAL_SUMMARIES}
+    for label, group in by_label.items():
+        for key in INTERVAL_SUMMARIES:
+            rows = [unit_table(r, metric, key) for r in group]
+            if rows and all(v is not None for v in rows):
+                tables[key][label] = SCALE * np.stack(rows)
+    marks: dict[str, dict[str, str]] = {key: {} for key in INTERVAL_SUMMARIES}
+    for key, by_method in tables.items():
+        if len(by_method) > 1:
+            best, ties = stats.indistinguishable_from_best(by_method, DIRECTIONS[key] == "higher")
+            marks[key] = {best: " ★", **{m: " ≈" for m in ties}}
+    record = stats.win_tie_loss(tables["final"], DIRECTIONS["final"] == "higher") if len(tables["final"]) > 1 else {}
+    rows = []
+    for label, group in by_label.items():
+        row: dict[str, Any] = {"method": label, "seeds": len(group)}
+        for key in INTERVAL_SUMMARIES:
+            table = tables[key].get(label)
+            iv = None if table is None else stats.interval(table)
+            row[key] = "–" if iv is None else f"{iv.mean:.1f} [{iv.low:.1f}, {iv.high:.1f}]{marks[key].get(label, '')}"
+        results = list(record.get(label, {}).values())
+        row["W-T-L (final)"] = "–" if not results else "-".join(str(results.count(r)) for r in ("win", "tie", "loss"))
+        rows.append(row)
+    columns = ["method", "seeds", *INTERVAL_SUMMARIES, "W-T-L (final)"]
+    return pd.DataFrame(rows, columns=columns, dtype=object)
+
+
 NEGLECT_COLUMNS = ("final", "first", "change")
 
 
@@ -333,8 +386,14 @@ def leaderboard_tables(protocol: str, results_dir: Path, include_failed: bool = 
         if any(r.data.get("neglect") for r in runs):
             metrics = (*metrics, NEGLECT)
     ref = spec.raw.get("reference_results", {}) if references else {}
-    tables = {m: neglect_table(runs) if m == NEGLECT else
-              metric_table(m, runs, concepts, reference_rows(ref, m) if ref else None) for m in metrics}
+    tables = {}
+    for m in metrics:
+        if m == NEGLECT:
+            tables[m] = neglect_table(runs)
+            continue
+        tables[m] = metric_table(m, runs, concepts, reference_rows(ref, m) if ref else None)
+        if runs:
+            tables[m + INTERVALS] = interval_table(m, runs)
     if cost and runs:
         tables[COST] = cost_table(runs)
     return tables, skipped, len(runs)
@@ -353,7 +412,10 @@ def render(tables: dict[str, Any], fmt: str) -> str:
         title = (f"{metric.upper()} (x100, lower is better; q-columns are the final model's neglect rate per "
                  "multi-concept prompt)" if metric == NEGLECT else
                  "COST (per run, mean ± std over seeds; times depend on the machine and on what else ran on it)"
-                 if metric == COST else f"{metric.upper()} (x100; per-concept columns are the final model's scores)")
+                 if metric == COST else
+                 f"{metric.removesuffix(INTERVALS).upper()}: mean [95 % interval] (x100; crossed bootstrap over seeds "
+                 "and concepts, paired by concept; ★ best, ≈ not distinguishable from it)"
+                 if metric.endswith(INTERVALS) else f"{metric.upper()} (x100; per-concept columns are the final model's scores)")
         if fmt == "md":
             parts.append(f"### {title}\n\n" + df.to_markdown(index=False, disable_numparse=True))
         else:

@@ -106,7 +106,7 @@ def test_rows_are_sorted_by_the_metric_direction(results_dir, tiny_protocol):
 
 def test_neglect_table_and_optional_metrics_appear_when_runs_have_them(results_dir, tiny_protocol, capsys):
     tables, _, _ = leaderboard_tables(str(tiny_protocol), results_dir, include_dirty=True)
-    assert list(tables) == ["ia", "ta", "cnr", "cost"]  # no run measured ia_dino or context_acc
+    assert list(tables) == ["ia", "ia:intervals", "ta", "ta:intervals", "cnr", "cost"]  # no ia_dino, context_acc
     cnr = tables["cnr"].set_index("method")
     assert cnr.loc["fake", "q0"] == "40.0 ± 14.1" and cnr.loc["fake", "cnr final"] == "40.0 ± 14.1"
     finals = [float(v.split(" ")[0]) for v in tables["cnr"]["cnr final"]]
@@ -179,3 +179,17 @@ def test_runs_of_an_older_method_implementation_are_left_out_with_a_note(results
     tables, _, _ = leaderboard_tables(str(tiny_protocol), root, include_dirty=True, include_old_versions=True)
     ia = tables["ia"].set_index("method")
     assert ia.loc["finetune", "seeds"] == 1 and ia.loc[f"finetune [old v{SequentialFinetune.version - 1}]", "seeds"] == 1
+
+
+def test_interval_table_marks_the_best_method_and_the_ones_it_cannot_be_told_from(results_dir, tiny_protocol):
+    tables, _, _ = leaderboard_tables(str(tiny_protocol), results_dir, include_dirty=True)
+    ia = tables["ia:intervals"].set_index("method")
+    # "fake": finals 0.5 and 0.7 on every concept over 2 seeds; its mean is 60.0 and the seeds disagree by 20 points
+    import re
+
+    mean, low, high = (float(x) for x in re.match(r"([-\d.]+) \[([-\d.]+), ([-\d.]+)\]", ia.loc["fake", "final"]).groups())
+    assert mean == 60.0 and low < 50.0 and high > 70.0  # 2 seeds: a wide t interval, not the ±7 of a naive one
+    assert sum("★" in v for v in ia["final"]) == 1
+    records = [[int(n) for n in v.split("-")] for v in ia["W-T-L (final)"]]
+    assert all(sum(r) == len(ia) - 1 for r in records)  # every other method, won, tied or lost to once
+    assert "INTERVAL" not in render(tables, "md") and "mean [95 % interval]" in render(tables, "md")

@@ -5,7 +5,6 @@ import pytest
 from cifc_bench.registry import METHODS, list_plugins, load_method
 from cifc_bench.testing import check_method
 
-
 #: the contract is about the interface, not about how much data a step uses: Custom Diffusion's 200 class images
 #: per concept (3 minutes on the tiny model) and EWC's Fisher samples are cut to a few; the code path is the same
 FAST_ARGS = {"custom-diffusion": {"reg_images": 2}, "ewc": {"fisher_samples": 2}}
