@@ -9,10 +9,10 @@ from PIL import Image
 from cifc_bench.api import Box, GenerationRequest, GenerationSettings, ImageInit, TrainBudget
 from cifc_bench.models import load_bundle
 from cifc_bench.registry import METHODS, list_plugins, load_method
+from cifc_bench.testing import QUICK_METHOD_ARGS
 
 SETTINGS = GenerationSettings(resolution=32, num_inference_steps=10, guidance_scale=7.5, batch_size=4)
 BOX = Box(0.25, 0.25, 0.75, 0.5)
-FAST_ARGS = {"custom-diffusion": {"reg_images": 2}, "ewc": {"fisher_samples": 2}}
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def test_every_method_edits_inside_the_box_only(name, tiny_protocol, source):
 
     seq = load_protocol(str(tiny_protocol)).bind(tiny_protocol.with_name("tiny-data"))
     torch.manual_seed(0)
-    method = load_method(name)(load_bundle("tiny-random"), **FAST_ARGS.get(name, {}))
+    method = load_method(name)(load_bundle("tiny-random"), **QUICK_METHOD_ARGS.get(name, {}))
     for task in seq.tasks[:2]:
         method.learn_task(task, TrainBudget(steps=2, batch_size=2, resolution=32, seed=task.index))
     c0, c1 = seq.concepts[:2]

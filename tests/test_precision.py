@@ -13,8 +13,7 @@ from cifc_bench.config import ConfigError, RunSpec
 from cifc_bench.models import load_bundle
 from cifc_bench.precision import autocast, cast_frozen, loss_scaler
 from cifc_bench.registry import METHODS, list_plugins, load_method
-
-FAST_ARGS = {"custom-diffusion": {"reg_images": 2}, "ewc": {"fisher_samples": 2}}
+from cifc_bench.testing import QUICK_METHOD_ARGS
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +35,7 @@ def test_method_trains_fp32_masters_on_a_bf16_bundle_and_samples(name, sequence,
     monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
     torch.manual_seed(0)
     bundle = cast_frozen(load_bundle("tiny-random"), "bf16")
-    method = load_method(name)(bundle, **FAST_ARGS.get(name, {}))
+    method = load_method(name)(bundle, **QUICK_METHOD_ARGS.get(name, {}))
     with autocast("cpu", "bf16"):
         for task in sequence.tasks[:2]:  # the second task exercises what methods do with earlier tasks
             method.learn_task(task, TrainBudget(steps=2, batch_size=2, resolution=32, seed=task.index))
