@@ -192,6 +192,37 @@ class MultiConceptPrompt:
 
 
 @dataclass(frozen=True)
+class Track:
+    """An image-conditioned use of the learned concepts, measured like the per-concept metrics (a protocol's
+    ``tracks``). After a task, every learned concept of kind ``kind`` redraws ``inputs_per_concept`` input
+    images: ``prompt`` (``<TOK>``: the concept's evaluation phrase; ``{input}``: the class word of what the
+    input shows) from the input noised to ``strength``, and with ``box`` only inside it. Custom style transfer
+    is a style track without a box (SDEdit); custom image editing an object track with one (blended latents).
+    ``inputs`` lists (concept, image path) candidates in order; a concept never gets its own images."""
+
+    name: str
+    kind: str
+    prompt: str
+    strength: float
+    inputs: tuple[tuple[str, Path], ...]
+    inputs_per_concept: int
+    metrics: tuple[str, ...]
+    box: Box | None = None
+    description: str = ""
+
+    def targets(self, concepts: Sequence[Concept]) -> tuple[Concept, ...]:
+        """The concepts among ``concepts`` that this track applies to."""
+        return tuple(c for c in concepts if c.kind == self.kind)
+
+    def cases(self, concept: Concept, class_words: Mapping[str, str]) -> list[tuple[str, Path, str]]:
+        """(input concept, input path, prompt) of each of ``concept``'s inputs; ``class_words`` maps every
+        concept name to its class word."""
+        chosen = [(name, path) for name, path in self.inputs if name != concept.name][: self.inputs_per_concept]
+        return [(name, path, self.prompt.replace(TOKEN_MARK, concept.eval_replacement).replace(
+            "{input}", class_words[name])) for name, path in chosen]
+
+
+@dataclass(frozen=True)
 class TaskSequence:
     """What a protocol YAML file describes: an ordered, validated task stream."""
 
@@ -203,6 +234,13 @@ class TaskSequence:
     default_scorer: str | None = None
     source: Path | None = None
     reference_results: Mapping[str, Any] = field(default_factory=dict)
+    tracks: tuple[Track, ...] = ()
+
+    def track(self, name: str) -> Track:
+        for t in self.tracks:
+            if t.name == name:
+                return t
+        raise KeyError(f"protocol {self.name!r} has no track {name!r}; it has {[t.name for t in self.tracks]}")
 
     @property
     def concepts(self) -> tuple[Concept, ...]:
@@ -269,6 +307,20 @@ class ConceptImages:
     text_features: Any
     dino_features: Any = None
     dino_reference_features: Any = None
+
+
+@dataclass(frozen=True)
+class TrackImages(ConceptImages):
+    """What a track metric sees: one concept's outputs of one track for one model state. Beside the fields of
+    :class:`ConceptImages` (so ``ia``, ``ta`` and exact per-concept metrics apply as they are): the ``inputs``
+    (PIL, at the output size), their scorer ``input_features``, the edit ``box`` and ``box_features``, the
+    outputs' features with everything outside the box painted over (:func:`cifc_bench.neglect.isolate_box`)."""
+
+    track: str = ""
+    inputs: tuple[Any, ...] = ()
+    input_features: Any = None
+    box: Box | None = None
+    box_features: Any = None
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,12 @@ def _parse_method_args(items: Sequence[str]) -> dict:
     return out
 
 
+def _track_names(text: str) -> tuple[str, ...]:
+    """``--tracks a,b`` (or ``none``) as a tuple of names; the protocol checks that they exist."""
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    return () if names == ("none",) else names
+
+
 def _add_setting_flags(r: argparse.ArgumentParser) -> None:
     """The run settings every run of a command shares (``run``, ``sweep``): one flag per setting."""
     from cifc_bench.config import DTYPES
@@ -86,6 +92,9 @@ def _add_setting_flags(r: argparse.ArgumentParser) -> None:
     r.add_argument("--multi-images-per-prompt", type=int, help="images per multi-concept prompt (neglect rate)")
     r.add_argument("--calibration-images", type=int,
                    help="base-model class-word images per concept that calibrate the presence thresholds")
+    r.add_argument("--tracks", type=_track_names, metavar="TRACK[,TRACK]|none",
+                   help="the protocol's image-conditioned tracks to evaluate, e.g. style_transfer,editing "
+                        "(default: all it defines), evaluated whenever the schedule evaluates")
     r.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     r.add_argument("--dtype", choices=DTYPES, help="precision of the frozen weights, run under autocast; trainable "
                                                    "parameters and optimiser state stay fp32 (default: bf16 on CUDA, "
@@ -378,9 +387,12 @@ def _check_writable(run_dir: Path) -> None:
 
 def _summary_lines(summary: dict, indent: str = "  ") -> str:
     """Summaries as the leaderboard shows them: ×100, one decimal."""
+    from cifc_bench.metrics import display_scale
+
     def line(metric, stats):
-        text = f"{indent}{metric} (x100): " + ", ".join(f"{k} {100 * v:.1f}" for k, v in stats.items()
-                                                        if isinstance(v, (int, float)))
+        scale, unit = display_scale(metric)
+        text = f"{indent}{metric} ({unit}): " + ", ".join(f"{k} {scale * v:.1f}" for k, v in stats.items()
+                                                         if isinstance(v, (int, float)))
         left_out = stats.get("undefined_for")
         return text + (f" (over the other concepts: undefined for {', '.join(left_out)})" if left_out else "")
 

@@ -35,7 +35,7 @@ FALLBACKS: dict[str, Any] = {
 #: Settings a protocol's ``defaults`` may give, beside these keys of its own.
 PROTOCOL_ONLY = ("metrics", "presence", "method_args", "schedule")
 #: Settings that only the run gives: they say what to run, not how.
-RUN_ONLY = ("method", "protocol", "data_dir", "eval_schedule", "seed", "device", "dtype")
+RUN_ONLY = ("method", "protocol", "data_dir", "eval_schedule", "seed", "device", "dtype", "tracks")
 _WHOLE = ("steps", "batch_size", "prompts_per_concept", "images_per_prompt", "resolution", "num_inference_steps",
           "eval_batch_size", "multi_images_per_prompt", "calibration_images")
 
@@ -71,11 +71,15 @@ class RunSpec:
     dino: str | None = None  # DINO model for ia_dino ("none": skip the metric)
     multi_images_per_prompt: int | None = None  # images per multi-concept prompt, for the neglect rate
     calibration_images: int | None = None  # base-model class-word images per concept for presence thresholds
+    #: the protocol's tracks to evaluate (style transfer, editing), whenever the schedule evaluates; None: all
+    tracks: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         problems = check_values(dataclasses.asdict(self))
         if problems:
             raise ConfigError(problems[0])
+        if self.tracks is not None:  # a list from a result file or a YAML file: one type, so settings compare
+            object.__setattr__(self, "tracks", tuple(self.tracks))
 
     def resolved(self, defaults: Mapping[str, Any], method_names: tuple[str, ...] = ()) -> RunSpec:
         """Fill unset fields from a protocol's ``defaults``, then from :data:`FALLBACKS`.
@@ -183,6 +187,9 @@ def check_values(values: Mapping[str, Any], where: str = "") -> list[str]:
     v = values.get("dtype")
     if v is not None and v not in DTYPES:
         problems.append(f"{name('dtype')} {v!r}: use one of {DTYPES} (default: bf16 on CUDA, fp32 on CPU)")
+    v = values.get("tracks")
+    if v is not None and (isinstance(v, str) or not all(isinstance(t, str) for t in v)):
+        problems.append(f"{name('tracks')} {v!r}: give a list of the protocol's track names (or none)")
     v = values.get("method_args")
     if v is not None and not isinstance(v, Mapping):
         problems.append(f"{name('method_args')} {v!r}: give a mapping of argument names to values")

@@ -159,8 +159,14 @@ def restore(run_dir: Path, after_task: int | None = None, device: str | None = N
     if device:
         config = dataclasses.replace(config, device=device)
     calibration = (result.get("neglect") or {}).get("calibration") or {"thresholds": []}
+    state = state_path(run_dir, j - 1)
+    if not state.is_file():
+        kept = sorted(int(p.stem.rsplit("_", 1)[-1]) + 1 for p in state.parent.glob("after_task_*.safetensors"))
+        raise GenerateError(f"--after-task {j}: {run_dir} keeps the state after task "
+                            f"{', '.join(map(str, kept)) or 'none'} only ({state} is missing; committed reference runs "
+                            "keep just the final state). Pick a kept task, or re-run the method to have them all")
     ctx = load_context(config, run_dir, calibration=calibration)
-    ctx.method.load_state_dict(load_state(state_path(run_dir, j - 1)), ctx.sequence.tasks[:j])
+    ctx.method.load_state_dict(load_state(state), ctx.sequence.tasks[:j])
     return ctx, j
 
 

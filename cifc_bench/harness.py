@@ -46,6 +46,7 @@ from cifc_bench.results import (
     write_json_atomic,
 )
 from cifc_bench.seeding import derive_seed, image_seed, train_seed
+from cifc_bench.tracks import new_tracks, track_dir, track_input_dir, track_requests, track_sample
 
 METRICS = ("ia", "ta")  # per-concept metrics of a protocol that names none under ``defaults.metrics``
 DINO_METRIC = "ia_dino"  # added when the run has a DINO model (``--dino``)
@@ -125,6 +126,12 @@ def resolve_run(config: RunSpec):
         config = dataclasses.replace(config, protocol=default_protocol())
     spec = load_protocol(config.protocol)
     config = config.resolved(dict(spec.defaults), registered_names(method_cls))
+    if config.tracks is None:
+        config = dataclasses.replace(config, tracks=spec.track_names)
+    unknown = [t for t in config.tracks if t not in spec.track_names]
+    if unknown:
+        raise ConfigError(f"--tracks {','.join(config.tracks)}: protocol {spec.name!r} has no track {unknown[0]!r}; it "
+                          f"defines {list(spec.track_names) or 'none'} (--tracks none evaluates no track)")
     budgets = tuple(spec.task_budgets(config.schedule, config.steps))
     return config, spec, method_cls, budgets
 
@@ -185,7 +192,8 @@ def load_context(config: RunSpec, run_dir: Path, calibration: dict[str, Any] | N
     metrics = tuple(spec.defaults.get("metrics", METRICS))
     if dino is not None:
         metrics = (*metrics, DINO_METRIC)
-    metric_fns = load_metrics(metrics, spec.path)
+    track_metrics = [m for t in sequence.tracks if t.name in config.tracks for m in t.metrics]
+    metric_fns = load_metrics(dict.fromkeys([*metrics, *track_metrics]), spec.path)
     presence_fns = load_metrics(spec.defaults.get("presence", ()), spec.path, key="presence")
     return RunContext(config=config, sequence=sequence, method=method, scorer=scorer, run_dir=Path(run_dir),
                       metrics=metrics, dino=dino, calibration=calibration, model_fingerprint=fingerprint,
@@ -285,6 +293,7 @@ def new_result(ctx: RunContext) -> dict[str, Any]:
         "concepts": [c.name for c in seq.concepts],
         "matrices": {m: [row[:] for row in empty] for m in ctx.metrics},
         "neglect": new_neglect(ctx),
+        "tracks": new_tracks(seq, ctx.config.tracks),
         "summary": {},
         "tasks": [],
         "error": None,
@@ -535,6 +544,8 @@ def evaluate_task(ctx: RunContext, result: dict[str, Any], j: int, references: d
             result["matrices"][m][j][i] = v
     if result.get("neglect"):
         evaluate_neglect(ctx, j, result["neglect"], references)
+    if result.get("tracks"):
+        evaluate_tracks(ctx, j, result["tracks"], references)
 
 
 def evaluation_images(ctx: RunContext, j: int) -> list[tuple[list, Path]]:
@@ -546,7 +557,18 @@ def evaluation_images(ctx: RunContext, j: int) -> list[tuple[list, Path]]:
     learned = {c.name for c in seq.concepts[: j + 1]}
     out += [(multi_requests(seq, q, cfg.multi_images_per_prompt), multi_dir(ctx.run_dir, j))
             for q, m in enumerate(seq.multi_concept_prompts) if set(m.concepts) <= learned]
+    out += [([(r, name) for r, name, _ in _track_pairs(ctx, track, c)], track_dir(ctx.run_dir, j, track.name, c.name))
+            for track in _selected_tracks(ctx) for c in track.targets(seq.concepts[: j + 1])]
     return out
+
+
+def _selected_tracks(ctx: RunContext):
+    return [t for t in ctx.sequence.tracks if t.name in (ctx.config.tracks or ())]
+
+
+def _track_pairs(ctx: RunContext, track, concept):
+    words = {c.name: c.class_word for c in ctx.sequence.concepts}
+    return track_requests(ctx.sequence.name, track, concept, words, ctx.config.resolution)
 
 
 def missing_batches(pairs, folder: Path, batch_size: int) -> list[list]:
@@ -604,8 +626,7 @@ def evaluate_concept(ctx: RunContext, j: int, concept: Concept, references: dict
     pairs = concept_requests(ctx.sequence.name, concept, cfg.prompts_per_concept, cfg.images_per_prompt)
     generated = generate_cached(ctx, pairs, folder, f"generate {concept.name}@{j}")
     check_images(generated, concept, j)
-    if concept.name not in references:
-        references[concept.name] = ctx.scorer.encode_images([load_rgb(p) for p in list_images(concept.image_dir)])
+    _references(ctx, concept, references)
     class_prompts = [concept.to_class_words(r.prompt) for r, _ in pairs]
     dino = {}
     if ctx.dino is not None:
@@ -660,10 +681,40 @@ def evaluate_neglect(ctx: RunContext, j: int, neglect: dict[str, Any], reference
         write_json_atomic(folder / "scores.json", {"thresholds": thresholds, "images": per_image})
 
 
+def evaluate_tracks(ctx: RunContext, j: int, tracks: dict[str, Any], references: dict[str, np.ndarray]) -> None:
+    """Generate (or reuse) every learned target concept's outputs of every track, score them with the track's
+    metrics, and fill row j of the track matrices."""
+    seq = ctx.sequence
+    for name, part in tracks.items():
+        track = seq.track(name)
+        for concept in track.targets(seq.concepts[: j + 1]):
+            triples = _track_pairs(ctx, track, concept)
+            if not triples:
+                continue
+            pairs = [(r, file) for r, file, _ in triples]
+            outputs = generate_cached(ctx, pairs, track_dir(ctx.run_dir, j, name, concept.name),
+                                      f"generate {name} {concept.name}@{j}")
+            inputs = track_input_dir(ctx.run_dir, name, concept.name)
+            for (_, file, image) in triples:  # beside the outputs, for reports and readers of the run
+                if not (inputs / file).exists():
+                    save_atomic(image, inputs / file)
+            sample = track_sample(track, concept, outputs, [im for _, _, im in triples], [r.prompt for r, _ in pairs],
+                                  ctx.scorer, _references(ctx, concept, references))
+            i = seq.concepts.index(concept)
+            for metric in track.metrics:
+                value = float(ctx.metric_fns[metric](sample))
+                part["matrices"][metric][j][i] = None if math.isnan(value) else value
+
+
+def _references(ctx: RunContext, concept: Concept, references: dict[str, np.ndarray]) -> np.ndarray:
+    """The scorer features of the concept's training images (encoded once per run)."""
+    if concept.name not in references:
+        references[concept.name] = ctx.scorer.encode_images([load_rgb(p) for p in list_images(concept.image_dir)])
+    return references[concept.name]
+
+
 def _prototype(ctx: RunContext, concept: Concept, references: dict[str, np.ndarray]) -> np.ndarray:
     """The concept's presence prototype under the run's scorer (computed once per run)."""
     from cifc_bench.neglect import prototype
 
-    if concept.name not in references:  # the same reference features as IA: encoded once per run
-        references[concept.name] = ctx.scorer.encode_images([load_rgb(p) for p in list_images(concept.image_dir)])
-    return prototype(references[concept.name])
+    return prototype(_references(ctx, concept, references))  # the same reference features as IA

@@ -32,6 +32,13 @@ def load_rgb(path: Path):
         return im.convert("RGB")
 
 
+def fit_input(image, resolution: int):
+    """An input image as the sampler starts from it, and as the track metrics compare against: RGB, resized
+    (PIL's default filter) to ``resolution`` × ``resolution`` unless it already is."""
+    image = image.convert("RGB")
+    return image if image.size == (resolution, resolution) else image.resize((resolution, resolution))
+
+
 def save_atomic(image, path: Path) -> None:
     """Write a PNG so that a kill never leaves a half-written file behind a valid name."""
     from cifc_bench.atomic import fault_point

@@ -223,16 +223,57 @@ INTERVAL_SUMMARIES = ("final", "learning", "forgetting")
 INTERVALS = ":intervals"  # suffix of a metric's interval table in leaderboard_tables
 
 
+def run_matrix(run: RunRecord, metric: str) -> list[list] | None:
+    """A run's T×C matrix of ``metric``, or of a track's metric named ``track/metric``; None if not measured."""
+    if "/" in metric:
+        track, name = metric.split("/", 1)
+        part = (run.data.get("tracks") or {}).get(track)
+        return None if part is None else part["matrices"].get(name)
+    return run.data["matrices"].get(metric)
+
+
 def unit_table(run: RunRecord, metric: str, summary: str):
     """One run's per-concept values behind a summary (the units the intervals resample): ``final`` the last
     row, ``learning`` the diagonal, ``forgetting`` diagonal − last row over all but the last concept; None
-    when the run did not measure them (a final-only run has no diagonal)."""
+    when the run did not measure them (a final-only run has no diagonal). Concepts a metric does not score
+    (no final value: a track's non-targets, ``context_acc`` on styles) are left out, as in the summaries."""
     import numpy as np
 
-    R = np.array([[np.nan if v is None else v for v in row] for row in run.data["matrices"][metric]], dtype=float)
+    R = np.array([[np.nan if v is None else v for v in row] for row in run_matrix(run, metric)], dtype=float)
     diag, last = np.diag(R), R[-1]
-    values = {"final": last, "learning": diag, "forgetting": (diag - last)[:-1]}[summary]
+    kept = np.flatnonzero(~np.isnan(last)) if not np.isnan(last).all() else np.arange(len(last))
+    values = {"final": last[kept], "learning": diag[kept], "forgetting": (diag - last)[kept[kept < len(R) - 1]]}[summary]
     return None if values.size == 0 or np.isnan(values).any() else values
+
+
+def _interval_columns(metric: str, by_label: dict[str, list[RunRecord]], summaries=INTERVAL_SUMMARIES):
+    """Per summary, {method label: "mean [low, high] ★/≈"} (scaled for display; ★ best, ≈ not distinguishable
+    from it), and the win/tie/loss record on ``final``."""
+    import numpy as np
+
+    from cifc_bench import stats
+    from cifc_bench.metrics import display_scale
+
+    scale = display_scale(metric)[0]
+    tables: dict[str, dict[str, Any]] = {key: {} for key in summaries}
+    for label, group in by_label.items():
+        for key in summaries:
+            rows = [unit_table(r, metric, key) for r in group]
+            if rows and all(v is not None for v in rows):
+                tables[key][label] = scale * np.stack(rows)
+    cells: dict[str, dict[str, str]] = {}
+    for key, by_method in tables.items():
+        marks = {}
+        if len(by_method) > 1:
+            best, ties = stats.indistinguishable_from_best(by_method, DIRECTIONS[key] == "higher")
+            marks = {best: " ★", **{m: " ≈" for m in ties}}
+        cells[key] = {}
+        for label, table in by_method.items():
+            iv = stats.interval(table)
+            cells[key][label] = f"{iv.mean:.1f} [{iv.low:.1f}, {iv.high:.1f}]{marks.get(label, '')}"
+    final = tables.get("final", {})
+    record = stats.win_tie_loss(final, DIRECTIONS["final"] == "higher") if len(final) > 1 else {}
+    return cells, record
 
 
 def interval_table(metric: str, runs: list[RunRecord]):
@@ -240,35 +281,43 @@ def interval_table(metric: str, runs: list[RunRecord]):
     crossed bootstrap over run seeds and concepts, paired across methods by concept). ★ marks the best method
     of a column, ≈ every method whose paired difference to it is not distinguishable from 0; ``W-T-L`` counts
     the methods each one beats, ties and loses to on ``final``."""
-    import numpy as np
     import pandas as pd
 
-    from cifc_bench import stats
-
-    by_label = _by_label(runs, lambda r: metric in r.data["matrices"])
-    tables: dict[str, dict[str, Any]] = {key: {} for key in INTERVAL_SUMMARIES}
-    for label, group in by_label.items():
-        for key in INTERVAL_SUMMARIES:
-            rows = [unit_table(r, metric, key) for r in group]
-            if rows and all(v is not None for v in rows):
-                tables[key][label] = SCALE * np.stack(rows)
-    marks: dict[str, dict[str, str]] = {key: {} for key in INTERVAL_SUMMARIES}
-    for key, by_method in tables.items():
-        if len(by_method) > 1:
-            best, ties = stats.indistinguishable_from_best(by_method, DIRECTIONS[key] == "higher")
-            marks[key] = {best: " ★", **{m: " ≈" for m in ties}}
-    record = stats.win_tie_loss(tables["final"], DIRECTIONS["final"] == "higher") if len(tables["final"]) > 1 else {}
+    by_label = _by_label(runs, lambda r: run_matrix(r, metric) is not None)
+    cells, record = _interval_columns(metric, by_label)
     rows = []
     for label, group in by_label.items():
         row: dict[str, Any] = {"method": label, "seeds": len(group)}
         for key in INTERVAL_SUMMARIES:
-            table = tables[key].get(label)
-            iv = None if table is None else stats.interval(table)
-            row[key] = "–" if iv is None else f"{iv.mean:.1f} [{iv.low:.1f}, {iv.high:.1f}]{marks[key].get(label, '')}"
+            row[key] = cells[key].get(label, "–")
         results = list(record.get(label, {}).values())
         row["W-T-L (final)"] = "–" if not results else "-".join(str(results.count(r)) for r in ("win", "tie", "loss"))
         rows.append(row)
     columns = ["method", "seeds", *INTERVAL_SUMMARIES, "W-T-L (final)"]
+    return pd.DataFrame(rows, columns=columns, dtype=object)
+
+
+TRACK = "track:"  # prefix of a track's table in leaderboard_tables
+
+
+def track_table(track: str, runs: list[RunRecord]):
+    """One image-conditioned track: per method, each of its metrics on the final model and right after each
+    concept's task (learning), with 95 % intervals and ★/≈ marks as in the interval tables."""
+    import pandas as pd
+
+    by_label = _by_label(runs, lambda r: track in (r.data.get("tracks") or {}))
+    names = list(dict.fromkeys(m for g in by_label.values() for r in g for m in r.data["tracks"][track]["matrices"]))
+    columns, cells = ["method", "seeds"], {}
+    for name in names:
+        cells[name], _ = _interval_columns(f"{track}/{name}", by_label, ("final", "learning"))
+        columns += [f"{name} final", f"{name} learning"]
+    rows = []
+    for label, group in by_label.items():
+        row: dict[str, Any] = {"method": label, "seeds": len(group)}
+        for name in names:
+            for key in ("final", "learning"):
+                row[f"{name} {key}"] = cells[name][key].get(label, "–")
+        rows.append(row)
     return pd.DataFrame(rows, columns=columns, dtype=object)
 
 
@@ -394,6 +443,8 @@ def leaderboard_tables(protocol: str, results_dir: Path, include_failed: bool = 
         tables[m] = metric_table(m, runs, concepts, reference_rows(ref, m) if ref else None)
         if runs:
             tables[m + INTERVALS] = interval_table(m, runs)
+    for track in dict.fromkeys(t for r in runs for t in (r.data.get("tracks") or {})):
+        tables[TRACK + track] = track_table(track, runs)
     if cost and runs:
         tables[COST] = cost_table(runs)
     return tables, skipped, len(runs)
@@ -413,6 +464,9 @@ def render(tables: dict[str, Any], fmt: str) -> str:
                  "multi-concept prompt)" if metric == NEGLECT else
                  "COST (per run, mean ± std over seeds; times depend on the machine and on what else ran on it)"
                  if metric == COST else
+                 f"{metric.removeprefix(TRACK).upper()} TRACK: mean [95 % interval] over seeds and the track's concepts "
+                 "(x100; PSNR in dB; learning: right after each concept's task)"
+                 if metric.startswith(TRACK) else
                  f"{metric.removesuffix(INTERVALS).upper()}: mean [95 % interval] (x100; crossed bootstrap over seeds "
                  "and concepts, paired by concept; ★ best, ≈ not distinguishable from it)"
                  if metric.endswith(INTERVALS) else f"{metric.upper()} (x100; per-concept columns are the final model's scores)")

@@ -187,7 +187,28 @@ def summarize_result(result: dict) -> dict[str, dict[str, float | None]]:
     for m, rows in ((result.get("neglect") or {}).get("matrices") or {}).items():
         stats = summarize_available(from_json_matrix(rows)[:done]) if done else {}
         out[m] = {k: (None if math.isnan(v) else v) for k, v in stats.items()}
+    for track, part in (result.get("tracks") or {}).items():  # over the track's target concepts only
+        for m, rows in part["matrices"].items():
+            stats = summarize(from_json_matrix(rows)[:done, :done]) if done else {}
+            out[track_key(track, m)] = {k: (None if math.isnan(v) else v) for k, v in stats.items()}
     return out
+
+
+def display_scale(name: str) -> tuple[float, str]:
+    """How tables show a metric (or ``track/metric``): (factor, unit). Scores in [0, 1] are shown ×100; a
+    metric function with a ``display`` attribute, e.g. PSNR's ``(1.0, "dB")``, says otherwise."""
+    from cifc_bench.registry import METRICS, PluginError, load_component
+
+    try:
+        fn = load_component(METRICS, name.rsplit("/", 1)[-1], "metric")
+    except PluginError:  # neglect rates and unregistered names are fractions
+        return 100.0, "x100"
+    return getattr(fn, "display", (100.0, "x100"))
+
+
+def track_key(track: str, metric: str) -> str:
+    """The summary name of a track's metric, e.g. ``editing/box_ia``."""
+    return f"{track}/{metric}"
 
 
 def to_json_matrix(R: np.ndarray) -> list[list[float | None]]:

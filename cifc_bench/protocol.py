@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from cifc_bench.api import TOKEN_MARK, Box, Concept, MultiConceptPrompt, Task, TaskSequence
+from cifc_bench.api import TOKEN_MARK, Box, Concept, MultiConceptPrompt, Task, TaskSequence, Track
 from cifc_bench.registry import PROTOCOLS, list_plugins, unknown_name_error
 
 KINDS = ("object", "style")
@@ -168,11 +168,37 @@ class ProtocolSpec:
             )
             for m in self.raw.get("multi_concept_prompts", [])
         )
+        concepts = [c for t in tasks for c in t.concepts]
         return TaskSequence(
             name=self.name, version=self.version, tasks=tuple(tasks), multi_concept_prompts=multi,
             default_model=self.defaults.get("model"), default_scorer=self.defaults.get("scorer"),
             source=self.path, reference_results=self.raw.get("reference_results", {}),
+            tracks=tuple(self._bind_track(name, t, concepts) for name, t in (self.raw.get("tracks") or {}).items()),
         )
+
+    @property
+    def track_names(self) -> tuple[str, ...]:
+        return tuple(self.raw.get("tracks") or {})
+
+    def _bind_track(self, name: str, raw: Mapping[str, Any], concepts: list[Concept]) -> Track:
+        """A track over the bound data: its input candidates as (concept, image path), the listed ones or, by
+        default, the object concepts' images dealt round-robin (each object's first image, then its second, ...)."""
+        images = {c.name: c.image_paths() for c in concepts}
+        if raw.get("inputs"):
+            inputs = []
+            for k, (concept, index) in enumerate(raw["inputs"]):
+                if index >= len(images[concept]):
+                    raise self._err(f"tracks.{name}.inputs[{k}]", [concept, index],
+                                    f"concept {concept!r} has {len(images[concept])} images in the data folder")
+                inputs.append((concept, images[concept][index]))
+        else:
+            objects = [c.name for c in concepts if c.kind == "object"]
+            depth = max((len(images[c]) for c in objects), default=0)
+            inputs = [(c, images[c][k]) for k in range(depth) for c in objects if k < len(images[c])]
+        return Track(name=name, kind=raw["kind"], prompt=raw["prompt"], strength=float(raw.get("strength", 1.0)),
+                     box=Box(*raw["box"]) if raw.get("box") else None, inputs=tuple(inputs),
+                     inputs_per_concept=int(raw.get("inputs_per_concept", 4)), metrics=tuple(raw["metrics"]),
+                     description=raw.get("description", ""))
 
 
 def protocol_path(name_or_path: str) -> Path:
@@ -291,6 +317,7 @@ def _check_schema(spec: ProtocolSpec) -> None:
             raise err(f"{f}.eval_replacement", c["eval_replacement"], f"must contain the placeholders {' '.join(ph)!r}")
     _check_defaults(spec)
     _check_schedules(spec)
+    _check_tracks(spec, {c["name"]: c for c in concepts})
     for k, m in enumerate(raw.get("multi_concept_prompts") or []):
         f = f"multi_concept_prompts[{k}]"
         if not isinstance(m, dict) or "prompt" not in m or "concepts" not in m:
@@ -311,6 +338,46 @@ def _check_schema(spec: ProtocolSpec) -> None:
                     Box(*b)
                 except (TypeError, ValueError) as e:
                     raise err(f"{f}.boxes", b, str(e)) from e
+
+
+TRACK_FIELDS = {"description", "kind", "prompt", "strength", "box", "inputs", "inputs_per_concept", "metrics"}
+
+
+def _check_tracks(spec: ProtocolSpec, concepts: Mapping[str, Mapping[str, Any]]) -> None:
+    """``tracks``: name -> {kind, prompt with <TOK>, strength in (0, 1], optional box, optional inputs as
+    [object concept, image index] pairs, inputs_per_concept, metrics}."""
+    tracks, err = spec.raw.get("tracks") or {}, spec._err
+    if not isinstance(tracks, dict):
+        raise err("tracks", tracks, "give a mapping from track name to {kind, prompt, strength, box, metrics}")
+    for name, t in tracks.items():
+        f = f"tracks.{name}"
+        if not isinstance(t, dict) or not {"kind", "prompt", "metrics"} <= set(t):
+            raise err(f, t, "give a mapping with 'kind', 'prompt' and 'metrics' (and optional strength, box, inputs)")
+        if set(t) - TRACK_FIELDS:
+            raise err(f"{f}.{sorted(set(t) - TRACK_FIELDS)[0]}", t, f"unknown field; known: {sorted(TRACK_FIELDS)}")
+        if t["kind"] not in KINDS:
+            raise err(f"{f}.kind", t["kind"], f"use one of {KINDS}: the kind of learned concept the track applies")
+        if not isinstance(t["prompt"], str) or TOKEN_MARK not in t["prompt"]:
+            raise err(f"{f}.prompt", t["prompt"], f"give a string containing {TOKEN_MARK} (and optionally {{input}})")
+        s = t.get("strength", 1.0)
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s <= 1:
+            raise err(f"{f}.strength", s, "give a number in (0, 1]: the fraction of the sampler's steps to redo")
+        if t.get("box") is not None:
+            try:
+                Box(*t["box"])
+            except (TypeError, ValueError) as e:
+                raise err(f"{f}.box", t["box"], str(e)) from e
+        n = t.get("inputs_per_concept", 4)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise err(f"{f}.inputs_per_concept", n, "give a whole number >= 1")
+        if not isinstance(t["metrics"], list) or not t["metrics"] or not all(isinstance(m, str) for m in t["metrics"]):
+            raise err(f"{f}.metrics", t["metrics"], "give a non-empty list of metric names (cifc-bench ls metrics)")
+        for k, item in enumerate(t.get("inputs") or []):
+            ok = isinstance(item, list) and len(item) == 2 and item[0] in concepts and isinstance(item[1], int) \
+                and not isinstance(item[1], bool) and item[1] >= 0
+            if not ok or concepts[item[0]]["kind"] != "object":
+                raise err(f"{f}.inputs[{k}]", item, f"give [object concept, image index]; objects: "
+                          f"{sorted(n for n, c in concepts.items() if c['kind'] == 'object')}")
 
 
 def _check_schedules(spec: ProtocolSpec) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 from cifc_bench.results import RESULT_FILE, read_result
 
 SAMPLE_ROWS = 3  # prompts per concept in a sample grid
+TRACK_PAIRS = 3  # input/output pairs per concept in a track's figure
 MULTI_COLUMNS = 6  # multi-concept images shown per prompt
 
 
@@ -194,6 +195,64 @@ def multi_samples(run: ReportRun, j: int, path: Path) -> bool:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
+
+
+def track_samples(run: ReportRun, track: str, j: int, path: Path) -> bool:
+    """A track's inputs and outputs of model state j: a row per target concept, input and output side by side
+    for its first inputs, the edit box outlined on the output."""
+    from matplotlib.patches import Rectangle
+
+    from cifc_bench.images import load_rgb
+
+    part = (run.result.get("tracks") or {}).get(track)
+    folder = run.path / "images" / f"after_task_{j:02d}" / f"_{track}"
+    concepts = [c for c in (part or {}).get("concepts", []) if (folder / c).is_dir()]
+    if not concepts:
+        return False
+    n_pairs = min(TRACK_PAIRS, max(len(list((folder / c).glob("k*.png"))) for c in concepts))
+    plt = _plt()
+    fig, axes = plt.subplots(len(concepts), 2 * n_pairs, figsize=(1.1 * 2 * n_pairs + 0.6, 1.2 * len(concepts) + 0.5),
+                             squeeze=False)
+    for r, concept in enumerate(concepts):
+        for k in range(n_pairs):
+            for c, kind in enumerate(("input", "output")):
+                ax = axes[r][2 * k + c]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                base = run.path / "images" / "_track_inputs" / track / concept if kind == "input" else folder / concept
+                image = base / f"k{k:03d}.png"
+                if not image.exists():
+                    ax.axis("off")
+                    continue
+                img = np.asarray(load_rgb(image))
+                ax.imshow(img, interpolation="nearest")
+                if kind == "output" and part.get("box"):
+                    h, w = img.shape[:2]
+                    y0, x0, y1, x1 = part["box"]
+                    ax.add_patch(Rectangle((x0 * w - 0.5, y0 * h - 0.5), (x1 - x0) * w, (y1 - y0) * h, fill=False,
+                                           lw=1.2, ec="#fdae61"))
+                if r == 0:
+                    ax.set_title(f"{kind} {k}", fontsize=7)
+        axes[r][0].set_ylabel(concept, fontsize=7)
+    fig.suptitle(f"{track} after task {j + 1}: {part.get('prompt', '')} (strength {part.get('strength')})", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def _track_table(run: ReportRun, track: str) -> str:
+    from cifc_bench.metrics import display_scale, track_key
+
+    part = run.result["tracks"][track]
+    rows = []
+    for name in part["matrices"]:
+        s = run.result.get("summary", {}).get(track_key(track, name), {})
+        scale, unit = display_scale(name)
+        rows.append(f"<tr><td class='l'>{_esc(name)} ({_esc(unit)})</td><td>{_fmt(s.get('final'), scale)}</td>"
+                    f"<td>{_fmt(s.get('learning'), scale)}</td><td>{_fmt(s.get('forgetting'), scale)}</td></tr>")
+    return ("<table><tr><th class='l'>metric</th><th>final</th><th>learning</th><th>forgetting</th></tr>"
+            + "".join(rows) + "</table>")
 
 
 def timings_plot(run: ReportRun, path: Path) -> None:
@@ -391,6 +450,22 @@ def _page(runs: list[ReportRun], assets: Path) -> str:
         ok = r.done > 0 and multi_samples(r, r.done - 1, assets / name)
         cells.append(_img(name, f"multi-concept samples of {r.label}") if ok else "<p class='muted'>none</p>")
     parts.append(_side_by_side(runs, cells))
+
+    tracks = list(dict.fromkeys(t for r in runs for t in (r.result.get("tracks") or {})))
+    if tracks:
+        parts.append("<h2 id='tracks'>Tracks: style transfer and editing</h2><p class='muted'>each learned concept "
+                     "of the track's kind redraws the same input images; learning: right after the concept's task</p>")
+        for track in tracks:
+            cells = []
+            for k, r in enumerate(runs):
+                if track not in (r.result.get("tracks") or {}):
+                    cells.append("<p class='muted'>not measured</p>")
+                    continue
+                name = f"track_{track}_{k}.png"
+                ok = r.done > 0 and track_samples(r, track, r.done - 1, assets / name)
+                cells.append((_img(name, f"{track} samples of {r.label}") if ok else "<p class='muted'>no images</p>")
+                             + _track_table(r, track))
+            parts.append(f"<h3>{_esc(track)}</h3>" + _side_by_side(runs, cells))
 
     parts.append("<h2 id='config'>Config and timings</h2>")
     cells = []

@@ -80,7 +80,7 @@ def now() -> str:
 
 
 #: What makes two runs the same experiment (settings that do not change the numbers are not in it).
-_NOT_IDENTITY = ("device", "data_dir")
+_NOT_IDENTITY = ("device", "data_dir", "tracks")  # tracks add numbers and change none
 
 
 def run_identity(result: dict[str, Any]) -> str:

@@ -101,8 +101,9 @@ class Trajectory:
             raise ValueError("one batch of image-conditioned requests must share one strength and one box; "
                              "generate_batched groups them")
         first = self.inits[0]
-        images = [i.image.convert("RGB").resize((settings.resolution,) * 2) if i.image.size !=
-                  (settings.resolution,) * 2 else i.image.convert("RGB") for i in self.inits]
+        from cifc_bench.images import fit_input
+
+        images = [fit_input(i.image, settings.resolution) for i in self.inits]
         self.images = images
         self.clean = encode_images(bundle, images).to(noise.dtype)
         self.noise = noise

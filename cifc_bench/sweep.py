@@ -59,6 +59,8 @@ class SweepJob:
             return ["run", "--resume", str(self.run_dir)]
         argv = ["run", "--method", self.method, "--seed", str(self.seed), "--out", str(self.run_dir)]
         for key, value in self.settings.items():
+            if key == "tracks":  # a tuple of names: the flag's own comma form
+                value = ",".join(value) or "none"
             argv += [f"--{key.replace('_', '-')}", str(value)]
         if self.method_args:
             argv += ["--method-args", *(f"{k}={_text(v)}" for k, v in self.method_args.items())]

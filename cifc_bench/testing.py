@@ -24,8 +24,9 @@ TINY_PROMPTS = {
 
 
 def make_tiny_protocol(root: Path, n_concepts: int = 3, n_images: int = 4, size: int = 48, seed: int = 0,
-                       name: str = "tiny") -> Path:
-    """Write ``root/<name>.yaml`` and its data (coloured noise images with captions); return the YAML path."""
+                       name: str = "tiny", tracks: bool = False) -> Path:
+    """Write ``root/<name>.yaml`` and its data (coloured noise images with captions); return the YAML path.
+    ``tracks`` adds a style-transfer and an editing track (two inputs per concept) with the built-in metrics."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -59,6 +60,14 @@ def make_tiny_protocol(root: Path, n_concepts: int = 3, n_images: int = 4, size:
             "prompt": "A <t0a> <t0b> next to a <t1a> <t1b>", "concepts": ["thing0", "thing1"],
             "boxes": [[0.0, 0.0, 1.0, 0.5], [0.0, 0.5, 1.0, 1.0]],
         }]
+    if tracks:
+        spec["tracks"] = {
+            "style_transfer": {"kind": "style", "prompt": "A <TOK> of a {input}", "strength": 0.6,
+                               "inputs_per_concept": 2, "metrics": ["ia", "content_sim"]},
+            "editing": {"kind": "object", "prompt": "A photo of a <TOK>", "box": [0.25, 0.25, 0.75, 0.75],
+                        "inputs_per_concept": 2,
+                        "metrics": ["box_ia", "outside_exact", "outside_psnr", "outside_ssim"]},
+        }
     path = Path(root) / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path

@@ -13,7 +13,7 @@ def test_cifc10_smoke_run_writes_full_matrices(cifc10_dir, tmp_path):
            "--model", "tiny-random", "--scorer", "tiny-random", "--data-dir", str(cifc10_dir), "--steps", "2",
            "--prompts-per-concept", "2", "--images-per-prompt", "1", "--resolution", "32",
            "--num-inference-steps", "4", "--dino", "tiny-random", "--calibration-images", "4",
-           "--multi-images-per-prompt", "2", "--out", str(out)]
+           "--multi-images-per-prompt", "2", "--tracks", "style_transfer,editing", "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "result.json").read_text())
@@ -33,6 +33,14 @@ def test_cifc10_smoke_run_writes_full_matrices(cifc10_dir, tmp_path):
         column = [row[q] for row in neglect["matrices"]["cnr"]]
         assert all(v is None for v in column[:first]) and all(0.0 <= v <= 1.0 for v in column[first:])
     assert result["summary"]["cnr"]["final"] is not None
+    # the image-conditioned tracks: every style redraws photos, every object is drawn into a box of one
+    tracks = result["tracks"]
+    assert tracks["style_transfer"]["concepts"] == ["painting", "drawing", "ink_painting"]
+    assert len(tracks["editing"]["concepts"]) == 7
+    for key in ("style_transfer/ia", "style_transfer/content_sim", "editing/box_ia", "editing/outside_ssim"):
+        assert result["summary"][key]["final"] is not None, key
+    assert result["summary"]["editing/outside_exact"]["final"] == 1.0
+    assert "editing/outside_psnr (dB): final 100.0" in proc.stdout
 
 
 def test_run_reports_bad_flags_clearly(tmp_path, capsys):

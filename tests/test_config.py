@@ -13,7 +13,7 @@ SAMPLE = {
     "schedule": "shared", "batch_size": 3, "prompts_per_concept": 3, "images_per_prompt": 3, "resolution": 16,
     "num_inference_steps": 3, "guidance_scale": 2.5, "negative_prompt": "neg", "eval_schedule": "final",
     "eval_batch_size": 3, "seed": 3, "device": "meta", "dino": "none", "multi_images_per_prompt": 3,
-    "calibration_images": 3, "dtype": "fp16", "method_args": {"rank": 8},
+    "calibration_images": 3, "dtype": "fp16", "method_args": {"rank": 8}, "tracks": ("editing", "style_transfer"),
 }
 
 
@@ -29,9 +29,10 @@ def _cli(*argv):
 def test_each_flag_yaml_key_and_protocol_default_reaches_the_same_field(name, tmp_path):
     value = SAMPLE[name]
     flag = f"--{name.replace('_', '-')}"
-    assert getattr(_cli(flag, str(value), "--protocol", "p.yaml"), name) == value  # the flag --x-y is x_y
+    typed = ",".join(value) if isinstance(value, tuple) else str(value)  # --tracks a,b
+    assert getattr(_cli(flag, typed, "--protocol", "p.yaml"), name) == value  # the flag --x-y is x_y
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({name: value, "protocol": "p.yaml"}))
+    config.write_text(yaml.safe_dump({name: list(value) if isinstance(value, tuple) else value, "protocol": "p.yaml"}))
     assert getattr(_cli("--config", str(config)), name) == value  # the YAML key x_y is x_y
     if name not in RUN_ONLY:  # the protocol default x_y is x_y
         assert getattr(RunSpec(method="base").resolved({name: value}), name) == value

@@ -272,3 +272,45 @@ def present(img: np.ndarray, target: world.Scene | str, box=None) -> bool:
     if int((color_mask(labels, target.fill) & region).sum()) < COVERAGE * exp_fill:
         return False
     return target.pattern == "solid" or int((color_mask(labels, target.pattern_color) & region).sum()) >= COVERAGE * exp_pattern
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Style transfer: was the input's content kept? Compared with the world's exact answer, the input redrawn by
+# the personal style's own pixel map, so that palette and texture changes are not counted as content changes.
+
+def foreground(img: np.ndarray) -> np.ndarray:
+    """Pixels far from the picture's border colour after a 3×3 median (which removes the styles' one-pixel
+    texture lines and the sampling grain): the drawn object(s)."""
+    px = world._median3(np.asarray(img, dtype=np.float32)[..., :3])
+    # the ring one pixel in: the median of the outermost ring repeats its edge, so a texture line there stays
+    border = np.concatenate([px[1:3].reshape(-1, 3), px[-3:-1].reshape(-1, 3), px[:, 1:3].reshape(-1, 3),
+                             px[:, -3:-1].reshape(-1, 3)])
+    med = np.median(border, axis=0)
+    spread = float(np.percentile(np.abs(border - med).sum(-1), 95))
+    return np.abs(px - med).sum(-1) > max(45.0, spread + 30.0)
+
+
+def _components(mask: np.ndarray, min_size: int = 12) -> list[np.ndarray]:
+    from scipy import ndimage
+
+    labels, n = ndimage.label(mask)
+    parts = [labels == k for k in range(1, n + 1)]
+    return sorted((p for p in parts if p.sum() >= min_size), key=lambda p: -int(p.sum()))
+
+
+def content_preserved(output: np.ndarray, source: np.ndarray, style: str) -> dict[str, bool] | None:
+    """Whether ``output`` keeps the content of ``source`` redrawn in the personal ``style``: the same number of
+    objects, the largest at the same place (centroids within 2.5 px) with the same silhouette (IoU >= 0.5),
+    judged against the style's exact rendering of the source. None when that rendering shows no object (a
+    style can hide an object whose tone matches its background)."""
+    expected = _components(foreground(world._personal_style(np.asarray(source, dtype=np.float32)[..., :3], style)))
+    if not expected:
+        return None
+    got = _components(foreground(output))
+    if not got:
+        return {"count": False, "position": False, "silhouette": False}
+    a, b = expected[0], got[0]
+    centre = lambda m: np.argwhere(m).mean(0)  # noqa: E731
+    return {"count": len(got) == len(expected),
+            "position": float(np.linalg.norm(centre(a) - centre(b))) <= 2.5,
+            "silhouette": float((a & b).sum() / (a | b).sum()) >= 0.5}

@@ -57,3 +57,32 @@ def cnr_exact(image, concept, box) -> bool:
     from cifc_bench.synth.checks import present
 
     return present(np.asarray(image.convert("RGB")), _target(concept), box)
+
+
+def content_exact(sample) -> float:
+    """Track metric ``content_exact`` (style transfer): the fraction of the input's content the outputs keep,
+    by exact checks against the personal style's own rendering of each input (object count, position and
+    silhouette); NaN when no input shows an object under the style."""
+    import numpy as np
+
+    from cifc_bench.synth.checks import content_preserved
+
+    style = _target(sample.concept)
+    if not isinstance(style, str):
+        raise ValueError(f"content_exact scores style transfer: {sample.concept.name!r} is not a personal style")
+    checks = [content_preserved(np.asarray(o.convert("RGB")), np.asarray(i.convert("RGB")), style)
+              for o, i in zip(sample.images, sample.inputs, strict=True)]
+    scores = [np.mean(list(c.values())) for c in checks if c is not None]
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def box_identity_acc(sample) -> float:
+    """Track metric ``box_identity_acc`` (editing): ``identity_acc`` of the edit box alone, everything outside it
+    painted in the box edge's median colour, so the input's own object cannot count."""
+    from cifc_bench.neglect import isolate_box
+    from cifc_bench.synth.checks import identity_acc as exact
+
+    if sample.box is None:
+        raise ValueError(f"box_identity_acc needs a box: track {sample.track!r} has none")
+    images = [isolate_box(im, sample.box.as_tuple()) for im in sample.images]
+    return exact(images, sample.prompts, _target(sample.concept))
