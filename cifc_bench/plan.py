@@ -29,6 +29,8 @@ class WorkPlan:
     calibration_images: int  # base-model images, once per protocol, model and sampler setting (cached)
     num_inference_steps: int
     guided: bool
+    track_images: tuple[int, ...] = ()  # per task: the outputs of the run's tracks (style transfer, editing)
+    track_sampler_steps: int = 0  # their denoising steps in all: a strength below 1 skips the first ones
 
     @property
     def total_train_steps(self) -> int:
@@ -36,14 +38,15 @@ class WorkPlan:
 
     @property
     def total_images(self) -> int:
-        return sum(self.concept_images) + sum(self.multi_images) + self.calibration_images
+        return sum(self.concept_images) + sum(self.multi_images) + self.calibration_images + sum(self.track_images)
 
     @property
     def unet_passes(self) -> int:
         """UNet evaluations of the shared sampler (two per step with guidance); methods with their own samplers
         (CIDM's region synthesis, LoRA-C's composition, Mix-of-Show's regions) make more, which the warm-up
         measures."""
-        return self.total_images * self.num_inference_steps * (2 if self.guided else 1)
+        untracked = self.total_images - sum(self.track_images)
+        return (untracked * self.num_inference_steps + self.track_sampler_steps) * (2 if self.guided else 1)
 
 
 def work_plan(config: RunSpec, sequence: TaskSequence, budgets, eval_schedule: str | None = None) -> WorkPlan:
@@ -56,21 +59,34 @@ def work_plan(config: RunSpec, sequence: TaskSequence, budgets, eval_schedule: s
         config = dataclasses.replace(config, eval_schedule=eval_schedule)
     n = len(sequence.tasks)
     per_concept = config.prompts_per_concept * config.images_per_prompt
-    concept_images, multi_images = [], []
+    concept_images, multi_images, track_images = [], [], []
+    tracks = [t for t in sequence.tracks if t.name in (config.tracks or ())]
+    track_steps = 0
     for j in range(n):
         if not evaluated_after(config, j, n):
             concept_images.append(0)
             multi_images.append(0)
+            track_images.append(0)
             continue
         learned = {c.name for c in sequence.concepts[: j + 1]}
         concept_images.append(per_concept * len(learned))
         ready = [m for m in sequence.multi_concept_prompts if set(m.concepts) <= learned]
         multi_images.append(config.multi_images_per_prompt * len(ready))
+        count = 0
+        for t in tracks:
+            for c in t.targets(sequence.concepts[: j + 1]):
+                # without the data the inputs are unknown: count what the track asks for
+                k = min(t.inputs_per_concept, sum(name != c.name for name, _ in t.inputs)) if t.inputs \
+                    else t.inputs_per_concept
+                count += k
+                track_steps += k * min(int(config.num_inference_steps * t.strength), config.num_inference_steps)
+        track_images.append(count)
     calibration = config.calibration_images * len(sequence.multi_concept_prompts)
     return WorkPlan(eval_schedule=config.eval_schedule, train_steps=tuple(b["steps"] for b in budgets),
                     batch_size=config.batch_size, concept_images=tuple(concept_images),
                     multi_images=tuple(multi_images), calibration_images=calibration,
-                    num_inference_steps=config.num_inference_steps, guided=config.guidance_scale != 1.0)
+                    num_inference_steps=config.num_inference_steps, guided=config.guidance_scale != 1.0,
+                    track_images=tuple(track_images), track_sampler_steps=track_steps)
 
 
 @dataclass(frozen=True)
@@ -146,7 +162,8 @@ def estimate_seconds(plan: WorkPlan, warm: Warmup) -> float:
     multi = warm.multi_image if warm.multi_image is not None else warm.concept_image
     return (plan.total_train_steps * warm.step + len(plan.train_steps) * warm.per_task
             + sum(plan.concept_images) * warm.concept_image + sum(plan.multi_images) * multi
-            + plan.calibration_images * warm.base_image)
+            + plan.calibration_images * warm.base_image
+            + plan.track_sampler_steps / max(plan.num_inference_steps, 1) * warm.concept_image)
 
 
 def describe(plan: WorkPlan) -> list[str]:
@@ -160,7 +177,8 @@ def describe(plan: WorkPlan) -> list[str]:
         f"{_ranges(evaluated)}): {sum(plan.concept_images):,} concept images "
         f"(per evaluated state {', '.join(str(n) for n in plan.concept_images if n)}), "
         f"{sum(plan.multi_images):,} multi-concept images, {plan.calibration_images:,} base-model calibration images "
-        "(once, then cached)",
+        "(once, then cached)" + (f", {sum(plan.track_images):,} track images (style transfer, editing; "
+                                 f"{plan.track_sampler_steps:,} sampler steps)" if sum(plan.track_images) else ""),
         f"sampler: {plan.num_inference_steps} steps, {'2 UNet passes per step (guidance)' if plan.guided else '1 UNet pass per step'}"
         f": {plan.total_images:,} images, {plan.unet_passes:,} UNet passes",
     ]

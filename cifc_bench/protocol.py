@@ -183,10 +183,12 @@ class ProtocolSpec:
     def _bind_track(self, name: str, raw: Mapping[str, Any], concepts: list[Concept]) -> Track:
         """A track over the bound data: its input candidates as (concept, image path), the listed ones or, by
         default, the object concepts' images dealt round-robin (each object's first image, then its second, ...)."""
-        images = {c.name: c.image_paths() for c in concepts}
+        images = {c.name: c.image_paths() if c.image_dir.is_dir() else () for c in concepts}  # () unchecked, no data
         if raw.get("inputs"):
             inputs = []
             for k, (concept, index) in enumerate(raw["inputs"]):
+                if not images[concept]:
+                    continue
                 if index >= len(images[concept]):
                     raise self._err(f"tracks.{name}.inputs[{k}]", [concept, index],
                                     f"concept {concept!r} has {len(images[concept])} images in the data folder")

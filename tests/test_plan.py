@@ -31,11 +31,32 @@ def test_counted_work_equals_what_a_run_generates_and_trains(tiny_protocol, tmp_
 def test_dry_run_on_cifc10_counts_both_schedules_without_data_or_model(capsys):
     """The issue's figures: CIDM's release schedule, 55,000 images after each task, 10,000 at the end only."""
     assert main(["run", "--method", "cidm", "--protocol", "cifc10", "--dry-run", "--warmup-steps", "0",
-                 "--device", "cpu"]) == 0
+                 "--device", "cpu", "--tracks", "none"]) == 0
     out = capsys.readouterr().out
     assert "training: 8,075 steps over 10 tasks" in out
     assert "55,000 concept images" in out and "10,000 concept images" in out
     assert "5,573,600 UNet passes" in out and "eval schedule final (with --eval-schedule final)" in out
+    # the tracks (default: both): 4 inputs per learned style (36 after each task) and object (184); style
+    # transfer at strength 0.6 denoises 30 of the 50 steps
+    assert main(["run", "--method", "cidm", "--protocol", "cifc10", "--dry-run", "--warmup-steps", "0",
+                 "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "220 track images (style transfer, editing; 10,280 sampler steps)" in out
+    assert f"{5_573_600 + 2 * 10_280:,} UNet passes" in out
+
+
+def test_counted_track_images_equal_what_a_run_generates(tmp_path):
+    from cifc_bench.testing import make_tiny_protocol
+
+    protocol = make_tiny_protocol(tmp_path, tracks=True)
+    config = tiny_run_config(protocol, method="base", prompts_per_concept=1, num_inference_steps=5)
+    resolved, spec, _, budgets = resolve_run(config)
+    plan = work_plan(resolved, spec.bind(protocol.with_name("tiny-data")), budgets)
+    run_benchmark(config, tmp_path / "run")
+    made = [len(list((tmp_path / "run" / "images" / f"after_task_{j:02d}").glob("_*/*/*.png")))
+            for j in range(len(budgets))]
+    assert list(plan.track_images) == made == [2, 4, 6]  # editing: thing0, then thing1; style transfer: thing2
+    assert plan.track_sampler_steps == 2 * 5 + 4 * 5 + (4 * 5 + 2 * 3)
 
 
 def test_dry_run_warmup_estimates_a_wall_time_and_writes_nothing(tiny_protocol, tmp_path, monkeypatch, capsys):
