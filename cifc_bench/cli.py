@@ -180,7 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--results", type=Path, nargs="+", default=[Path("results")],
                     help="folder(s) to scan for result.json files (default: results, the reference runs; add runs "
                          "for yours: --results results runs)")
-    lb.add_argument("--format", choices=("md", "csv", "latex"), default="md")
+    lb.add_argument("--format", choices=("md", "csv", "latex", "html"), default="md",
+                    help="md, csv or latex on stdout (or --out FILE); html: a page with the tables and plots "
+                         "(plasticity and stability, every method's matrix, neglect) in --out DIR")
+    lb.add_argument("--out", type=Path,
+                    help="write there instead of stdout; the folder of the html page (default: leaderboard-<protocol>)")
     lb.add_argument("--metric", action="append",
                     help="metric(s) to show, cnr for the neglect table (default: ia, ta, and ia_dino, context_acc "
                          "and cnr where runs have them)")
@@ -434,12 +438,29 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from cifc_bench.leaderboard import leaderboard_tables, render
 
+    if args.format == "html":
+        from cifc_bench.leaderboard_page import write_leaderboard_page
+
+        if args.metric:
+            raise CLIError("--metric picks tables of the text formats; the html page shows every table")
+        page = write_leaderboard_page(args.protocol, args.results, args.out or Path(f"leaderboard-{args.protocol}"),
+                                      args.include_failed, args.include_dirty, args.include_old_versions,
+                                      references=not args.no_reference)
+        print(f"leaderboard: {page}")
+        return 0
     tables, skipped, n = leaderboard_tables(
         args.protocol, args.results, args.include_failed, args.include_dirty,
         tuple(args.metric) if args.metric else None, references=not args.no_reference,
         include_old_versions=args.include_old_versions,
     )
-    sys.stdout.write(render(tables, args.format))
+    text = render(tables, args.format)
+    if args.out:
+        from cifc_bench.results import write_text_atomic
+
+        write_text_atomic(args.out, text)
+        print(f"leaderboard: {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
     print(f"{n} run(s) from {', '.join(map(str, args.results))}; {len(skipped)} left out", file=sys.stderr)
     for line in skipped:
         print(f"  left out: {line}", file=sys.stderr)

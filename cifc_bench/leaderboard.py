@@ -24,7 +24,7 @@ from cifc_bench.results import RESULT_FILE, SCHEMA_VERSION
 
 SCALE = 100.0
 SUMMARY_COLUMNS = ("final", "avg_incremental", "learning", "forgetting", "forgetting_max", "bwt")
-FORMATS = ("md", "csv", "latex")
+FORMATS = ("md", "csv", "latex")  # and "html": a page with plots (cifc_bench.leaderboard_page)
 
 
 @dataclass(frozen=True)
@@ -450,6 +450,21 @@ def leaderboard_tables(protocol: str, results_dir: Path, include_failed: bool = 
     return tables, skipped, len(runs)
 
 
+def table_title(metric: str) -> str:
+    """The heading of a leaderboard table: what it shows, its scale and how to read it."""
+    if metric == NEGLECT:
+        return ("CNR (x100, lower is better; q-columns are the final model's neglect rate per multi-concept prompt)")
+    if metric == COST:
+        return "COST (per run, mean ± std over seeds; times depend on the machine and on what else ran on it)"
+    if metric.startswith(TRACK):
+        return (f"{metric.removeprefix(TRACK).upper()} TRACK: mean [95 % interval] over seeds and the track's concepts "
+                "(x100; PSNR in dB; learning: right after each concept's task)")
+    if metric.endswith(INTERVALS):
+        return (f"{metric.removesuffix(INTERVALS).upper()}: mean [95 % interval] (x100; crossed bootstrap over seeds "
+                "and concepts, paired by concept; ★ best, ≈ not distinguishable from it)")
+    return f"{metric.upper()} (x100; per-concept columns are the final model's scores)"
+
+
 def render(tables: dict[str, Any], fmt: str) -> str:
     if fmt not in FORMATS:
         raise ValueError(f"--format {fmt!r}: use one of {FORMATS}")
@@ -460,16 +475,7 @@ def render(tables: dict[str, Any], fmt: str) -> str:
         return pd.concat(frames, ignore_index=True).to_csv(index=False)
     parts = []
     for metric, df in tables.items():
-        title = (f"{metric.upper()} (x100, lower is better; q-columns are the final model's neglect rate per "
-                 "multi-concept prompt)" if metric == NEGLECT else
-                 "COST (per run, mean ± std over seeds; times depend on the machine and on what else ran on it)"
-                 if metric == COST else
-                 f"{metric.removeprefix(TRACK).upper()} TRACK: mean [95 % interval] over seeds and the track's concepts "
-                 "(x100; PSNR in dB; learning: right after each concept's task)"
-                 if metric.startswith(TRACK) else
-                 f"{metric.removesuffix(INTERVALS).upper()}: mean [95 % interval] (x100; crossed bootstrap over seeds "
-                 "and concepts, paired by concept; ★ best, ≈ not distinguishable from it)"
-                 if metric.endswith(INTERVALS) else f"{metric.upper()} (x100; per-concept columns are the final model's scores)")
+        title = table_title(metric)
         if fmt == "md":
             parts.append(f"### {title}\n\n" + df.to_markdown(index=False, disable_numparse=True))
         else:

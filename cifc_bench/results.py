@@ -19,16 +19,22 @@ SCHEMA_VERSION = 1
 RESULT_FILE = "result.json"
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON via a temp file and rename, so a kill leaves either the old or the new file."""
+    write_text_atomic(path, json.dumps(data, indent=1, allow_nan=False), fault="result")
+
+
+def write_text_atomic(path: Path, text: str, fault: str | None = None) -> None:
+    """Write text via a temp file and rename, so a kill leaves either the old or the new file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, allow_nan=False)
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
-    from cifc_bench.atomic import fault_point
+    if fault:
+        from cifc_bench.atomic import fault_point
 
-    fault_point("result")
+        fault_point(fault)
     os.replace(tmp, path)
 
 

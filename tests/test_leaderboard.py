@@ -193,3 +193,45 @@ def test_interval_table_marks_the_best_method_and_the_ones_it_cannot_be_told_fro
     records = [[int(n) for n in v.split("-")] for v in ia["W-T-L (final)"]]
     assert all(sum(r) == len(ia) - 1 for r in records)  # every other method, won, tied or lost to once
     assert "INTERVAL" not in render(tables, "md") and "mean [95 % interval]" in render(tables, "md")
+
+
+def test_html_page_has_every_table_and_the_plots(results_dir, tiny_protocol, tmp_path, capsys):
+    out = tmp_path / "lb"
+    assert main(["leaderboard", "--protocol", str(tiny_protocol), "--results", str(results_dir), "--format", "html",
+                 "--out", str(out), "--include-dirty"]) == 0
+    page = (out / "index.html").read_text()
+    for name in ("plasticity.png", "matrices.png", "neglect.png"):
+        assert f"src='assets/{name}'" in page and (out / "assets" / name).stat().st_size > 2000, name
+    assert page.count("<table") == len(leaderboard_tables(str(tiny_protocol), results_dir, include_dirty=True)[0])
+    assert "IA: mean [95 % interval]" in page and "Left out" in page and "status &#x27;failed&#x27;" in page
+    assert main(["leaderboard", "--protocol", str(tiny_protocol), "--results", str(results_dir), "--format", "md",
+                 "--out", str(tmp_path / "lb.md")]) == 0
+    assert (tmp_path / "lb.md").read_text().startswith("### IA (x100")
+
+
+def test_sweep_curves_join_runs_that_differ_in_one_numeric_argument():
+    from cifc_bench.leaderboard import RunRecord
+    from cifc_bench.leaderboard_page import sweep_curves
+
+    def run(method, **args):
+        return RunRecord(path=None, data={"run_info": {"method": method, "method_args": args, "config": {}}})
+
+    runs = [run("ewc", ewc_lambda=1e3), run("ewc", ewc_lambda=10.0), run("ewc", ewc_lambda=1e5),
+            run("cidm", variant="paper"), run("cidm", variant="release"), run("lwf")]
+    labels = {r.label: [r] for r in runs}
+    assert sweep_curves(labels) == {("ewc", "ewc_lambda"): [(10.0, "ewc (ewc_lambda=10.0)"),
+                                                            (1000.0, "ewc (ewc_lambda=1000.0)"),
+                                                            (100000.0, "ewc (ewc_lambda=100000.0)")]}
+
+
+def test_html_page_loads_in_headless_chromium_and_reports_a_missing_image(results_dir, tiny_protocol, tmp_path):
+    from browser import console_errors, find_chromium
+
+    if find_chromium() is None:
+        pytest.skip("headless Chromium is not installed (Debian: apt-get install chromium)")
+    from cifc_bench.leaderboard_page import write_leaderboard_page
+
+    page = write_leaderboard_page(str(tiny_protocol), results_dir, tmp_path / "lb", include_dirty=True)
+    assert console_errors(page) == []
+    (page.parent / "assets" / "neglect.png").unlink()
+    assert any("neglect.png" in e for e in console_errors(page))
