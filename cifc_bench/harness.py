@@ -537,11 +537,15 @@ def evaluated_after(cfg: RunSpec, j: int, n_tasks: int) -> bool:
 
 def evaluate_task(ctx: RunContext, result: dict[str, Any], j: int, references: dict[str, np.ndarray]) -> None:
     """Fill row j of every matrix (and of the neglect matrices): all concepts learned so far, scored."""
+    last = len(ctx.sequence.tasks) - 1
     for concept in ctx.sequence.concepts[: j + 1]:
-        scores = evaluate_concept(ctx, j, concept, references)
         i = ctx.sequence.concepts.index(concept)
+        images: dict[str, list] | None = {} if i == j or j == last else None  # the cells learning, final read
+        scores = evaluate_concept(ctx, j, concept, references, images)
         for m, v in scores.items():
             result["matrices"][m][j][i] = v
+        for m, values in (images or {}).items():
+            result.setdefault("per_image", {}).setdefault(m, {})[f"{j},{i}"] = values
     if result.get("neglect"):
         evaluate_neglect(ctx, j, result["neglect"], references)
     if result.get("tracks"):
@@ -619,8 +623,10 @@ def _write_batches(ctx: RunContext, batches: list[list], folder: Path, desc: str
     return generated
 
 
-def evaluate_concept(ctx: RunContext, j: int, concept: Concept, references: dict[str, np.ndarray]) -> dict[str, float]:
-    """Generate (or reuse) concept images for model state j and score IA and TA."""
+def evaluate_concept(ctx: RunContext, j: int, concept: Concept, references: dict[str, np.ndarray],
+                     per_image: dict[str, list] | None = None) -> dict[str, float]:
+    """Generate (or reuse) concept images for model state j and score them with every metric; with a
+    ``per_image`` dict, also each image's own score per metric (the leaderboard's interval units)."""
     cfg = ctx.config
     folder = image_dir(ctx.run_dir, j, concept.name)
     pairs = concept_requests(ctx.sequence.name, concept, cfg.prompts_per_concept, cfg.images_per_prompt)
@@ -638,7 +644,27 @@ def evaluate_concept(ctx: RunContext, j: int, concept: Concept, references: dict
                            features=ctx.scorer.encode_images(generated), reference_features=references[concept.name],
                            text_features=ctx.scorer.encode_texts(class_prompts), **dino)
     scores = {name: float(ctx.metric_fns[name](sample)) for name in ctx.metrics}
+    if per_image is not None:
+        per_image.update(image_scores(ctx, sample))
     return {k: (None if math.isnan(v) else v) for k, v in scores.items()}
+
+
+def image_scores(ctx: RunContext, sample: ConceptImages) -> dict[str, list[float | None]]:
+    """Every metric of each image alone (None where a metric cannot score it, e.g. ``identity_acc`` on a
+    known-style prompt). Their mean is the metric of a metric that averages over images (ia, ta,
+    identity_acc); ``context_acc`` pools attributes over images, so its mean of images can differ slightly."""
+    def one(k: int) -> ConceptImages:
+        rows = slice(k, k + 1)
+        return dataclasses.replace(
+            sample, images=sample.images[rows], prompts=sample.prompts[rows], features=sample.features[rows],
+            text_features=sample.text_features[rows],
+            dino_features=None if sample.dino_features is None else sample.dino_features[rows])
+
+    out = {}
+    for name in ctx.metrics:
+        values = [float(ctx.metric_fns[name](one(k))) for k in range(len(sample.images))]
+        out[name] = [None if math.isnan(v) else v for v in values]
+    return out
 
 
 def evaluate_neglect(ctx: RunContext, j: int, neglect: dict[str, Any], references: dict[str, np.ndarray]) -> None:

@@ -232,35 +232,70 @@ def run_matrix(run: RunRecord, metric: str) -> list[list] | None:
     return run.data["matrices"].get(metric)
 
 
-def unit_table(run: RunRecord, metric: str, summary: str):
-    """One run's per-concept values behind a summary (the units the intervals resample): ``final`` the last
-    row, ``learning`` the diagonal, ``forgetting`` diagonal − last row over all but the last concept; None
-    when the run did not measure them (a final-only run has no diagonal). Concepts a metric does not score
-    (no final value: a track's non-targets, ``context_acc`` on styles) are left out, as in the summaries."""
+def unit_table(run: RunRecord, metric: str, summary: str, images: bool = False):
+    """One run's values behind a summary, the units the intervals resample: ``final`` the last row,
+    ``learning`` the diagonal, ``forgetting`` diagonal − last row over all but the last concept. Units are
+    concepts, or with ``images`` every (concept, prompt, image seed) of those concepts (``result.json``'s
+    ``per_image``). NaN marks a unit the metric cannot score; None: the run did not measure the summary (a
+    final-only run has no diagonal). Concepts a metric does not score at all (no final value: a track's
+    non-targets, ``context_acc`` on styles) are left out, as in the summaries."""
     import numpy as np
 
     R = np.array([[np.nan if v is None else v for v in row] for row in run_matrix(run, metric)], dtype=float)
+    T = len(R)
     diag, last = np.diag(R), R[-1]
-    kept = np.flatnonzero(~np.isnan(last)) if not np.isnan(last).all() else np.arange(len(last))
-    values = {"final": last[kept], "learning": diag[kept], "forgetting": (diag - last)[kept[kept < len(R) - 1]]}[summary]
-    return None if values.size == 0 or np.isnan(values).any() else values
+    kept = np.flatnonzero(~np.isnan(last)) if not np.isnan(last).all() else np.arange(T)
+    if summary != "final" and np.isnan(diag[kept]).any() and not images:
+        return None
+    if not images:
+        values = {"final": last[kept], "learning": diag[kept], "forgetting": (diag - last)[kept[kept < T - 1]]}[summary]
+        return None if values.size == 0 else values
+    cells = (run.data.get("per_image") or {}).get(metric) or {}
+
+    def row(j, i):
+        v = cells.get(f"{j},{i}")
+        return None if v is None else np.array([np.nan if x is None else x for x in v], dtype=float)
+
+    parts = []
+    for i in (kept if summary != "forgetting" else kept[kept < T - 1]):
+        a = row(i, i) if summary != "final" else row(T - 1, i)
+        b = row(T - 1, i) if summary == "forgetting" else None
+        if a is None or (summary == "forgetting" and b is None):
+            return None
+        parts.append(a - b if b is not None else a)
+    return np.concatenate(parts) if parts else None
+
+
+def has_image_units(runs, metric: str) -> bool:
+    """Whether every run has per-image scores of ``metric`` (runs made before they existed have not)."""
+    return all(metric in (r.data.get("per_image") or {}) for r in runs)
 
 
 def _interval_columns(metric: str, by_label: dict[str, list[RunRecord]], summaries=INTERVAL_SUMMARIES):
     """Per summary, {method label: "mean [low, high] ★/≈"} (scaled for display; ★ best, ≈ not distinguishable
-    from it), and the win/tie/loss record on ``final``."""
+    from it), and the win/tie/loss record on ``final``. Units are images when every run has per-image scores,
+    else concepts; a unit some run cannot score is left out for all, so that methods stay paired."""
     import numpy as np
 
     from cifc_bench import stats
     from cifc_bench.metrics import display_scale
 
     scale = display_scale(metric)[0]
+    images = has_image_units([r for g in by_label.values() for r in g], metric)
     tables: dict[str, dict[str, Any]] = {key: {} for key in summaries}
     for label, group in by_label.items():
         for key in summaries:
-            rows = [unit_table(r, metric, key) for r in group]
-            if rows and all(v is not None for v in rows):
+            rows = [unit_table(r, metric, key, images) for r in group]
+            if rows and all(v is not None for v in rows) and len({len(v) for v in rows}) == 1:
                 tables[key][label] = scale * np.stack(rows)
+    for key, by_method in tables.items():
+        widths = {t.shape[1] for t in by_method.values()}
+        if len(widths) > 1:  # other evaluation settings: not one set of units, so no intervals to pair
+            tables[key] = {}
+            continue
+        if by_method:
+            scored = ~np.any([np.isnan(t).any(0) for t in by_method.values()], axis=0)
+            tables[key] = {label: t[:, scored] for label, t in by_method.items()} if scored.any() else {}
     cells: dict[str, dict[str, str]] = {}
     for key, by_method in tables.items():
         marks = {}
@@ -461,7 +496,8 @@ def table_title(metric: str) -> str:
                 "(x100; PSNR in dB; learning: right after each concept's task)")
     if metric.endswith(INTERVALS):
         return (f"{metric.removesuffix(INTERVALS).upper()}: mean [95 % interval] (x100; crossed bootstrap over seeds "
-                "and concepts, paired by concept; ★ best, ≈ not distinguishable from it)")
+                "and units, paired by unit: images (concept, prompt, seed) where every run has per-image scores, "
+                "else concepts; ★ best, ≈ not distinguishable from it)")
     return f"{metric.upper()} (x100; per-concept columns are the final model's scores)"
 
 

@@ -24,6 +24,7 @@ from cifc_bench.leaderboard import (
     RunRecord,
     _by_label,
     find_runs,
+    has_image_units,
     leaderboard_tables,
     run_matrix,
     table_title,
@@ -91,13 +92,18 @@ def _plt():
 
 
 def _interval(group: list[RunRecord], metric: str, summary: str):
-    """(mean, low, high) ×100 of a method's ``summary`` of ``metric`` over its seeds and concepts, or None."""
+    """(mean, low, high) ×100 of a method's ``summary`` of ``metric`` over its seeds and units (images where
+    its runs have per-image scores, else concepts), or None."""
     from cifc_bench import stats
 
-    rows = [unit_table(r, metric, summary) for r in group]
-    if not rows or any(v is None for v in rows):
+    rows = [unit_table(r, metric, summary, has_image_units(group, metric)) for r in group]
+    if not rows or any(v is None for v in rows) or len({len(v) for v in rows}) > 1:
         return None
-    iv = stats.interval(100.0 * np.stack(rows))
+    table = np.stack(rows)
+    table = table[:, ~np.isnan(table).any(0)]
+    if table.size == 0:
+        return None
+    iv = stats.interval(100.0 * table)
     return iv.mean, iv.low, iv.high
 
 
@@ -145,7 +151,7 @@ def plasticity_plot(runs: list[RunRecord], metric: str, path: Path) -> bool:
     ax.axhline(0, color="0.7", lw=0.8)
     ax.set_xlabel(f"learning: {metric} right after each concept's task (×100, higher is better)")
     ax.set_ylabel("forgetting: drop to the final model (×100, lower is better)")
-    ax.set_title(f"plasticity and stability ({metric}; 95 % intervals over seeds and concepts)", fontsize=9)
+    ax.set_title(f"plasticity and stability ({metric}; 95 % intervals over seeds and images or concepts)", fontsize=9)
     ax.legend(fontsize=6, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

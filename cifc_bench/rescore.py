@@ -54,6 +54,7 @@ def rescore_run(run_dir: Path, scorer: str | None = None, device: str | None = N
                 "summary": result.get("summary")}
     rows = [j for j in range(done) if evaluated_after(config, j, n_tasks)]
     result["matrices"] = {m: [[None] * n_tasks for _ in range(n_tasks)] for m in ctx.metrics}
+    result.pop("per_image", None)  # scored anew below, for runs made before it existed too
     if result.get("neglect") is not None:  # thresholds calibrated for this scorer, matrices empty
         result["neglect"] = new_neglect(ctx)
     references: dict = {}

@@ -32,6 +32,13 @@ def test_each_task_schedule_fills_the_lower_triangle(tmp_path, tiny_protocol):
     assert on_disk["matrices"] == result["matrices"]
     assert on_disk["run_info"]["git"].keys() == {"sha", "dirty"}
     assert on_disk["run_info"]["packages"]["torch"]
+    # each image's own score, in the cells that learning and the final row read; their mean is the cell
+    for metric in ("ia", "ta"):
+        cells = result["per_image"][metric]
+        assert sorted(cells) == ["0,0", "1,1", "2,0", "2,1", "2,2"]
+        for cell, values in cells.items():
+            j, i = map(int, cell.split(","))
+            assert len(values) == 2 and sum(values) / 2 == pytest.approx(result["matrices"][metric][j][i], abs=1e-9)
     # 2 prompts x 1 image per concept, for every concept seen, after every task
     images = list((tmp_path / "run" / "images").rglob("*.png"))
     multi = [p for p in images if p.parent.name == "_multi"]

@@ -22,6 +22,9 @@ def results_dir(tmp_path_factory, tiny_protocol):
         r["run_info"]["config"] = {**r["run_info"]["config"], "method": "fake", "seed": seed}  # as a real run has it
         r["run_info"]["git"]["dirty"] = False
         r["matrices"]["ia"][-1] = [final, final, final]
+        for cell, values in r["per_image"]["ia"].items():  # each image of the final model scores the same
+            if cell.startswith("2,"):
+                r["per_image"]["ia"][cell] = [final] * len(values)
         r["summary"]["ia"]["final"] = final
         r["neglect"]["matrices"]["cnr"][-1] = [1.0 - final]
         r["summary"]["cnr"]["final"] = 1.0 - final
@@ -235,3 +238,25 @@ def test_html_page_loads_in_headless_chromium_and_reports_a_missing_image(result
     assert console_errors(page) == []
     (page.parent / "assets" / "neglect.png").unlink()
     assert any("neglect.png" in e for e in console_errors(page))
+
+
+def test_interval_units_are_images_when_every_run_has_them_else_concepts(results_dir):
+    import numpy as np
+
+    from cifc_bench.leaderboard import RunRecord, _interval_columns, has_image_units, unit_table
+
+    real = json.loads(next(results_dir.rglob("real/result.json")).read_text())
+    run = RunRecord(None, real)
+    images = unit_table(run, "ia", "final", images=True)
+    concepts = unit_table(run, "ia", "final")
+    assert images.shape == (3 * 2,) and concepts.shape == (3,)  # 3 concepts x 2 prompts x 1 image
+    assert np.allclose(images.reshape(3, 2).mean(1), concepts)
+    forgot = unit_table(run, "ia", "forgetting", images=True)
+    per = real["per_image"]["ia"]
+    assert np.allclose(forgot, np.array(per["0,0"] + per["1,1"]) - np.array(per["2,0"] + per["2,1"]))
+    old = copy.deepcopy(real)
+    del old["per_image"]
+    assert has_image_units([run], "ia") and not has_image_units([run, RunRecord(None, old)], "ia")
+    with_images, _ = _interval_columns("ia", {"a": [run], "b": [RunRecord(None, real)]})
+    mixed, _ = _interval_columns("ia", {"a": [run], "b": [RunRecord(None, old)]})
+    assert with_images["final"]["a"] != mixed["final"]["a"]  # 6 image units against 3 concept units
