@@ -690,6 +690,9 @@ def evaluate_neglect(ctx: RunContext, j: int, neglect: dict[str, Any], reference
         scores = ng.score_presence(sims, ng.prompt_thresholds(neglect["calibration"], q, m.concepts))
         neglect["matrices"]["cnr"][j][q] = scores.cnr
         neglect["matrices"]["min_sim"][j][q] = scores.min_sim
+        final = j == len(seq.tasks) - 1  # each final image neglected or not: the leaderboard's interval units
+        if final:
+            neglect.setdefault("per_image", {}).setdefault("cnr", {})[str(q)] = [bool(v) for v in scores.neglected]
         for k, c in enumerate(m.concepts):
             hits[c].extend(scores.present[:, k].tolist())
         exact = {}
@@ -698,6 +701,8 @@ def evaluate_neglect(ctx: RunContext, j: int, neglect: dict[str, Any], reference
                             for im in images]
             rows = neglect["matrices"].setdefault(check, [[None] * len(seq.multi_concept_prompts) for _ in seq.tasks])
             rows[j][q] = float(np.mean([not all(row) for row in exact[check]]))
+            if final:
+                neglect.setdefault("per_image", {}).setdefault(check, {})[str(q)] = [not all(r) for r in exact[check]]
         per_image += [{"prompt": q, "file": name, "concepts": list(m.concepts),
                        "similarity": scores.similarity[n].tolist(), "present": scores.present[n].tolist(),
                        **{f"present_{check}": rows[n] for check, rows in exact.items()}}

@@ -389,6 +389,64 @@ def neglect_table(runs: list[RunRecord]):
     return pd.DataFrame(rows, columns=columns, dtype=object).fillna("–")
 
 
+NEGLECT_INTERVALS = "cnr" + INTERVALS
+
+
+def neglect_units(run: RunRecord, check: str, images: bool):
+    """One run's final neglect units of ``check`` (``cnr`` or an exact check), ×100: each final image (1:
+    neglected) with ``images``, else each multi-concept prompt's rate; None when not measured."""
+    import numpy as np
+
+    neglect = run.data.get("neglect") or {}
+    if images:
+        cells = (neglect.get("per_image") or {}).get(check)
+        if not cells:
+            return None
+        return 100.0 * np.concatenate([np.asarray(cells[q], dtype=float) for q in sorted(cells, key=int)])
+    rows = (neglect.get("matrices") or {}).get(check)
+    if not rows or any(v is None for v in rows[-1]):
+        return None
+    return 100.0 * np.asarray(rows[-1], dtype=float)
+
+
+def neglect_interval_table(runs: list[RunRecord]):
+    """Each neglect rate on the final model (``cnr`` and every exact check) per method, mean [95 % interval]
+    over seeds and units (the final multi-concept images where every run has them, else the prompts), ★ the
+    lowest, ≈ not distinguishable from it, and the methods whose rate differs from this one's at 95 % (paired
+    difference excluding 0)."""
+    import numpy as np
+    import pandas as pd
+
+    from cifc_bench import stats
+
+    by_label = _by_label(runs, lambda r: bool(r.data.get("neglect")))
+    checks = list(dict.fromkeys(m for g in by_label.values() for r in g for m in r.data["neglect"]["matrices"]
+                                if m != "min_sim"))
+    columns, rows = ["method", "seeds"], {label: {"method": label, "seeds": len(g)} for label, g in by_label.items()}
+    for check in checks:
+        images = all(check in (r.data["neglect"].get("per_image") or {}) for g in by_label.values() for r in g)
+        tables = {}
+        for label, group in by_label.items():
+            units = [neglect_units(r, check, images) for r in group]
+            if units and all(u is not None for u in units) and len({len(u) for u in units}) == 1:
+                tables[label] = np.stack(units)
+        if len({t.shape[1] for t in tables.values()}) > 1:
+            tables = {}
+        marks = {}
+        if len(tables) > 1:
+            best, ties = stats.indistinguishable_from_best(tables, higher_is_better=False)
+            marks = {best: " ★", **{m: " ≈" for m in ties}}
+        differs = {a: [b for b in tables if b != a and stats.paired_difference(tables[a], tables[b]).excludes(0.0)]
+                   for a in tables}
+        columns += [f"{check} final", f"{check} differs at 95 % from"]
+        for label in by_label:
+            if label in tables:
+                iv = stats.interval(tables[label])
+                rows[label][f"{check} final"] = f"{iv.mean:.1f} [{iv.low:.1f}, {iv.high:.1f}]{marks.get(label, '')}"
+                rows[label][f"{check} differs at 95 % from"] = ", ".join(differs[label]) or "none"
+    return pd.DataFrame(list(rows.values()), columns=columns, dtype=object).fillna("–")
+
+
 COST = "cost"
 
 
@@ -474,6 +532,8 @@ def leaderboard_tables(protocol: str, results_dir: Path, include_failed: bool = 
     for m in metrics:
         if m == NEGLECT:
             tables[m] = neglect_table(runs)
+            if runs:
+                tables[NEGLECT_INTERVALS] = neglect_interval_table(runs)
             continue
         tables[m] = metric_table(m, runs, concepts, reference_rows(ref, m) if ref else None)
         if runs:
@@ -494,6 +554,10 @@ def table_title(metric: str) -> str:
     if metric.startswith(TRACK):
         return (f"{metric.removeprefix(TRACK).upper()} TRACK: mean [95 % interval] over seeds and the track's concepts "
                 "(x100; PSNR in dB; learning: right after each concept's task)")
+    if metric == NEGLECT_INTERVALS:
+        return ("NEGLECT on the final model: mean [95 % interval] (x100, lower is better; units: the final "
+                "multi-concept images where every run has them, else the prompts; ★ lowest, ≈ not distinguishable "
+                "from it)")
     if metric.endswith(INTERVALS):
         return (f"{metric.removesuffix(INTERVALS).upper()}: mean [95 % interval] (x100; crossed bootstrap over seeds "
                 "and units, paired by unit: images (concept, prompt, seed) where every run has per-image scores, "

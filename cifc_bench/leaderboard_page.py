@@ -26,6 +26,7 @@ from cifc_bench.leaderboard import (
     find_runs,
     has_image_units,
     leaderboard_tables,
+    neglect_units,
     run_matrix,
     table_title,
     unit_table,
@@ -197,19 +198,20 @@ def matrix_grid(runs: list[RunRecord], metric: str, path: Path) -> bool:
 
 
 def neglect_plot(runs: list[RunRecord], path: Path) -> bool:
-    """Each method's final neglect rates (``cnr`` and every exact check) with 95 % intervals over seeds and
-    multi-concept prompts."""
+    """Each method's final neglect rates (``cnr`` and every exact check) with 95 % intervals over seeds and the
+    final multi-concept images (or prompts, for runs made before per-image flags were kept)."""
     from cifc_bench import stats
 
     labels = _by_label(runs, lambda r: bool(r.data.get("neglect")))
     checks = list(dict.fromkeys(m for g in labels.values() for r in g for m in r.data["neglect"]["matrices"]
                                 if m != "min_sim"))
     bars: dict[str, dict[str, Any]] = {}
-    for label, group in labels.items():
-        for check in checks:
-            finals = [r.data["neglect"]["matrices"].get(check, [[None]])[-1] for r in group]
-            if finals and all(f is not None and all(v is not None for v in f) for f in finals):
-                iv = stats.interval(100.0 * np.array(finals, dtype=float))
+    for check in checks:
+        images = all(check in (r.data["neglect"].get("per_image") or {}) for g in labels.values() for r in g)
+        for label, group in labels.items():
+            units = [neglect_units(r, check, images) for r in group]
+            if units and all(u is not None for u in units) and len({len(u) for u in units}) == 1:
+                iv = stats.interval(np.stack(units))
                 bars.setdefault(label, {})[check] = (iv.mean, iv.low, iv.high)
     if not bars:
         return False
@@ -229,7 +231,7 @@ def neglect_plot(runs: list[RunRecord], path: Path) -> bool:
     ax.set_xticks([k + width * (len(checks) - 1) / 2 for k in range(len(bars))])
     ax.set_xticklabels(list(bars), rotation=30, ha="right", fontsize=7)
     ax.set_ylabel("final neglect rate ×100 (lower is better)")
-    ax.set_title("concept neglect on the final model (95 % intervals over seeds and prompts)", fontsize=9)
+    ax.set_title("concept neglect on the final model (95 % intervals over seeds and images)", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -109,7 +109,7 @@ def test_rows_are_sorted_by_the_metric_direction(results_dir, tiny_protocol):
 
 def test_neglect_table_and_optional_metrics_appear_when_runs_have_them(results_dir, tiny_protocol, capsys):
     tables, _, _ = leaderboard_tables(str(tiny_protocol), results_dir, include_dirty=True)
-    assert list(tables) == ["ia", "ia:intervals", "ta", "ta:intervals", "cnr", "cost"]  # no ia_dino, context_acc
+    assert list(tables) == ["ia", "ia:intervals", "ta", "ta:intervals", "cnr", "cnr:intervals", "cost"]  # no ia_dino
     cnr = tables["cnr"].set_index("method")
     assert cnr.loc["fake", "q0"] == "40.0 ± 14.1" and cnr.loc["fake", "cnr final"] == "40.0 ± 14.1"
     finals = [float(v.split(" ")[0]) for v in tables["cnr"]["cnr final"]]
@@ -261,3 +261,27 @@ def test_interval_units_are_images_when_every_run_has_them_else_concepts(results
     with_images, _ = _interval_columns("ia", {"a": [run], "b": [RunRecord(None, real)]})
     mixed, _ = _interval_columns("ia", {"a": [run], "b": [RunRecord(None, old)]})
     assert with_images["final"]["a"] != mixed["final"]["a"]  # 6 image units against 3 concept units
+
+
+def test_neglect_intervals_use_final_images_and_name_the_methods_that_differ(results_dir, tiny_protocol):
+    from cifc_bench.leaderboard import NEGLECT_INTERVALS
+
+    real = json.loads(next(results_dir.rglob("real/result.json")).read_text())
+    flags = real["neglect"]["per_image"]["cnr"]
+    assert list(flags) == ["0"] and len(flags["0"]) == real["neglect"]["images_per_prompt"]
+    assert sum(flags["0"]) / len(flags["0"]) == real["neglect"]["matrices"]["cnr"][-1][0]
+    root = results_dir.parent / "neglect-results"
+    for method, rate, seeds in (("never", 0, (1, 2, 3)), ("always", 1, (1, 2, 3)), ("half", None, (1, 2, 3))):
+        for seed in seeds:
+            r = copy.deepcopy(real)
+            r["run_info"]["method"], r["run_info"]["seed"], r["run_info"]["git"]["dirty"] = method, seed, False
+            r["run_info"]["config"] = {**r["run_info"]["config"], "method": method, "seed": seed}
+            n = 20  # as if the run had drawn 20 images of its multi-concept prompt
+            r["neglect"]["per_image"]["cnr"]["0"] = [bool(rate) if rate is not None else (k + seed) % 2 == 0
+                                                     for k in range(n)]
+            (root / method / f"s{seed}").mkdir(parents=True)
+            (root / method / f"s{seed}" / "result.json").write_text(json.dumps(r))
+    table = leaderboard_tables(str(tiny_protocol), root)[0][NEGLECT_INTERVALS].set_index("method")
+    assert table.loc["never", "cnr final"].startswith("0.0 [") and table.loc["never", "cnr final"].endswith("★")
+    assert sorted(table.loc["always", "cnr differs at 95 % from"].split(", ")) == ["half", "never"]
+    assert table.loc["always", "cnr final"].startswith("100.0 [")
