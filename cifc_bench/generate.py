@@ -192,10 +192,17 @@ def write_outputs(images: Sequence, requests: Sequence[GenerationRequest], out: 
     return out / "grid.png"
 
 
+GRID_TILE = 128  # smaller images are enlarged in the grid (nearest neighbour) to at least this many pixels
+
+
 def grid(images: Sequence, boxes: Sequence[Box] | None = None, columns: int = 4):
-    """The images in rows of ``columns``, each box outlined (the grid only; saved images stay untouched)."""
+    """The images in rows of ``columns``, each box outlined (the grid only; saved images stay untouched).
+    Images smaller than :data:`GRID_TILE` (the synthetic world's 32 pixels) are enlarged, pixels kept sharp."""
     from PIL import Image, ImageDraw
 
+    scale = -(-GRID_TILE // min(images[0].size))
+    if scale > 1:
+        images = [im.convert("RGB").resize((im.width * scale, im.height * scale), Image.NEAREST) for im in images]
     w, h = images[0].size
     cols = min(columns, len(images))
     rows = -(-len(images) // cols)

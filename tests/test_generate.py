@@ -87,7 +87,10 @@ def test_generate_redraws_an_input_image_in_both_modes(cidm_run, tmp_path):
     for name in ("000_s0.png", "001_s1.png"):
         pixels = np.asarray(Image.open(edit / name))
         assert np.array_equal(pixels[~inside], np.asarray(source)[~inside]) and not np.array_equal(pixels, source)
-    assert Image.open(edit / "grid.png").size == (3 * 32, 32)  # the input, then the two images
+    # the input, then the two images, each 32-pixel tile enlarged 4x (nearest) to be seen
+    sheet = np.asarray(Image.open(edit / "grid.png"))
+    assert sheet.shape[:2] == (128, 3 * 128)
+    assert np.array_equal(sheet[1:128:4, 1:128:4][1:-1, 1:-1], np.asarray(source)[1:-1, 1:-1])  # box lines aside
     asked = json.loads((edit / "request.json").read_text())
     assert asked["mask_box"] == "0.25,0.25,0.75,0.75" and asked["strength"] == 1.0
     style = tmp_path / "style"
