@@ -390,7 +390,11 @@ def _run_locked(config: RunSpec | None, run_dir: Path, resume: bool, given: dict
         stored = RunSpec.from_dict(result["run_info"]["config"])
         given = dict(given or {})
         device = given.pop("device", stored.device)
+        wanted = given.pop("tracks", None)
         _check_resume_config(given, stored)
+        have = tuple(result.get("tracks") or {})
+        added = tuple(t for t in (wanted or ()) if t not in have)
+        stored = dataclasses.replace(stored, tracks=(*have, *added))  # tracks only ever join a run
         ctx = load_context(dataclasses.replace(stored, device=device), run_dir,
                            calibration=(result.get("neglect") or {}).get("calibration"), ranks=ranks)
         began_on = result["run_info"].get("model_fingerprint")
@@ -399,7 +403,11 @@ def _run_locked(config: RunSpec | None, run_dir: Path, resume: bool, given: dict
                               f"now {ctx.model_fingerprint}); its matrix cannot mix two base models. Start a new run "
                               f"with --out, or restore the weights it began on.")
         result["status"], result["error"] = "running", None
+        if added:
+            result["tracks"] = {**(result.get("tracks") or {}), **new_tracks(ctx.sequence, added)}
+            result["run_info"]["config"]["tracks"] = list(ctx.config.tracks)
     else:
+        added = ()
         if (run_dir / RESULT_FILE).exists():
             raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or pick a new --out")
         ranks.barrier()  # every rank has checked before rank 0 writes
@@ -413,6 +421,8 @@ def _run_locked(config: RunSpec | None, run_dir: Path, resume: bool, given: dict
         return read_result(run_dir)
     write_json_atomic(run_dir / RESULT_FILE, result)
     try:
+        if added:
+            _add_tracks(ctx, result, added)
         _loop(ctx, result)
     except BaseException as err:
         result["status"] = "failed"
@@ -424,6 +434,27 @@ def _run_locked(config: RunSpec | None, run_dir: Path, resume: bool, given: dict
     write_json_atomic(run_dir / RESULT_FILE, result)
     ranks.barrier()
     return result
+
+
+def _add_tracks(ctx: RunContext, result: dict[str, Any], names: tuple[str, ...]) -> None:
+    """Evaluate ``names``, tracks a resumed run did not have, in every model state it already evaluated: each
+    state's method is restored from its saved state on a fresh model, as ``--resume`` restores one, so the
+    outputs equal those the run would have made with the tracks from the start. Rows already filled (a
+    kill during this) are kept."""
+    cfg, n_tasks = ctx.config, len(ctx.sequence.tasks)
+    references: dict[str, np.ndarray] = {}
+    part = {name: result["tracks"][name] for name in names}
+    for j in progress(range(len(result["tasks"])), desc="add tracks"):
+        if not evaluated_after(cfg, j, n_tasks):
+            continue
+        if all(v is not None for t in part.values() for row in t["matrices"].values()
+               for i, v in enumerate(row[j]) if ctx.sequence.concepts[i].name in t["concepts"] and i <= j):
+            continue
+        state = load_context(cfg, ctx.run_dir, calibration=ctx.calibration)
+        state.method.load_state_dict(_resume_state(ctx.run_dir, j), ctx.sequence.tasks[: j + 1])
+        evaluate_tracks(state, j, part, references)
+        result["summary"] = metrics.summarize_result(result)
+        write_json_atomic(ctx.run_dir / RESULT_FILE, result)
 
 
 def _check_resume_config(given: dict[str, Any], stored: RunSpec) -> None:

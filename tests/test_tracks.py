@@ -222,3 +222,26 @@ def test_content_exact_reads_the_worlds_answer_on_every_photo(tmp_path):
         print(f"{style}: the answer passes {passed} of {defined} photos ({len(photos) - defined} hidden), a flat "
               f"output {flat_passed}")
         assert defined >= 8 and passed >= 0.8 * defined and flat_passed == 0, style
+
+
+@pytest.mark.parametrize("method", ["lora-m"])  # per-task adapters: each state restores its own set
+def test_resume_with_tracks_adds_them_to_a_finished_run_as_if_made_with_them(tmp_path, method):
+    """A run made without tracks, resumed with ``--tracks``, gets exactly the track matrices of a run made
+    with them (every state restored from its saved state)."""
+    from cifc_bench.cli import main
+    from cifc_bench.testing import make_tiny_protocol, tiny_run_flags
+
+    protocol = make_tiny_protocol(tmp_path, tracks=True)
+    flags = tiny_run_flags(protocol, prompts_per_concept=1, images_per_prompt=1)
+    assert main(["run", "--method", method, *flags, "--out", str(tmp_path / "with")]) == 0
+    assert main(["run", "--method", method, *flags, "--tracks", "none", "--out", str(tmp_path / "later")]) == 0
+    later = json.loads((tmp_path / "later" / "result.json").read_text())
+    assert later["tracks"] is None
+    assert main(["run", "--resume", str(tmp_path / "later"), "--tracks", "editing,style_transfer"]) == 0
+    made = json.loads((tmp_path / "with" / "result.json").read_text())
+    later = json.loads((tmp_path / "later" / "result.json").read_text())
+    assert later["status"] == "completed" and later["matrices"] == made["matrices"]
+    assert later["run_info"]["config"]["tracks"] == ["editing", "style_transfer"]
+    for name in ("editing", "style_transfer"):
+        assert later["tracks"][name]["matrices"] == made["tracks"][name]["matrices"], name
+    assert later["summary"]["editing/box_ia"] == made["summary"]["editing/box_ia"]
