@@ -406,6 +406,8 @@ def _run_locked(config: RunSpec | None, run_dir: Path, resume: bool, given: dict
         if added:
             result["tracks"] = {**(result.get("tracks") or {}), **new_tracks(ctx.sequence, added)}
             result["run_info"]["config"]["tracks"] = list(ctx.config.tracks)
+            result["run_info"].setdefault("tracks_added", []).append({"tracks": list(added), "at": now(),
+                                                                      "git": git_info()})
     else:
         added = ()
         if (run_dir / RESULT_FILE).exists():

@@ -68,9 +68,10 @@ def find_runs(results_dir, protocol: str, include_failed: bool = False, include_
             skipped.append(f"{path}: status {data.get('status')!r} (use --include-failed)")
             continue
         info = data["run_info"]
-        if any(g.get("dirty") for g in (info.get("git", {}), *(r.get("git", {}) for r in info.get("rescores", ())))) \
-                and not include_dirty:
-            skipped.append(f"{path}: run (or its rescoring) from a dirty source tree (use --include-dirty)")
+        later = (*info.get("rescores", ()), *info.get("tracks_added", ()))
+        if any(g.get("dirty") for g in (info.get("git", {}), *(r.get("git", {}) for r in later))) and not include_dirty:
+            skipped.append(f"{path}: run (or its rescoring, or tracks added later) from a dirty source tree "
+                           "(use --include-dirty)")
             continue
         runs.append(RunRecord(path, data))
     runs, skipped = _current_method_versions(runs, skipped, include_old_versions)

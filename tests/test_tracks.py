@@ -242,6 +242,7 @@ def test_resume_with_tracks_adds_them_to_a_finished_run_as_if_made_with_them(tmp
     later = json.loads((tmp_path / "later" / "result.json").read_text())
     assert later["status"] == "completed" and later["matrices"] == made["matrices"]
     assert later["run_info"]["config"]["tracks"] == ["editing", "style_transfer"]
+    assert [a["tracks"] for a in later["run_info"]["tracks_added"]] == [["editing", "style_transfer"]]
     for name in ("editing", "style_transfer"):
         assert later["tracks"][name]["matrices"] == made["tracks"][name]["matrices"], name
     assert later["summary"]["editing/box_ia"] == made["summary"]["editing/box_ia"]
