@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The synth10 grid of issue 24, regenerated on world v2 with `cifc-bench sweep` from a clean tree. Every step is
+# resumable: run the script again after a kill (or in the next session) and each sweep skips completed runs,
+# resumes partial ones and starts the missing ones. Commit each completed run's result.json (and its final state,
+# state/after_task_09.safetensors) as it lands. Run it alone: two heavy jobs on 2 cores slow each other tenfold.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=results
+METHODS="cidm finetune base lora-m lora-c ewc lwf c-lora custom-diffusion mix-of-show"
+
+# 1. every method x 3 seeds, both tracks (style transfer, editing), after every task
+for seed in 0 1 2; do
+  cifc-bench sweep --methods $METHODS --seeds $seed --out $OUT
+done
+# runs made before the tracks existed get them from their saved states (a no-op for runs that have them)
+for dir in $OUT/synth10/*/s[012]; do
+  if [ -f "$dir/result.json" ] && ! grep -q '"editing"' "$dir/result.json"; then
+    cifc-bench run --resume "$dir" --tracks style_transfer,editing
+  fi
+done
+
+# 2. CIDM's ablations, both variants x 3 seeds: its Table 3 switches tsp, tsh and ewa (for release, tsh=false
+#    is its enhance term off: methods/cidm/consolidation.py)
+cifc-bench sweep --methods cidm --grid cidm.variant=release --seeds 0 1 2 --out $OUT --tracks none
+for switch in tsp tsh ewa; do
+  cifc-bench sweep --methods cidm --grid cidm.$switch=false --seeds 0 1 2 --out $OUT --tracks none
+  cifc-bench sweep --methods cidm --grid cidm.variant=release cidm.$switch=false --seeds 0 1 2 --out $OUT --tracks none
+done
+
+# 3. the regularisation strengths around the defaults (EWC 1e3, C-LoRA 1e6), one seed: where each trades
+#    learning for forgetting
+cifc-bench sweep --methods ewc --grid ewc.ewc_lambda=10,100,10000,100000 --seeds 0 --out $OUT --tracks none
+cifc-bench sweep --methods c-lora --grid c-lora.reg_lambda=10000,100000,10000000,100000000 --seeds 0 --out $OUT --tracks none
