@@ -186,7 +186,7 @@ def write_outputs(images: Sequence, requests: Sequence[GenerationRequest], out: 
     if init is not None:  # the input first, at the images' size
         tiles.insert(0, init.image.convert("RGB").resize(images[0].size))
         boxes = (*(boxes or ()), init.box) if init.box is not None else boxes
-    save_atomic(grid(tiles, boxes), out / "grid.png")
+    save_atomic(grid(tiles, boxes, columns=min(len(tiles), 8)), out / "grid.png")  # one row for the usual few
     (out / "request.json").write_text(json.dumps({**asked, "expanded_prompt": requests[0].prompt,
                                                   "seeds": [r.seed for r in requests]}, indent=2))
     return out / "grid.png"
