@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,9 @@ def tiny_run_flags(protocol: Path, **overrides: Any) -> list[str]:
     return [a for k, v in settings.items() for a in (f"--{k.replace('_', '-')}", str(v))]
 
 
+LAUNCH_RACE = re.compile(r"EADDRINUSE|address already in use", re.IGNORECASE)
+
+
 def run_cli(args: list[str], processes: int = 1, cwd: Path | None = None, cache: Path | None = None,
             timeout: float = 600, check: bool = True, env: dict[str, str] | None = None):
     """``cifc-bench <args>`` in a subprocess with one thread, or under torchrun with ``processes`` processes
@@ -111,7 +115,10 @@ def run_cli(args: list[str], processes: int = 1, cwd: Path | None = None, cache:
     head = [sys.executable, "-m", "cifc_bench.cli"] if processes == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", "-m",
         "cifc_bench.cli"]
-    done = subprocess.run([*head, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    for _ in range(3):
+        done = subprocess.run([*head, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+        if processes == 1 or not LAUNCH_RACE.search(done.stderr):
+            break  # torchrun picks free ports by binding port 0 and closing it: another process may take one first
     assert done.returncode == 0 or not check, f"{' '.join(args[:2])} failed: {done.stderr[-3000:]}"
     return done
 
