@@ -272,41 +272,51 @@ def has_image_units(runs, metric: str) -> bool:
     return all(metric in (r.data.get("per_image") or {}) for r in runs)
 
 
+def paired_units(by_method: dict[str, list]) -> dict[str, Any]:
+    """{method: seeds × units} from each method's per-run unit vectors, restricted to the units every run
+    scored, so that methods stay paired. A method drops out when a run of it lacks units or its runs differ in
+    width; all do ({}) when the methods differ in width: other evaluation settings, no one set of units."""
+    import numpy as np
+
+    tables = {label: np.stack(rows) for label, rows in by_method.items()
+              if rows and all(r is not None for r in rows) and len({len(r) for r in rows}) == 1}
+    if len({t.shape[1] for t in tables.values()}) != 1:
+        return {}
+    scored = ~np.any([np.isnan(t).any(0) for t in tables.values()], axis=0)
+    return {label: t[:, scored] for label, t in tables.items()} if scored.any() else {}
+
+
+def interval_cells(tables: dict[str, Any], higher_is_better: bool,
+                   bounds: tuple[float, float] | None = None) -> dict[str, str]:
+    """{method: "mean [low, high]"} with ★ on the best and ≈ on every method not distinguishable from it
+    (paired); ``bounds`` clips an interval to the values the quantity can take, e.g. a rate's [0, 100]."""
+    from cifc_bench import stats
+
+    marks = {}
+    if len(tables) > 1:
+        best, ties = stats.indistinguishable_from_best(tables, higher_is_better)
+        marks = {best: " ★", **{m: " ≈" for m in ties}}
+    cells = {}
+    for label, table in tables.items():
+        iv = stats.interval(table)
+        low, high = (max(iv.low, bounds[0]), min(iv.high, bounds[1])) if bounds else (iv.low, iv.high)
+        cells[label] = f"{iv.mean:.1f} [{low:.1f}, {high:.1f}]{marks.get(label, '')}"
+    return cells
+
+
 def _interval_columns(metric: str, by_label: dict[str, list[RunRecord]], summaries=INTERVAL_SUMMARIES):
     """Per summary, {method label: "mean [low, high] ★/≈"} (scaled for display; ★ best, ≈ not distinguishable
     from it), and the win/tie/loss record on ``final``. Units are images when every run has per-image scores,
     else concepts; a unit some run cannot score is left out for all, so that methods stay paired."""
-    import numpy as np
-
     from cifc_bench import stats
     from cifc_bench.metrics import display_scale
 
     scale = display_scale(metric)[0]
     images = has_image_units([r for g in by_label.values() for r in g], metric)
-    tables: dict[str, dict[str, Any]] = {key: {} for key in summaries}
-    for label, group in by_label.items():
-        for key in summaries:
-            rows = [unit_table(r, metric, key, images) for r in group]
-            if rows and all(v is not None for v in rows) and len({len(v) for v in rows}) == 1:
-                tables[key][label] = scale * np.stack(rows)
-    for key, by_method in tables.items():
-        widths = {t.shape[1] for t in by_method.values()}
-        if len(widths) > 1:  # other evaluation settings: not one set of units, so no intervals to pair
-            tables[key] = {}
-            continue
-        if by_method:
-            scored = ~np.any([np.isnan(t).any(0) for t in by_method.values()], axis=0)
-            tables[key] = {label: t[:, scored] for label, t in by_method.items()} if scored.any() else {}
-    cells: dict[str, dict[str, str]] = {}
-    for key, by_method in tables.items():
-        marks = {}
-        if len(by_method) > 1:
-            best, ties = stats.indistinguishable_from_best(by_method, DIRECTIONS[key] == "higher")
-            marks = {best: " ★", **{m: " ≈" for m in ties}}
-        cells[key] = {}
-        for label, table in by_method.items():
-            iv = stats.interval(table)
-            cells[key][label] = f"{iv.mean:.1f} [{iv.low:.1f}, {iv.high:.1f}]{marks.get(label, '')}"
+    tables = {key: {label: scale * t for label, t in paired_units(
+        {label: [unit_table(r, metric, key, images) for r in group] for label, group in by_label.items()}).items()}
+        for key in summaries}
+    cells = {key: interval_cells(by_method, DIRECTIONS[key] == "higher") for key, by_method in tables.items()}
     final = tables.get("final", {})
     record = stats.win_tie_loss(final, DIRECTIONS["final"] == "higher") if len(final) > 1 else {}
     return cells, record
@@ -415,7 +425,6 @@ def neglect_interval_table(runs: list[RunRecord]):
     over seeds and units (the final multi-concept images where every run has them, else the prompts), ★ the
     lowest, ≈ not distinguishable from it, and the methods whose rate differs from this one's at 95 % (paired
     difference excluding 0)."""
-    import numpy as np
     import pandas as pd
 
     from cifc_bench import stats
@@ -426,25 +435,15 @@ def neglect_interval_table(runs: list[RunRecord]):
     columns, rows = ["method", "seeds"], {label: {"method": label, "seeds": len(g)} for label, g in by_label.items()}
     for check in checks:
         images = all(check in (r.data["neglect"].get("per_image") or {}) for g in by_label.values() for r in g)
-        tables = {}
-        for label, group in by_label.items():
-            units = [neglect_units(r, check, images) for r in group]
-            if units and all(u is not None for u in units) and len({len(u) for u in units}) == 1:
-                tables[label] = np.stack(units)
-        if len({t.shape[1] for t in tables.values()}) > 1:
-            tables = {}
-        marks = {}
-        if len(tables) > 1:
-            best, ties = stats.indistinguishable_from_best(tables, higher_is_better=False)
-            marks = {best: " ★", **{m: " ≈" for m in ties}}
+        tables = paired_units({label: [neglect_units(r, check, images) for r in group]
+                               for label, group in by_label.items()})
+        cells = interval_cells(tables, higher_is_better=False, bounds=(0.0, 100.0))
         differs = {a: [b for b in tables if b != a and stats.paired_difference(tables[a], tables[b]).excludes(0.0)]
                    for a in tables}
         columns += [f"{check} final", f"{check} differs at 95 % from"]
-        for label in by_label:
-            if label in tables:
-                iv = stats.interval(tables[label])
-                rows[label][f"{check} final"] = f"{iv.mean:.1f} [{iv.low:.1f}, {iv.high:.1f}]{marks.get(label, '')}"
-                rows[label][f"{check} differs at 95 % from"] = ", ".join(differs[label]) or "none"
+        for label in tables:
+            rows[label][f"{check} final"] = cells[label]
+            rows[label][f"{check} differs at 95 % from"] = ", ".join(differs[label]) or "none"
     return pd.DataFrame(list(rows.values()), columns=columns, dtype=object).fillna("–")
 
 

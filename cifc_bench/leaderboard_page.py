@@ -27,6 +27,7 @@ from cifc_bench.leaderboard import (
     has_image_units,
     leaderboard_tables,
     neglect_units,
+    paired_units,
     run_matrix,
     table_title,
     unit_table,
@@ -97,12 +98,8 @@ def _interval(group: list[RunRecord], metric: str, summary: str):
     its runs have per-image scores, else concepts), or None."""
     from cifc_bench import stats
 
-    rows = [unit_table(r, metric, summary, has_image_units(group, metric)) for r in group]
-    if not rows or any(v is None for v in rows) or len({len(v) for v in rows}) > 1:
-        return None
-    table = np.stack(rows)
-    table = table[:, ~np.isnan(table).any(0)]
-    if table.size == 0:
+    table = paired_units({"": [unit_table(r, metric, summary, has_image_units(group, metric)) for r in group]}).get("")
+    if table is None:
         return None
     iv = stats.interval(100.0 * table)
     return iv.mean, iv.low, iv.high
@@ -208,11 +205,11 @@ def neglect_plot(runs: list[RunRecord], path: Path) -> bool:
     bars: dict[str, dict[str, Any]] = {}
     for check in checks:
         images = all(check in (r.data["neglect"].get("per_image") or {}) for g in labels.values() for r in g)
-        for label, group in labels.items():
-            units = [neglect_units(r, check, images) for r in group]
-            if units and all(u is not None for u in units) and len({len(u) for u in units}) == 1:
-                iv = stats.interval(np.stack(units))
-                bars.setdefault(label, {})[check] = (iv.mean, iv.low, iv.high)
+        tables = paired_units({label: [neglect_units(r, check, images) for r in group]
+                               for label, group in labels.items()})
+        for label, table in tables.items():
+            iv = stats.interval(table)
+            bars.setdefault(label, {})[check] = (iv.mean, max(iv.low, 0.0), min(iv.high, 100.0))
     if not bars:
         return False
     plt = _plt()
