@@ -145,8 +145,7 @@ def load_context(config: RunSpec, run_dir: Path, calibration: dict[str, Any] | N
     no method is built and nothing can be generated. Under a launcher (``ranks``), each process takes its own
     device and the calibration images are dealt out among the processes.
     """
-    from cifc_bench.models import load_bundle
-    from cifc_bench.precision import autocast, cast_frozen
+    from cifc_bench.precision import autocast
     from cifc_bench.scoring import load_scorer
 
     config, spec, method_cls, budgets = resolve_run(config)
@@ -157,10 +156,7 @@ def load_context(config: RunSpec, run_dir: Path, calibration: dict[str, Any] | N
             f"--prompts-per-concept {config.prompts_per_concept} exceeds the smallest prompt set of "
             f"{spec.name!r} ({min(len(c.eval_prompts) for c in sequence.concepts)} prompts)"
         )
-    fast_fp32_matmuls(config.device)
-    bundle = load_bundle(config.model, config.device)
-    fingerprint = model_fingerprint(bundle)  # of the weights as published, whatever precision the run uses
-    cast_frozen(bundle, config.dtype)
+    bundle, fingerprint = fresh_bundle(config)
     scorer = load_scorer(config.scorer, config.device)
     dino = None
     if config.dino and config.dino != "none":
@@ -175,20 +171,7 @@ def load_context(config: RunSpec, run_dir: Path, calibration: dict[str, Any] | N
             calibration = calibrate_thresholds(bundle, scorer, sequence, config.generation(),
                                                config.calibration_images, config.model, cache_dir() / "cnr-thresholds",
                                                ranks=ranks)
-    import torch
-
-    torch.manual_seed(derive_seed("method-init", config.seed))  # adapters initialised at construction
-    method = None
-    if with_method:
-        accepted = method_arguments(method_cls)
-        unknown = sorted(set(config.method_args) - set(accepted)) if accepted is not None else []
-        if unknown:
-            raise ConfigError(f"method {config.method!r} has no argument(s) {unknown}; it accepts: "
-                              f"{', '.join(accepted) or 'none'} (--method-args KEY=VALUE)")
-        try:
-            method = method_cls(bundle, **config.method_args)
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"method {config.method!r} rejected its arguments {config.method_args}: {err}") from err
+    method = build_method(method_cls, bundle, config) if with_method else None
     metrics = tuple(spec.defaults.get("metrics", METRICS))
     if dino is not None:
         metrics = (*metrics, DINO_METRIC)
@@ -198,6 +181,34 @@ def load_context(config: RunSpec, run_dir: Path, calibration: dict[str, Any] | N
     return RunContext(config=config, sequence=sequence, method=method, scorer=scorer, run_dir=Path(run_dir),
                       metrics=metrics, dino=dino, calibration=calibration, model_fingerprint=fingerprint,
                       budgets=budgets, metric_fns=metric_fns, presence_fns=presence_fns, ranks=ranks)
+
+
+def fresh_bundle(config: RunSpec):
+    """The base model as published, at the run's precision, and the fingerprint of its published weights."""
+    from cifc_bench.models import load_bundle
+    from cifc_bench.precision import cast_frozen
+
+    fast_fp32_matmuls(config.device)
+    bundle = load_bundle(config.model, config.device)
+    fingerprint = model_fingerprint(bundle)  # of the weights as published, whatever precision the run uses
+    cast_frozen(bundle, config.dtype)
+    return bundle, fingerprint
+
+
+def build_method(method_cls, bundle, config: RunSpec):
+    """A new method on ``bundle`` with the run's arguments; its adapters are initialised from the run seed."""
+    import torch
+
+    accepted = method_arguments(method_cls)
+    unknown = sorted(set(config.method_args) - set(accepted)) if accepted is not None else []
+    if unknown:
+        raise ConfigError(f"method {config.method!r} has no argument(s) {unknown}; it accepts: "
+                          f"{', '.join(accepted) or 'none'} (--method-args KEY=VALUE)")
+    torch.manual_seed(derive_seed("method-init", config.seed))  # adapters initialised at construction
+    try:
+        return method_cls(bundle, **config.method_args)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"method {config.method!r} rejected its arguments {config.method_args}: {err}") from err
 
 
 def fast_fp32_matmuls(device: str | None) -> bool:
@@ -452,7 +463,7 @@ def _add_tracks(ctx: RunContext, result: dict[str, Any], names: tuple[str, ...])
         if all(v is not None for t in part.values() for row in t["matrices"].values()
                for i, v in enumerate(row[j]) if ctx.sequence.concepts[i].name in t["concepts"] and i <= j):
             continue
-        state = load_context(cfg, ctx.run_dir, calibration=ctx.calibration)
+        state = dataclasses.replace(ctx, method=build_method(resolve_run(cfg)[2], fresh_bundle(cfg)[0], cfg))
         state.method.load_state_dict(_resume_state(ctx.run_dir, j), ctx.sequence.tasks[: j + 1])
         evaluate_tracks(state, j, part, references)
         result["summary"] = metrics.summarize_result(result)
