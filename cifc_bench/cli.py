@@ -149,9 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--n", type=int, default=4, help="images (seeds --seed, --seed + 1, ...; default 4)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--after-task", type=int, metavar="N", help="the model after task N (default: the last finished)")
-    g.add_argument("--box", nargs="*", default=[], metavar="CONCEPT=Y0,X0,Y1,X1",
+    g.add_argument("--box", nargs="+", action="extend", default=[], metavar="CONCEPT=Y0,X0,Y1,X1",
                    help="one box per concept the prompt names (fractions of the image): a multi-concept request")
-    g.add_argument("--region-prompt", nargs="*", default=[], metavar="CONCEPT=TEXT",
+    g.add_argument("--region-prompt", nargs="+", action="extend", default=[], metavar="CONCEPT=TEXT",
                    help="the prompt of a concept's box (default: 'a {concept}')")
     g.add_argument("--out", type=Path, help="folder for the images, grid.png and request.json "
                                             "(default: generated/<run>-<timestamp>)")

@@ -259,19 +259,26 @@ def box_region(box) -> np.ndarray:
     return region
 
 
-def present(img: np.ndarray, target: world.Scene | str, box=None) -> bool:
-    """Is the concept present? An object: inside ``box``, its fill and pattern colours each cover at least
-    :data:`COVERAGE` of their pixel counts in a small render of it (the size of two-object scenes). A style:
-    its palette and texture both show on the whole picture."""
+def presence_parts(img: np.ndarray, target: world.Scene | str, box=None) -> dict[str, bool]:
+    """The parts of :func:`present`, each on its own: for an object, whether inside ``box`` its ``fill`` and
+    its ``pattern`` colour (True for a solid object) each cover at least :data:`COVERAGE` of their pixel counts
+    in a small render of it (the size of two-object scenes); for a style, its ``palette`` and ``texture``."""
     if isinstance(target, str):
-        return all(style_identity(img, target).values())
+        return style_identity(img, target)
     labels = color_labels(img)
     region = box_region(box) if box is not None else np.ones(labels.shape, dtype=bool)
     centre = (world.SIZE // 2, world.SIZE // 2)
     exp_fill, exp_pattern = _expected_counts(target, centre, "small")
-    if int((color_mask(labels, target.fill) & region).sum()) < COVERAGE * exp_fill:
-        return False
-    return target.pattern == "solid" or int((color_mask(labels, target.pattern_color) & region).sum()) >= COVERAGE * exp_pattern
+    return {
+        "fill": int((color_mask(labels, target.fill) & region).sum()) >= COVERAGE * exp_fill,
+        "pattern": target.pattern == "solid"
+        or int((color_mask(labels, target.pattern_color) & region).sum()) >= COVERAGE * exp_pattern,
+    }
+
+
+def present(img: np.ndarray, target: world.Scene | str, box=None) -> bool:
+    """Is the concept present? Every part of :func:`presence_parts` holds."""
+    return all(presence_parts(img, target, box).values())
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def add_command(sub) -> None:
-    """Add ``synth pretrain|check|gates`` to the CLI's sub-parsers; ``run`` handles them."""
+    """Add ``synth pretrain|check|gates|neglect`` to the CLI's sub-parsers; ``run`` handles them."""
     sy = sub.add_parser("synth", help="the embedded synthetic world: pretrain and check its models")
     sy.set_defaults(handler=run)
     ssub = sy.add_subparsers(dest="synth_command", required=True)
@@ -35,6 +35,10 @@ def add_command(sub) -> None:
     sg.add_argument("--metric", action="append", help="metric(s) of the gates (default: ia and identity_acc)")
     sg.add_argument("--results", type=Path, default=Path("results"))
     sg.add_argument("--include-dirty", action="store_true")
+    sn = ssub.add_parser("neglect", help="why runs' exact neglect rate is what it is: per concept, how often its fill "
+                                         "and pattern colours show in the final multi-concept images")
+    sn.add_argument("runs", type=Path, nargs="+", help="run directories with their images")
+    sn.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as err:
             raise CLIError(str(err)) from err
         return 0
+    if args.synth_command == "neglect":
+        return neglect_command(args.runs, args.json)
     from cifc_bench.models import load_bundle
     from cifc_bench.protocol import load_protocol
     from cifc_bench.scoring import load_scorer
@@ -91,6 +97,30 @@ def run(args: argparse.Namespace) -> int:
         write_json_atomic(args.json, numbers)
     if args.grid:
         save_grid(args.grid, report["class_images"], args.per_class, report["pair_images"])
+    return 0
+
+
+def neglect_command(runs: list[Path], json_path: Path | None) -> int:
+    """Print a row per run: its exact neglect rate, the rate with the fill colour alone, and the mean rate at
+    which its concepts show each part."""
+    import pandas as pd
+
+    from cifc_bench.cli import CLIError
+    from cifc_bench.synth.neglect_parts import diagnose
+
+    try:
+        found = [diagnose(run) for run in runs]
+    except (ValueError, FileNotFoundError) as err:
+        raise CLIError(str(err)) from err
+    rows = [{"run": d["run"], "images": d["images"], "neglect": 100 * d["neglect"],
+             "neglect (fill only)": 100 * d["neglect_fill_only"],
+             **{f"{part} shown": 100 * float(pd.Series([c[part] for c in d["concepts"].values()]).mean())
+                for part in next(iter(d["concepts"].values()))}} for d in found]
+    print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".1f"))
+    if json_path:
+        from cifc_bench.results import write_json_atomic
+
+        write_json_atomic(json_path, found)
     return 0
 
 

@@ -55,3 +55,28 @@ def test_box_separation_tells_a_separating_scorer_from_a_blind_one():
     assert apart["generic_admitted"] == 0.0 and apart["perfect_present_at_p95"] == 1.0
     blind = box_separation(rng.normal(0.5, 0.05, 4000), generic)
     assert 0.9 <= blind["generic_admitted"] <= 0.99 and blind["perfect_present_at_p95"] <= 0.1
+
+
+def test_neglect_parts_pass_perfect_renders_and_tell_an_undrawn_concept_from_one_drawn_without_its_pattern():
+    from cifc_bench.synth import world
+    from cifc_bench.synth.checks import concept_target
+    from cifc_bench.synth.neglect_parts import neglect_rates, presence_table
+
+    ball = concept_target({"shape": "ball", "fill": "orange", "pattern": "zigzag", "pattern_color": "blue"})
+    box = concept_target({"shape": "box", "fill": "yellow", "pattern": "solid"})
+    boxes = [(0.2, 0.05, 0.8, 0.5), (0.2, 0.5, 0.8, 0.95)]
+    small = [world.replace(ball, size="small", position="left"), world.replace(box, size="small", position="right")]
+    perfect = [Image.fromarray(world.render_many(small, seed=k)) for k in range(6)]
+    plain = [world.replace(small[0], pattern="solid"), small[1]]  # the ball drawn, its blue zigzag not
+    unpatterned = [Image.fromarray(world.render_many(plain, seed=k)) for k in range(6)]
+    blank = [Image.new("RGB", (world.SIZE, world.SIZE), (128, 128, 128))] * 6
+
+    tables = {name: presence_table(images, [ball, box], boxes)
+              for name, images in (("perfect", perfect), ("unpatterned", unpatterned), ("blank", blank))}
+    assert neglect_rates([tables["perfect"]], ("fill", "pattern")) == 0.0
+    assert neglect_rates([tables["unpatterned"]], ("fill", "pattern")) == 1.0
+    assert neglect_rates([tables["unpatterned"]], ("fill",)) == 0.0  # drawn, without its identity's pattern
+    assert neglect_rates([tables["blank"]], ("fill",)) == 1.0 and not tables["blank"]["fill"].any()
+    assert tables["blank"]["pattern"][:, 1].all()  # a solid object has no pattern to miss
+    # pooled over prompts: 6 of 12 images neglected
+    assert neglect_rates([tables["perfect"], tables["blank"]], ("fill",)) == 0.5
