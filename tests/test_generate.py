@@ -103,3 +103,13 @@ def test_generate_refuses_a_missing_input_image_before_loading_the_model(cidm_ru
     assert main(["generate", str(cidm_run), "--prompt", "a {thing0}", "--init-image", str(tmp_path / "gone.png"),
                  "--strength", "0.5"]) == 2
     assert "--init-image" in capsys.readouterr().err
+
+
+def test_repeated_box_and_region_prompt_flags_accumulate():
+    from cifc_bench.cli import build_parser
+
+    args = build_parser().parse_args(["generate", "run", "--prompt", "a {a} and a {b}", "--box", "a=0,0,1,0.5",
+                                      "--box", "b=0,0.5,1,1", "--region-prompt", "a=a {a}", "--region-prompt", "b=a {b}"])
+    assert args.box == ["a=0,0,1,0.5", "b=0,0.5,1,1"] and args.region_prompt == ["a=a {a}", "b=a {b}"]
+    one_flag = build_parser().parse_args(["generate", "run", "--prompt", "p", "--box", "a=0,0,1,0.5", "b=0,0.5,1,1"])
+    assert one_flag.box == ["a=0,0,1,0.5", "b=0,0.5,1,1"]
