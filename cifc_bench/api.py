@@ -357,6 +357,10 @@ class Method(abc.ABC):
     #: numbers the method produces: the leaderboard never mixes runs of two versions of one method.
     version: int = 1
 
+    #: What the method's paper reports for an argument's change, for the leaderboard's effects tables:
+    #: {(argument, value): (metric, summary, change, source)}, e.g. an ablation's change of final ``ia``.
+    paper_effects: dict[tuple[str, Any], tuple[str, str, float, str]] = {}
+
     def __init__(self, bundle: ModelBundle, **hparams: Any) -> None:
         self.bundle = bundle
         self.hparams = dict(hparams)

@@ -346,6 +346,77 @@ def interval_table(metric: str, runs: list[RunRecord]):
 TRACK = "track:"  # prefix of a track's table in leaderboard_tables
 
 
+EFFECTS = "effects:"  # effects:<metric>, the paired change one argument makes (ablations, sweeps)
+
+
+def effect_pairs(by_label: dict[str, list[RunRecord]]) -> list[tuple[str, str, str, Any]]:
+    """(reference, changed, argument, value) for every two labels of one method (same schedule, same note)
+    whose arguments differ by one that the changed runs set and the reference leaves at its default."""
+    info = {label: (g[0].data["run_info"], g[0].data["run_info"].get("config", {}).get("schedule"), g[0].note)
+            for label, g in by_label.items()}
+    pairs = []
+    for ref, (a, schedule_a, note_a) in info.items():
+        for changed, (b, schedule_b, note_b) in info.items():
+            if ref == changed or (a["method"], schedule_a, note_a) != (b["method"], schedule_b, note_b):
+                continue
+            args_a, args_b = a.get("method_args") or {}, b.get("method_args") or {}
+            extra = set(args_b) - set(args_a)
+            if len(extra) == 1 and all(k in args_b and args_b[k] == v for k, v in args_a.items()):
+                key = extra.pop()
+                pairs.append((ref, changed, key, args_b[key]))
+    return sorted(pairs, key=lambda p: (p[0], p[2], str(p[3])))
+
+
+def paper_effect(method: str, argument: str, value: Any) -> tuple[str, str, float, str] | None:
+    """What the method's paper reports for setting ``argument`` to ``value``: (metric, summary, change, source)
+    from the method class's ``paper_effects``, or None."""
+    from cifc_bench.registry import load_method
+
+    try:
+        effects = getattr(load_method(method), "paper_effects", {}) or {}
+    except Exception:  # not installed here
+        return None
+    return effects.get((argument, value))
+
+
+def effects_table(metric: str, runs: list[RunRecord]):
+    """The change one argument makes, paired: for every changed configuration and its reference (the same
+    method with that argument at its default), changed − reference of ``final``, ``learning`` and
+    ``forgetting`` with 95 % intervals (:func:`cifc_bench.stats.paired_difference`; * when the interval
+    excludes 0), and beside it what the method's paper reports for that change, where it reports one."""
+    import pandas as pd
+
+    from cifc_bench import stats
+    from cifc_bench.metrics import display_scale
+
+    scale = display_scale(metric)[0]
+    by_label = _by_label(runs, lambda r: run_matrix(r, metric) is not None)
+    rows = []
+    for ref, changed, key, value in effect_pairs(by_label):
+        images = has_image_units(by_label[ref] + by_label[changed], metric)
+        row: dict[str, Any] = {"changed": changed, "against": ref,
+                               "seeds": f"{len(by_label[changed])} vs {len(by_label[ref])}"}
+        deltas = {}
+        for summary in INTERVAL_SUMMARIES:
+            tables = paired_units({label: [unit_table(r, metric, summary, images) for r in by_label[label]]
+                                   for label in (ref, changed)})
+            if len(tables) == 2:
+                iv = deltas[summary] = stats.paired_difference(scale * tables[changed], scale * tables[ref])
+                row[f"Δ {summary}"] = f"{iv.mean:+.1f} [{iv.low:+.1f}, {iv.high:+.1f}]{' *' if iv.excludes(0.0) else ''}"
+        paper = paper_effect(by_label[ref][0].data["run_info"]["method"], key, value)
+        if paper and paper[0] == metric:
+            _, summary, change, source = paper
+            iv = deltas.get(summary)
+            row["paper"] = f"{change:+.1f} {summary} ({source})"
+            row["same direction"] = ("–" if iv is None else "not resolved" if not iv.excludes(0.0)
+                                     else "yes" if (iv.mean > 0) == (change > 0) else "no")
+        rows.append(row)
+    columns = ["changed", "against", "seeds", *(f"Δ {s}" for s in INTERVAL_SUMMARIES)]
+    if any("paper" in r for r in rows):
+        columns += ["paper", "same direction"]
+    return pd.DataFrame(rows, columns=columns, dtype=object).fillna("–")
+
+
 def track_table(track: str, runs: list[RunRecord]):
     """One image-conditioned track: per method, each of its metrics on the final model and right after each
     concept's task (learning), with 95 % intervals and ★/≈ marks as in the interval tables."""
@@ -538,6 +609,9 @@ def leaderboard_tables(protocol: str, results_dir: Path, include_failed: bool = 
         tables[m] = metric_table(m, runs, concepts, reference_rows(ref, m) if ref else None)
         if runs:
             tables[m + INTERVALS] = interval_table(m, runs)
+            effects = effects_table(m, runs)
+            if len(effects):
+                tables[EFFECTS + m] = effects
     for track in dict.fromkeys(t for r in runs for t in (r.data.get("tracks") or {})):
         tables[TRACK + track] = track_table(track, runs)
     if cost and runs:
@@ -558,6 +632,10 @@ def table_title(metric: str) -> str:
         return ("NEGLECT on the final model: mean [95 % interval] (x100, lower is better; units: the final "
                 "multi-concept images where every run has them, else the prompts; ★ lowest, ≈ not distinguishable "
                 "from it)")
+    if metric.startswith(EFFECTS):
+        return (f"{metric.removeprefix(EFFECTS).upper()}: the change one argument makes, changed − reference, mean "
+                "[95 % interval] (x100; paired by unit and bootstrapped over seeds; * the interval excludes 0), "
+                "and what the method's paper reports for it")
     if metric.endswith(INTERVALS):
         return (f"{metric.removesuffix(INTERVALS).upper()}: mean [95 % interval] (x100; crossed bootstrap over seeds "
                 "and units, paired by unit: images (concept, prompt, seed) where every run has per-image scores, "

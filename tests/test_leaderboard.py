@@ -285,3 +285,38 @@ def test_neglect_intervals_use_final_images_and_name_the_methods_that_differ(res
     assert table.loc["never", "cnr final"].startswith("0.0 [") and table.loc["never", "cnr final"].endswith("★")
     assert sorted(table.loc["always", "cnr differs at 95 % from"].split(", ")) == ["half", "never"]
     assert table.loc["always", "cnr final"].startswith("100.0 [")
+
+
+def test_effects_table_pairs_a_switch_with_its_reference_and_checks_the_papers_direction(results_dir):
+    """An ablation's effect is changed − reference, paired by unit: a known shift of every final score comes
+    back with an interval around it, and the paper's direction is called agreed, opposed or unresolved."""
+    from cifc_bench.leaderboard import RunRecord, effects_table
+
+    real = json.loads(next(results_dir.rglob("real/result.json")).read_text())
+
+    def runs(method, args, shift):
+        out = []
+        for seed in (0, 1):
+            r = copy.deepcopy(real)
+            r["run_info"].update(method=method, method_args=args, seed=seed)
+            r["matrices"]["ia"][-1] = [v + shift + 0.01 * seed for v in r["matrices"]["ia"][-1]]
+            for cell, values in r["per_image"]["ia"].items():
+                if cell.startswith("2,"):
+                    r["per_image"]["ia"][cell] = [v + shift + 0.01 * seed for v in values]
+            out.append(RunRecord(results_dir / f"{method}-{len(args)}-{shift}-{seed}", r))
+        return out
+
+    table = effects_table("ia", [*runs("cidm", {"lr": 0.001}, 0.0), *runs("cidm", {"lr": 0.001, "tsp": False}, -0.1),
+                                 *runs("cidm", {"lr": 0.001, "tsh": False}, 0.1),
+                                 *runs("cidm", {"lr": 0.001, "ewa": False}, 0.0),
+                                 *runs("cidm", {"lr": 0.002, "tsp": False, "tsh": False}, 0.0)]).set_index("changed")
+    tsp, tsh, ewa = (table.loc[label] for label in ("cidm (lr=0.001, tsp=False)", "cidm (lr=0.001, tsh=False)",
+                                                    "cidm (ewa=False, lr=0.001)"))
+    assert tsp["against"] == "cidm (lr=0.001)" and tsp["seeds"] == "2 vs 2"
+    assert tsp["Δ final"].startswith("-10.0 [") and tsp["Δ final"].endswith("*")
+    assert tsp["same direction"] == "yes" and "Table 3" in tsp["paper"]
+    assert tsh["Δ final"].startswith("+10.0 [") and tsh["same direction"] == "no"
+    assert ewa["same direction"] == "not resolved" and not ewa["Δ final"].endswith("*")
+    assert "cidm (lr=0.002, tsh=False, tsp=False)" not in table.index  # two arguments changed: no reference
+    plain = effects_table("ia", [*runs("fake", {}, 0.0), *runs("fake", {"k": 1}, 0.1)])
+    assert list(plain["changed"]) == ["fake (k=1)"] and "paper" not in plain.columns

@@ -76,6 +76,14 @@ class CIDM(Method):
     version = 3  # v2: release attention regulariser (batch mean, skipped without outside), exact R2 step 2,
     # sigmoid on region features only, the release's style templates; v3: R2 step 2 solved in float64
 
+    # Table 3 (IA %, SD-1.5, mean over the 10 concepts of the final model): turning a switch off. The paper has
+    # no "CIDM w/o EWA"; its EWA effect is the baseline without against with EWA (74.6 vs 77.3).
+    paper_effects = {
+        ("tsp", False): ("ia", "final", -0.5, "Table 3: w/o TSP 77.4 vs 77.9"),
+        ("tsh", False): ("ia", "final", -0.2, "Table 3: w/o TSH 77.7 vs 77.9"),
+        ("ewa", False): ("ia", "final", -2.7, "Table 3: baseline 74.6 vs w/ EWA 77.3"),
+    }
+
     def __init__(self, bundle, variant: str = "paper", rank: int = 4, lr: float = 1e-4, embedding_lr: float = 1e-3, gamma1: float = 0.1, gamma2: float | None = None, tsp: bool = True,
                  tsh: bool = True, ewa: bool = True, alpha: float = 0.8, ccs_alpha: float = 0.1,
                  sigmoid_attention: bool = False, extras: bool | None = None, noise_offset: float = 0.01,
