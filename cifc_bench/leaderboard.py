@@ -304,19 +304,30 @@ def interval_cells(tables: dict[str, Any], higher_is_better: bool,
     return cells
 
 
+def summary_bounds(summary: str, bounds: tuple[float, float] | None, scale: float):
+    """The displayed values a summary of a metric with ``bounds`` can take: the metric's own for ``final`` and
+    ``learning``, ± its width for ``forgetting`` (a difference of two scores)."""
+    if bounds is None:
+        return None
+    low, high = scale * bounds[0], scale * bounds[1]
+    return (low - high, high - low) if summary == "forgetting" else (low, high)
+
+
 def _interval_columns(metric: str, by_label: dict[str, list[RunRecord]], summaries=INTERVAL_SUMMARIES):
     """Per summary, {method label: "mean [low, high] ★/≈"} (scaled for display; ★ best, ≈ not distinguishable
     from it), and the win/tie/loss record on ``final``. Units are images when every run has per-image scores,
     else concepts; a unit some run cannot score is left out for all, so that methods stay paired."""
     from cifc_bench import stats
-    from cifc_bench.metrics import display_scale
+    from cifc_bench.metrics import display_scale, value_bounds
 
     scale = display_scale(metric)[0]
+    bounds = value_bounds(metric)
     images = has_image_units([r for g in by_label.values() for r in g], metric)
     tables = {key: {label: scale * t for label, t in paired_units(
         {label: [unit_table(r, metric, key, images) for r in group] for label, group in by_label.items()}).items()}
         for key in summaries}
-    cells = {key: interval_cells(by_method, DIRECTIONS[key] == "higher") for key, by_method in tables.items()}
+    cells = {key: interval_cells(by_method, DIRECTIONS[key] == "higher", summary_bounds(key, bounds, scale))
+             for key, by_method in tables.items()}
     final = tables.get("final", {})
     record = stats.win_tie_loss(final, DIRECTIONS["final"] == "higher") if len(final) > 1 else {}
     return cells, record

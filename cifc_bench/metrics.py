@@ -59,6 +59,9 @@ def ia_dino(sample) -> float:
     return image_alignment(sample.dino_features, sample.dino_reference_features)
 
 
+ia.bounds = ta.bounds = ia_dino.bounds = (-1.0, 1.0)  # cosines: the values a score can take, for intervals
+
+
 def measured_metrics(results, first=("ia", "ta")) -> list[str]:
     """The per-concept metrics that any of ``results`` (result.json dicts) measured: ``first`` (always), then
     the others in the order the results name them. Leaderboards and reports show these, whatever plugin made
@@ -204,6 +207,18 @@ def display_scale(name: str) -> tuple[float, str]:
     except PluginError:  # neglect rates and unregistered names are fractions
         return 100.0, "x100"
     return getattr(fn, "display", (100.0, "x100"))
+
+
+def value_bounds(name: str) -> tuple[float, float] | None:
+    """The values a metric (or ``track/metric``) can take, from its function's ``bounds`` attribute: the
+    leaderboard clips an interval to them. None when the metric declares none."""
+    from cifc_bench.registry import METRICS, PluginError, load_component
+
+    try:
+        fn = load_component(METRICS, name.rsplit("/", 1)[-1], "metric")
+    except PluginError:
+        return None
+    return getattr(fn, "bounds", None)
 
 
 def track_key(track: str, metric: str) -> str:

@@ -155,6 +155,7 @@ def outside_psnr(sample) -> float:
 
 
 outside_psnr.display = (1.0, "dB")  # shown as it is, not ×100
+outside_psnr.bounds = (0.0, 100.0)  # dB; 100 stands for identical
 
 
 def outside_ssim(sample) -> float:
@@ -174,3 +175,7 @@ def outside_ssim(sample) -> float:
     per_pixel = ssim_map.mean(1).numpy()  # mean over channels: (N, H, W)
     far = ~ndimage.binary_dilation(~outside, np.ones((3, 3), bool), iterations=SSIM_WINDOW // 2)  # windows wholly outside the box
     return float(per_pixel[:, far].mean()) if far.any() else math.nan
+
+
+content_sim.bounds = box_ia.bounds = outside_ssim.bounds = (-1.0, 1.0)
+outside_exact.bounds = (0.0, 1.0)

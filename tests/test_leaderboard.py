@@ -320,3 +320,20 @@ def test_effects_table_pairs_a_switch_with_its_reference_and_checks_the_papers_d
     assert "cidm (lr=0.002, tsh=False, tsp=False)" not in table.index  # two arguments changed: no reference
     plain = effects_table("ia", [*runs("fake", {}, 0.0), *runs("fake", {"k": 1}, 0.1)])
     assert list(plain["changed"]) == ["fake (k=1)"] and "paper" not in plain.columns
+
+
+def test_intervals_are_clipped_to_the_values_a_metric_can_take():
+    import numpy as np
+
+    from cifc_bench.leaderboard import interval_cells, summary_bounds
+    from cifc_bench.metrics import value_bounds
+
+    table = {"m": np.array([[100.0, 100.0, 0.0]])}  # one seed, three units: the raw interval leaves [0, 100]
+    raw = interval_cells(table, True)["m"]
+    low, high = (float(v) for v in raw.split("[")[1].rstrip("]").split(","))
+    assert low < 0.0 or high > 100.0, raw
+    assert interval_cells(table, True, (0.0, 100.0))["m"].endswith(f"[{max(low, 0):.1f}, {min(high, 100):.1f}]")
+    assert value_bounds("ia") == (-1.0, 1.0) and value_bounds("editing/outside_exact") == (0.0, 1.0)
+    assert value_bounds("no_such_metric") is None
+    assert summary_bounds("final", (0.0, 1.0), 100.0) == (0.0, 100.0)
+    assert summary_bounds("forgetting", (0.0, 1.0), 100.0) == (-100.0, 100.0)
