@@ -145,7 +145,7 @@ def restore(run_dir: Path, after_task: int | None = None, device: str | None = N
     finished), and that task's number."""
     from cifc_bench.checkpoint import load_state
     from cifc_bench.config import RunSpec
-    from cifc_bench.harness import load_context, state_path
+    from cifc_bench.harness import RunContext, build_method, fresh_bundle, resolve_run, state_path
     from cifc_bench.results import read_result
 
     result = read_result(run_dir)
@@ -158,16 +158,17 @@ def restore(run_dir: Path, after_task: int | None = None, device: str | None = N
     config = RunSpec.from_dict(result["run_info"]["config"])
     if device:
         config = dataclasses.replace(config, device=device)
-    calibration = (result.get("neglect") or {}).get("calibration") or {"thresholds": []}
     state = state_path(run_dir, j - 1)
     if not state.is_file():
         kept = sorted(int(p.stem.rsplit("_", 1)[-1]) + 1 for p in state.parent.glob("after_task_*.safetensors"))
         raise GenerateError(f"--after-task {j}: {run_dir} keeps the state after task "
                             f"{', '.join(map(str, kept)) or 'none'} only ({state} is missing; committed reference runs "
                             "keep just the final state). Pick a kept task, or re-run the method to have them all")
-    ctx = load_context(config, run_dir, calibration=calibration)
-    ctx.method.load_state_dict(load_state(state), ctx.sequence.tasks[:j])
-    return ctx, j
+    config, spec, method_cls, _ = resolve_run(config)
+    sequence = spec.bind(spec.data_root(config.data_dir))
+    method = build_method(method_cls, fresh_bundle(config)[0], config)  # no scorer: nothing is scored here
+    method.load_state_dict(load_state(state), sequence.tasks[:j])
+    return RunContext(config=config, sequence=sequence, method=method, scorer=None, run_dir=run_dir), j
 
 
 def learned_concepts(ctx, after_task: int) -> dict[str, Concept]:
