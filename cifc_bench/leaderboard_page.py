@@ -105,22 +105,40 @@ def _interval(group: list[RunRecord], metric: str, summary: str):
     return iv.mean, iv.low, iv.high
 
 
+def _default_argument(method: str, key: str):
+    """The value a method's argument takes when a run does not set it (from its constructor), or None."""
+    import inspect
+
+    from cifc_bench.registry import load_method
+
+    try:
+        parameter = inspect.signature(load_method(method).__init__).parameters.get(key)
+    except Exception:  # not installed here
+        return None
+    return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
+
+
 def sweep_curves(labels: dict[str, list[RunRecord]]) -> dict[tuple[str, str], list[tuple[float, str]]]:
-    """{(method, argument): [(value, label), ...]} for every method whose labelled runs differ in exactly one
-    numeric argument, sorted by its value: the points a sweep curve joins."""
+    """{(method, argument): [(value, label), ...]}, sorted by value: per method and numeric argument, the
+    largest set of labels that agree in every other argument (a run that leaves the argument out sits at the
+    method's default), when it has two values or more. The points a sweep curve joins."""
     curves: dict[tuple[str, str], list[tuple[float, str]]] = {}
     by_method: dict[str, list[tuple[str, dict]]] = {}
     for label, group in labels.items():
         info = group[0].data["run_info"]
         by_method.setdefault(info["method"], []).append((label, info.get("method_args") or {}))
     for method, items in by_method.items():
-        keys = {k for _, args in items for k in args}
-        for key in keys:
-            others = {tuple(sorted((k, str(v)) for k, v in args.items() if k != key)) for _, args in items}
-            numeric = [(args[key], label) for label, args in items
-                       if isinstance(args.get(key), (int, float)) and not isinstance(args.get(key), bool)]
-            if len(others) == 1 and len(numeric) >= 2 and len(numeric) == len(items):
-                curves[(method, key)] = sorted((float(v), label) for v, label in numeric)
+        for key in sorted({k for _, args in items for k in args}):
+            default = _default_argument(method, key)
+            families: dict[tuple, dict[float, str]] = {}
+            for label, args in items:
+                value = args.get(key, default)
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    others = tuple(sorted((k, str(v)) for k, v in args.items() if k != key))
+                    families.setdefault(others, {}).setdefault(float(value), label)
+            points = max(families.values(), key=len, default={})
+            if len(points) >= 2:
+                curves[(method, key)] = sorted(points.items())
     return curves
 
 

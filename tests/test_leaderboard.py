@@ -220,12 +220,15 @@ def test_sweep_curves_join_runs_that_differ_in_one_numeric_argument():
     def run(method, **args):
         return RunRecord(path=None, data={"run_info": {"method": method, "method_args": args, "config": {}}})
 
-    runs = [run("ewc", ewc_lambda=1e3), run("ewc", ewc_lambda=10.0), run("ewc", ewc_lambda=1e5),
-            run("cidm", variant="paper"), run("cidm", variant="release"), run("lwf")]
+    runs = [run("ewc"), run("ewc", ewc_lambda=10.0), run("ewc", ewc_lambda=1e5), run("ewc", ewc_lambda=10.0, lr=1.0),
+            run("cidm", variant="paper"), run("cidm", variant="release"), run("cidm", tsp=False), run("lwf")]
     labels = {r.label: [r] for r in runs}
     assert sweep_curves(labels) == {("ewc", "ewc_lambda"): [(10.0, "ewc (ewc_lambda=10.0)"),
-                                                            (1000.0, "ewc (ewc_lambda=1000.0)"),
-                                                            (100000.0, "ewc (ewc_lambda=100000.0)")]}
+                                                            (1000.0, "ewc"),  # the default, not set by the run
+                                                            (100000.0, "ewc (ewc_lambda=100000.0)")],
+                                    # a run that changes lr too is no point of the λ curve, but one of lr's
+                                    ("ewc", "lr"): [(1e-4, "ewc (ewc_lambda=10.0)"),
+                                                    (1.0, "ewc (ewc_lambda=10.0, lr=1.0)")]}
 
 
 def test_html_page_loads_in_headless_chromium_and_reports_a_missing_image(results_dir, tiny_protocol, tmp_path):
