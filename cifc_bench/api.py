@@ -13,11 +13,12 @@ Everything here is a frozen dataclass so that runs can be hashed, logged and com
 from __future__ import annotations
 
 import abc
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:  # keep `cifc-bench ls` free of torch and PIL imports
     import torch
@@ -308,6 +309,15 @@ class ConceptImages:
     dino_features: Any = None
     dino_reference_features: Any = None
 
+    #: the fields with a row per image: :meth:`image` slices them
+    PER_IMAGE: ClassVar[tuple[str, ...]] = ("images", "prompts", "features", "text_features", "dino_features")
+
+    def image(self, k: int):
+        """The sample of image ``k`` alone, for per-image scores (the leaderboard's interval units)."""
+        rows = slice(k, k + 1)
+        return dataclasses.replace(self, **{name: getattr(self, name)[rows] for name in self.PER_IMAGE
+                                            if getattr(self, name) is not None})
+
 
 @dataclass(frozen=True)
 class TrackImages(ConceptImages):
@@ -321,6 +331,8 @@ class TrackImages(ConceptImages):
     input_features: Any = None
     box: Box | None = None
     box_features: Any = None
+
+    PER_IMAGE: ClassVar[tuple[str, ...]] = (*ConceptImages.PER_IMAGE, "inputs", "input_features", "box_features")
 
 
 @dataclass(frozen=True)

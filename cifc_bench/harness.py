@@ -693,20 +693,14 @@ def evaluate_concept(ctx: RunContext, j: int, concept: Concept, references: dict
     return {k: (None if math.isnan(v) else v) for k, v in scores.items()}
 
 
-def image_scores(ctx: RunContext, sample: ConceptImages) -> dict[str, list[float | None]]:
-    """Every metric of each image alone (None where a metric cannot score it, e.g. ``identity_acc`` on a
-    known-style prompt). Their mean is the metric of a metric that averages over images (ia, ta,
-    identity_acc); ``context_acc`` pools attributes over images, so its mean of images can differ slightly."""
-    def one(k: int) -> ConceptImages:
-        rows = slice(k, k + 1)
-        return dataclasses.replace(
-            sample, images=sample.images[rows], prompts=sample.prompts[rows], features=sample.features[rows],
-            text_features=sample.text_features[rows],
-            dino_features=None if sample.dino_features is None else sample.dino_features[rows])
-
+def image_scores(ctx: RunContext, sample: ConceptImages, names=None) -> dict[str, list[float | None]]:
+    """Every metric (of ``names``, default the run's) of each image alone (None where a metric cannot score
+    it, e.g. ``identity_acc`` on a known-style prompt). Their mean is the metric of a metric that averages over
+    images (ia, ta, identity_acc); ``context_acc`` pools attributes over images, so its mean of images can
+    differ slightly."""
     out = {}
-    for name in ctx.metrics:
-        values = [float(ctx.metric_fns[name](one(k))) for k in range(len(sample.images))]
+    for name in ctx.metrics if names is None else names:
+        values = [float(ctx.metric_fns[name](sample.image(k))) for k in range(len(sample.images))]
         out[name] = [None if math.isnan(v) else v for v in values]
     return out
 
@@ -779,6 +773,9 @@ def evaluate_tracks(ctx: RunContext, j: int, tracks: dict[str, Any], references:
             for metric in track.metrics:
                 value = float(ctx.metric_fns[metric](sample))
                 part["matrices"][metric][j][i] = None if math.isnan(value) else value
+            if i == j or j == len(seq.tasks) - 1:  # the cells learning and final read: their interval units
+                for metric, values in image_scores(ctx, sample, track.metrics).items():
+                    part.setdefault("per_image", {}).setdefault(metric, {})[f"{j},{i}"] = values
 
 
 def _references(ctx: RunContext, concept: Concept, references: dict[str, np.ndarray]) -> np.ndarray:

@@ -224,13 +224,24 @@ INTERVAL_SUMMARIES = ("final", "learning", "forgetting")
 INTERVALS = ":intervals"  # suffix of a metric's interval table in leaderboard_tables
 
 
-def run_matrix(run: RunRecord, metric: str) -> list[list] | None:
-    """A run's T×C matrix of ``metric``, or of a track's metric named ``track/metric``; None if not measured."""
+def _part(run: RunRecord, metric: str) -> tuple[dict[str, Any], str]:
+    """Where ``metric`` lives in a run's result: (the result or its track's part, the metric's own name)."""
     if "/" in metric:
         track, name = metric.split("/", 1)
-        part = (run.data.get("tracks") or {}).get(track)
-        return None if part is None else part["matrices"].get(name)
-    return run.data["matrices"].get(metric)
+        return (run.data.get("tracks") or {}).get(track) or {}, name
+    return run.data, metric
+
+
+def run_matrix(run: RunRecord, metric: str) -> list[list] | None:
+    """A run's T×C matrix of ``metric``, or of a track's metric named ``track/metric``; None if not measured."""
+    part, name = _part(run, metric)
+    return (part.get("matrices") or {}).get(name)
+
+
+def per_image_cells(run: RunRecord, metric: str) -> dict[str, list] | None:
+    """A run's per-image scores of ``metric`` (or ``track/metric``), by cell ``"j,i"``; None if not kept."""
+    part, name = _part(run, metric)
+    return (part.get("per_image") or {}).get(name)
 
 
 def unit_table(run: RunRecord, metric: str, summary: str, images: bool = False):
@@ -251,7 +262,7 @@ def unit_table(run: RunRecord, metric: str, summary: str, images: bool = False):
     if not images:
         values = {"final": last[kept], "learning": diag[kept], "forgetting": (diag - last)[kept[kept < T - 1]]}[summary]
         return None if values.size == 0 else values
-    cells = (run.data.get("per_image") or {}).get(metric) or {}
+    cells = per_image_cells(run, metric) or {}
 
     def row(j, i):
         v = cells.get(f"{j},{i}")
@@ -269,7 +280,7 @@ def unit_table(run: RunRecord, metric: str, summary: str, images: bool = False):
 
 def has_image_units(runs, metric: str) -> bool:
     """Whether every run has per-image scores of ``metric`` (runs made before they existed have not)."""
-    return all(metric in (r.data.get("per_image") or {}) for r in runs)
+    return all(per_image_cells(r, metric) is not None for r in runs)
 
 
 def paired_units(by_method: dict[str, list]) -> dict[str, Any]:
@@ -637,8 +648,9 @@ def table_title(metric: str) -> str:
     if metric == COST:
         return "COST (per run, mean ± std over seeds; times depend on the machine and on what else ran on it)"
     if metric.startswith(TRACK):
-        return (f"{metric.removeprefix(TRACK).upper()} TRACK: mean [95 % interval] over seeds and the track's concepts "
-                "(x100; PSNR in dB; learning: right after each concept's task)")
+        return (f"{metric.removeprefix(TRACK).upper()} TRACK: mean [95 % interval] over seeds and units (the track's "
+                "outputs where every run has per-output scores, else its concepts; x100; PSNR in dB; learning: right "
+                "after each concept's task)")
     if metric == NEGLECT_INTERVALS:
         return ("NEGLECT on the final model: mean [95 % interval] (x100, lower is better; units: the final "
                 "multi-concept images where every run has them, else the prompts; ★ lowest, ≈ not distinguishable "

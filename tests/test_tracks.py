@@ -145,6 +145,13 @@ def test_a_run_fills_the_track_matrices_for_the_tracks_target_concepts(tracked_r
     # the shared sampler keeps every pixel outside the box
     assert all(v == 1.0 for row in edit["matrices"]["outside_exact"] for v in row if v is not None)
     assert result["summary"]["editing/outside_psnr"]["final"] == PSNR_IDENTICAL
+    # each output's own scores in the cells learning and final read: the intervals' units; a metric that
+    # averages over outputs has their mean as its cell
+    units = edit["per_image"]["box_ia"]
+    assert sorted(units) == ["0,0", "1,1", "2,0", "2,1"] and len(units["2,1"]) == 2
+    assert np.mean(units["2,1"]) == pytest.approx(edit["matrices"]["box_ia"][2][1], abs=1e-6)
+    assert sorted(style["per_image"]["content_sim"]) == ["2,2"]
+    assert all(v == 1.0 for v in edit["per_image"]["outside_exact"]["2,0"])
     files = sorted(p.relative_to(run_dir / "images").as_posix() for p in (run_dir / "images").rglob("_*/*/*.png"))
     assert "after_task_02/_editing/thing1/k001.png" in files and "after_task_02/_style_transfer/thing2/k000.png" in files
     # the style concept redraws the object concepts' images, never its own
