@@ -153,11 +153,16 @@ def plasticity_plot(runs: list[RunRecord], metric: str, path: Path) -> bool:
     if not points:
         return False
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.5, 5.2))
-    for k, (label, (x, y)) in enumerate(points.items()):
-        colour = f"C{k % 10}"
-        ax.errorbar(x[0], y[0], xerr=[[x[0] - x[1]], [x[2] - x[0]]], yerr=[[y[0] - y[1]], [y[2] - y[0]]], fmt="o",
-                    color=colour, capsize=3, label=label)
+    fig, ax = plt.subplots(figsize=(10.0, 5.2))
+    methods = list(dict.fromkeys(labels[label][0].data["run_info"]["method"] for label in points))
+    palette = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
+    shown: dict[str, int] = {}
+    for label, (x, y) in points.items():  # one colour per method, one marker per configuration of it
+        method = labels[label][0].data["run_info"]["method"]
+        marker = "os^Dv<>PX*hp"[shown.get(method, 0) % 12]
+        shown[method] = shown.get(method, 0) + 1
+        ax.errorbar(x[0], y[0], xerr=[[x[0] - x[1]], [x[2] - x[0]]], yerr=[[y[0] - y[1]], [y[2] - y[0]]],
+                    fmt=marker, color=palette(methods.index(method) % palette.N), capsize=3, label=label)
     for (_, key), members in sweep_curves(labels).items():
         pts = [(points[label][0][0], points[label][1][0], value) for value, label in members if label in points]
         if len(pts) >= 2:
@@ -168,9 +173,9 @@ def plasticity_plot(runs: list[RunRecord], metric: str, path: Path) -> bool:
     ax.set_xlabel(f"learning: {metric} right after each concept's task (×100, higher is better)")
     ax.set_ylabel("forgetting: drop to the final model (×100, lower is better)")
     ax.set_title(f"plasticity and stability ({metric}; 95 % intervals over seeds and images or concepts)", fontsize=9)
-    ax.legend(fontsize=6, loc="best")
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # the legend sits outside the axes
     plt.close(fig)
     return True
 
