@@ -281,6 +281,26 @@ def present(img: np.ndarray, target: world.Scene | str, box=None) -> bool:
     return all(presence_parts(img, target, box).values())
 
 
+#: the fewest object-coloured pixels in a box that can be a small object (the thinnest silhouette has ~45)
+DRAWN_MIN_PIXELS = 12
+
+
+def drawn(img: np.ndarray, target: world.Scene | str, box=None) -> bool:
+    """Is an object of the concept's silhouette drawn inside ``box``, whatever its colours? The object-coloured
+    pixels there, fitted by the small templates, fit the concept's shape best. Looser than :func:`present`:
+    it tells a concept left out of the picture from one drawn without its identity. A style: as
+    :func:`present`."""
+    if isinstance(target, str):
+        return present(img, target, box)
+    labels = color_labels(img)
+    region = box_region(box) if box is not None else np.ones(labels.shape, dtype=bool)
+    mask = object_mask(labels) & region
+    if int(mask.sum()) < DRAWN_MIN_PIXELS:
+        return False
+    fit = fit_silhouette(mask, sizes=("small",), region=region)
+    return fit is not None and fit.shape == target.shape
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Style transfer: was the input's content kept? Compared with the world's exact answer, the input redrawn by
 # the personal style's own pixel map, so that palette and texture changes are not counted as content changes.

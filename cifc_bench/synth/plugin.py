@@ -59,6 +59,17 @@ def cnr_exact(image, concept, box) -> bool:
     return present(np.asarray(image.convert("RGB")), _target(concept), box)
 
 
+def cnr_drawn(image, concept, box) -> bool:
+    """Presence check ``cnr_drawn``: an object of the concept's silhouette is drawn inside its box, whatever its
+    colours (a style: as ``cnr_exact``). Beside ``cnr_exact`` it tells a concept left out of the picture from
+    one drawn without its identity."""
+    import numpy as np
+
+    from cifc_bench.synth.checks import drawn
+
+    return drawn(np.asarray(image.convert("RGB")), _target(concept), box)
+
+
 def content_exact(sample) -> float:
     """Track metric ``content_exact`` (style transfer): the fraction of the input's content the outputs keep,
     by exact checks against the personal style's own rendering of each input (object count, position and

@@ -80,3 +80,36 @@ def test_neglect_parts_pass_perfect_renders_and_tell_an_undrawn_concept_from_one
     assert tables["blank"]["pattern"][:, 1].all()  # a solid object has no pattern to miss
     # pooled over prompts: 6 of 12 images neglected
     assert neglect_rates([tables["perfect"], tables["blank"]], ("fill",)) == 0.5
+
+
+def test_cnr_drawn_passes_the_worlds_perfect_renders_and_fails_a_wrong_silhouette_or_an_empty_box(tmp_path):
+    """``cnr_drawn``: the concept's silhouette inside its box, whatever its colours. On every multi-concept
+    prompt's perfect renders it holds for every concept; for the same renders with the concept's shape swapped
+    for any other, and for an empty box, it never does."""
+    from cifc_bench.protocol import load_protocol
+    from cifc_bench.synth import checks, world
+    from cifc_bench.synth.base_report import perfect_boxed_renders
+    from cifc_bench.synth.plugin import cnr_drawn
+    from cifc_bench.synth.protocol import ensure_data
+
+    seq = load_protocol("synth10").bind(ensure_data(tmp_path / "data"))
+    hits, wrong, n = 0, 0, 0
+    for m, images in zip(seq.multi_concept_prompts, perfect_boxed_renders(seq, 10), strict=True):
+        for image in images:
+            for name, box in zip(m.concepts, m.boxes, strict=True):
+                concept = seq.concept(name)
+                hits += cnr_drawn(image, concept, box.as_tuple())
+                target = checks.concept_target(concept.generator)
+                wrong += sum(checks.drawn(np.asarray(image), world.replace(target, shape=s), box.as_tuple())
+                             for s in world.SHAPES if s != target.shape)
+                n += 1
+    assert hits == n and wrong == 0
+    empty = Image.new("RGB", (world.SIZE, world.SIZE), (128, 128, 128))
+    assert not cnr_drawn(empty, seq.concept(m.concepts[0]), m.boxes[0].as_tuple())
+    # drawn without its identity's colours: still drawn, yet not present
+    target = checks.concept_target(seq.concept(m.concepts[0]).generator)
+    other = next(c for c in world.COLORS if c not in (target.fill, target.pattern_color))
+    recoloured = world.replace(target, size="small", position="left", fill=other, pattern="solid", mark=None)
+    px = world.render_many([recoloured], seed=1)
+    left = (0.2, 0.05, 0.8, 0.5)
+    assert checks.drawn(px, target, left) and not checks.present(px, target, left)
