@@ -457,13 +457,14 @@ def _add_tracks(ctx: RunContext, result: dict[str, Any], names: tuple[str, ...])
     cfg, n_tasks = ctx.config, len(ctx.sequence.tasks)
     references: dict[str, np.ndarray] = {}
     part = {name: result["tracks"][name] for name in names}
+    method_cls = resolve_run(cfg)[2]
     for j in progress(range(len(result["tasks"])), desc="add tracks"):
         if not evaluated_after(cfg, j, n_tasks):
             continue
         if all(v is not None for t in part.values() for row in t["matrices"].values()
                for i, v in enumerate(row[j]) if ctx.sequence.concepts[i].name in t["concepts"] and i <= j):
             continue
-        state = dataclasses.replace(ctx, method=build_method(resolve_run(cfg)[2], fresh_bundle(cfg)[0], cfg))
+        state = dataclasses.replace(ctx, method=build_method(method_cls, fresh_bundle(cfg)[0], cfg))
         state.method.load_state_dict(_resume_state(ctx.run_dir, j), ctx.sequence.tasks[: j + 1])
         evaluate_tracks(state, j, part, references)
         result["summary"] = metrics.summarize_result(result)

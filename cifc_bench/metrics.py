@@ -200,25 +200,23 @@ def summarize_result(result: dict) -> dict[str, dict[str, float | None]]:
 def display_scale(name: str) -> tuple[float, str]:
     """How tables show a metric (or ``track/metric``): (factor, unit). Scores in [0, 1] are shown ×100; a
     metric function with a ``display`` attribute, e.g. PSNR's ``(1.0, "dB")``, says otherwise."""
-    from cifc_bench.registry import METRICS, PluginError, load_component
-
-    try:
-        fn = load_component(METRICS, name.rsplit("/", 1)[-1], "metric")
-    except PluginError:  # neglect rates and unregistered names are fractions
-        return 100.0, "x100"
-    return getattr(fn, "display", (100.0, "x100"))
+    return getattr(_metric_function(name), "display", (100.0, "x100"))  # neglect rates and others: fractions
 
 
 def value_bounds(name: str) -> tuple[float, float] | None:
     """The values a metric (or ``track/metric``) can take, from its function's ``bounds`` attribute: the
     leaderboard clips an interval to them. None when the metric declares none."""
+    return getattr(_metric_function(name), "bounds", None)
+
+
+def _metric_function(name: str):
+    """The registered function of a metric (or ``track/metric``), or None for a name no plugin registers."""
     from cifc_bench.registry import METRICS, PluginError, load_component
 
     try:
-        fn = load_component(METRICS, name.rsplit("/", 1)[-1], "metric")
+        return load_component(METRICS, name.rsplit("/", 1)[-1], "metric")
     except PluginError:
         return None
-    return getattr(fn, "bounds", None)
 
 
 def track_key(track: str, metric: str) -> str:
