@@ -401,11 +401,22 @@ def paper_effect(method: str, argument: str, value: Any) -> tuple[str, str, floa
     return effects.get((argument, value))
 
 
+def seed_ordered(group: list[RunRecord]) -> list[RunRecord]:
+    return sorted(group, key=lambda r: r.data["run_info"].get("seed", 0))
+
+
+def _seeds(group: list[RunRecord]) -> list[int]:
+    return [r.data["run_info"].get("seed", 0) for r in group]
+
+
 def effects_table(metric: str, runs: list[RunRecord]):
     """The change one argument makes, paired: for every changed configuration and its reference (the same
     method with that argument at its default), changed − reference of ``final``, ``learning`` and
-    ``forgetting`` with 95 % intervals (:func:`cifc_bench.stats.paired_difference`; * when the interval
-    excludes 0), and beside it what the method's paper reports for that change, where it reports one."""
+    ``forgetting`` with 95 % intervals (* when the interval excludes 0), and beside it what the method's paper
+    reports for that change, where it reports one. Runs with the same seed share their initialisation, data
+    order and sampling noise, so when both configurations have runs at the same seeds the difference is taken
+    seed by seed and unit by unit (:func:`cifc_bench.stats.interval` of the difference table); otherwise the
+    seeds are independent draws (:func:`cifc_bench.stats.paired_difference`)."""
     import pandas as pd
 
     from cifc_bench import stats
@@ -416,14 +427,19 @@ def effects_table(metric: str, runs: list[RunRecord]):
     rows = []
     for ref, changed, key, value in effect_pairs(by_label):
         images = has_image_units(by_label[ref] + by_label[changed], metric)
+        groups = {label: seed_ordered(by_label[label]) for label in (ref, changed)}
+        same_seeds = _seeds(groups[ref]) == _seeds(groups[changed])
         row: dict[str, Any] = {"changed": changed, "against": ref,
-                               "seeds": f"{len(by_label[changed])} vs {len(by_label[ref])}"}
+                               "seeds": (f"{len(groups[changed])} paired" if same_seeds
+                                         else f"{len(groups[changed])} vs {len(groups[ref])}")}
         deltas = {}
         for summary in INTERVAL_SUMMARIES:
-            tables = paired_units({label: [unit_table(r, metric, summary, images) for r in by_label[label]]
+            tables = paired_units({label: [unit_table(r, metric, summary, images) for r in groups[label]]
                                    for label in (ref, changed)})
             if len(tables) == 2:
-                iv = deltas[summary] = stats.paired_difference(scale * tables[changed], scale * tables[ref])
+                diff = scale * tables[changed], scale * tables[ref]
+                iv = deltas[summary] = (stats.interval(diff[0] - diff[1]) if same_seeds
+                                        else stats.paired_difference(*diff))
                 row[f"Δ {summary}"] = f"{iv.mean:+.1f} [{iv.low:+.1f}, {iv.high:+.1f}]{' *' if iv.excludes(0.0) else ''}"
         paper = paper_effect(by_label[ref][0].data["run_info"]["method"], key, value)
         if paper and paper[0] == metric:
@@ -657,7 +673,8 @@ def table_title(metric: str) -> str:
                 "from it)")
     if metric.startswith(EFFECTS):
         return (f"{metric.removeprefix(EFFECTS).upper()}: the change one argument makes, changed − reference, mean "
-                "[95 % interval] (x100; paired by unit and bootstrapped over seeds; * the interval excludes 0), "
+                "[95 % interval] (x100; paired by unit, and by seed where both have runs at the same seeds, 'N paired'; "
+                "bootstrapped over seeds; * the interval excludes 0), "
                 "and what the method's paper reports for it")
     if metric.endswith(INTERVALS):
         return (f"{metric.removesuffix(INTERVALS).upper()}: mean [95 % interval] (x100; crossed bootstrap over seeds "

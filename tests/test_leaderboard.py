@@ -315,7 +315,7 @@ def test_effects_table_pairs_a_switch_with_its_reference_and_checks_the_papers_d
                                  *runs("cidm", {"lr": 0.002, "tsp": False, "tsh": False}, 0.0)]).set_index("changed")
     tsp, tsh, ewa = (table.loc[label] for label in ("cidm (lr=0.001, tsp=False)", "cidm (lr=0.001, tsh=False)",
                                                     "cidm (ewa=False, lr=0.001)"))
-    assert tsp["against"] == "cidm (lr=0.001)" and tsp["seeds"] == "2 vs 2"
+    assert tsp["against"] == "cidm (lr=0.001)" and tsp["seeds"] == "2 paired"
     assert tsp["Δ final"].startswith("-10.0 [") and tsp["Δ final"].endswith("*")
     assert tsp["same direction"] == "yes" and "Table 3" in tsp["paper"]
     assert tsh["Δ final"].startswith("+10.0 [") and tsh["same direction"] == "no"
@@ -323,6 +323,42 @@ def test_effects_table_pairs_a_switch_with_its_reference_and_checks_the_papers_d
     assert "cidm (lr=0.002, tsh=False, tsp=False)" not in table.index  # two arguments changed: no reference
     plain = effects_table("ia", [*runs("fake", {}, 0.0), *runs("fake", {"k": 1}, 0.1)])
     assert list(plain["changed"]) == ["fake (k=1)"] and "paper" not in plain.columns
+
+
+def test_effects_pair_by_seed_when_both_configurations_ran_the_same_seeds(results_dir):
+    """A seed effect that both configurations share (same initialisation, data order, noise) cancels when the
+    effect is taken seed by seed: with a large shared seed effect the seed-paired interval is far narrower than
+    treating the seeds as independent, and still covers the true shift. Unequal seed sets fall back to
+    independent seeds."""
+    import numpy as np
+
+    from cifc_bench.leaderboard import RunRecord, effects_table
+
+    real = json.loads(next(results_dir.rglob("real/result.json")).read_text())
+    rng = np.random.default_rng(0)
+    seed_effect = {0: -0.2, 1: 0.0, 2: 0.2}
+
+    def run(args, shift, seed):
+        r = copy.deepcopy(real)
+        r["run_info"].update(method="fake", method_args=args, seed=seed)
+        for cell, values in r["per_image"]["ia"].items():
+            if cell.startswith("2,"):
+                r["per_image"]["ia"][cell] = [v + shift + seed_effect[seed] + 0.005 * rng.standard_normal()
+                                              for v in values]
+        r["matrices"]["ia"][-1] = [v + shift + seed_effect[seed] for v in r["matrices"]["ia"][-1]]
+        return RunRecord(results_dir / f"fake-{len(args)}-{seed}-{shift}", r)
+
+    def bounds(cell):
+        low, high = cell.split("[")[1].split("]")[0].split(",")
+        return float(low), float(high)
+
+    ref = [run({}, 0.0, s) for s in (0, 1, 2)]
+    paired = effects_table("ia", [*ref, *(run({"k": 1}, 0.05, s) for s in (0, 1, 2))]).iloc[0]
+    independent = effects_table("ia", [*ref, *(run({"k": 1}, 0.05, s) for s in (0, 1))]).iloc[0]
+    assert paired["seeds"] == "3 paired" and independent["seeds"] == "2 vs 3"
+    (lp, hp), (li, hi) = bounds(paired["Δ final"]), bounds(independent["Δ final"])
+    assert lp <= 5.0 <= hp and paired["Δ final"].endswith("*"), paired["Δ final"]
+    assert (hp - lp) * 5 < hi - li, (paired["Δ final"], independent["Δ final"])
 
 
 def test_intervals_are_clipped_to_the_values_a_metric_can_take():
