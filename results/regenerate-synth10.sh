@@ -20,11 +20,14 @@ for dir in $OUT/synth10/*/s[012]; do
 done
 
 # 2. CIDM's ablations, both variants x 3 seeds: its Table 3 switches tsp, tsh and ewa (for release, tsh=false
-#    is its enhance term off: methods/cidm/consolidation.py)
-cifc-bench sweep --methods cidm --grid cidm.variant=release --seeds 0 1 2 --out $OUT --tracks none
+#    is its enhance term off: methods/cidm/consolidation.py). Two runs at a time, one thread each (--jobs 2):
+#    on this 2-core CPU two such runs took 11.3 min together, 5.7 min a run. The thread count changes the floats,
+#    not the scores: cidm seed 0 on one thread against two, largest ia cell difference 0.0005
+#    (results/synth-check/cidm-thread-count-state-diff-s0.json).
+cifc-bench sweep --methods cidm --grid cidm.variant=release --seeds 0 1 2 --out $OUT --tracks none --jobs 2
 for switch in tsp tsh ewa; do
-  cifc-bench sweep --methods cidm --grid cidm.$switch=false --seeds 0 1 2 --out $OUT --tracks none
-  cifc-bench sweep --methods cidm --grid cidm.variant=release cidm.$switch=false --seeds 0 1 2 --out $OUT --tracks none
+  cifc-bench sweep --methods cidm --grid cidm.$switch=false --seeds 0 1 2 --out $OUT --tracks none --jobs 2
+  cifc-bench sweep --methods cidm --grid cidm.variant=release cidm.$switch=false --seeds 0 1 2 --out $OUT --tracks none --jobs 2
 done
 
 # 3. the regularisation strengths (defaults: EWC 1e3, C-LoRA 1e6), one seed: where each trades
