@@ -59,7 +59,8 @@ def ia_dino(sample) -> float:
     return image_alignment(sample.dino_features, sample.dino_reference_features)
 
 
-ia.bounds = ta.bounds = ia_dino.bounds = (-1.0, 1.0)  # cosines: the values a score can take, for intervals
+ia.bounds = ia_dino.bounds = (-1.0, 1.0)  # cosines: the values a score can take, for intervals
+ta.bounds = (0.0, TA_SCALE)  # CLIPScore: TA_SCALE * max(cos, 0)
 
 
 def measured_metrics(results, first=("ia", "ta")) -> list[str]:

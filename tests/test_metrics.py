@@ -73,3 +73,16 @@ def test_json_round_trip_keeps_nulls():
     assert rows == [[0.1, None], [0.2, 0.3]]
     back = metrics.from_json_matrix(rows)
     assert np.isnan(back[0, 1]) and back[1, 0] == 0.2
+
+
+def test_ta_bounds_hold_every_value_text_alignment_can_take():
+    """A perfect match scores TA_SCALE (2.5), above a cosine's 1: bounds of (-1, 1) clipped TA intervals into
+    nonsense ([165.1, 100.0] on synth10). The declared bounds must contain the extremes."""
+    import numpy as np
+
+    from cifc_bench.metrics import TA_SCALE, ta, text_alignment_per_image
+
+    v = np.array([[1.0, 0.0, 0.0]])
+    best, worst = text_alignment_per_image(v, v)[0], text_alignment_per_image(v, -v)[0]
+    assert best == TA_SCALE and worst == 0.0
+    assert ta.bounds[0] <= worst and best <= ta.bounds[1]
