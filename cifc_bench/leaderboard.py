@@ -401,12 +401,8 @@ def paper_effect(method: str, argument: str, value: Any) -> tuple[str, str, floa
     return effects.get((argument, value))
 
 
-def seed_ordered(group: list[RunRecord]) -> list[RunRecord]:
-    return sorted(group, key=lambda r: r.data["run_info"].get("seed", 0))
-
-
-def _seeds(group: list[RunRecord]) -> list[int]:
-    return [r.data["run_info"].get("seed", 0) for r in group]
+def _seed(run: RunRecord) -> int:
+    return run.data["run_info"].get("seed", 0)
 
 
 def effects_table(metric: str, runs: list[RunRecord]):
@@ -427,8 +423,8 @@ def effects_table(metric: str, runs: list[RunRecord]):
     rows = []
     for ref, changed, key, value in effect_pairs(by_label):
         images = has_image_units(by_label[ref] + by_label[changed], metric)
-        groups = {label: seed_ordered(by_label[label]) for label in (ref, changed)}
-        same_seeds = _seeds(groups[ref]) == _seeds(groups[changed])
+        groups = {label: sorted(by_label[label], key=_seed) for label in (ref, changed)}  # rows aligned by seed
+        same_seeds = [_seed(r) for r in groups[ref]] == [_seed(r) for r in groups[changed]]
         row: dict[str, Any] = {"changed": changed, "against": ref,
                                "seeds": (f"{len(groups[changed])} paired" if same_seeds
                                          else f"{len(groups[changed])} vs {len(groups[ref])}")}
@@ -437,9 +433,8 @@ def effects_table(metric: str, runs: list[RunRecord]):
             tables = paired_units({label: [unit_table(r, metric, summary, images) for r in groups[label]]
                                    for label in (ref, changed)})
             if len(tables) == 2:
-                diff = scale * tables[changed], scale * tables[ref]
-                iv = deltas[summary] = (stats.interval(diff[0] - diff[1]) if same_seeds
-                                        else stats.paired_difference(*diff))
+                new, old = scale * tables[changed], scale * tables[ref]
+                iv = deltas[summary] = stats.interval(new - old) if same_seeds else stats.paired_difference(new, old)
                 row[f"Δ {summary}"] = f"{iv.mean:+.1f} [{iv.low:+.1f}, {iv.high:+.1f}]{' *' if iv.excludes(0.0) else ''}"
         paper = paper_effect(by_label[ref][0].data["run_info"]["method"], key, value)
         if paper and paper[0] == metric:

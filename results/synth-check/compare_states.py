@@ -29,11 +29,10 @@ def compare(reference: Path, other: Path) -> dict:
     a, b = load_file(final_state(reference)), load_file(final_state(other))
     if set(a) != set(b):
         raise SystemExit(f"{reference} and {other} hold different tensors: not the same method and concepts")
-    keys = [k for k in a if a[k].is_floating_point()]
-    rel = torch.tensor([float((a[k].float() - b[k].float()).norm() / a[k].float().norm().clamp(min=1e-12))
-                        for k in keys])
-    return {"reference": str(reference), "other": str(other), "tensors": len(keys),
-            "max_abs_diff": max(float((a[k].float() - b[k].float()).abs().max()) for k in keys),
+    diffs = {k: (a[k].float() - b[k].float(), a[k].float()) for k in a if a[k].is_floating_point()}
+    rel = torch.tensor([float(d.norm() / ref.norm().clamp(min=1e-12)) for d, ref in diffs.values()])
+    return {"reference": str(reference), "other": str(other), "tensors": len(diffs),
+            "max_abs_diff": max(float(d.abs().max()) for d, _ in diffs.values()),
             "max_rel_diff": float(rel.max()), "median_rel_diff": float(rel.median()),
             "tensors_changed": int((rel > 0).sum()), "matrices": compare_matrices(reference, other)}
 
