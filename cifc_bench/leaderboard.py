@@ -410,9 +410,11 @@ def effects_table(metric: str, runs: list[RunRecord]):
     method with that argument at its default), changed − reference of ``final``, ``learning`` and
     ``forgetting`` with 95 % intervals (* when the interval excludes 0), and beside it what the method's paper
     reports for that change, where it reports one. Runs with the same seed share their initialisation, data
-    order and sampling noise, so when both configurations have runs at the same seeds the difference is taken
-    seed by seed and unit by unit (:func:`cifc_bench.stats.interval` of the difference table); otherwise the
-    seeds are independent draws (:func:`cifc_bench.stats.paired_difference`)."""
+    order and sampling noise, so when both configurations ran some seeds in common the difference is taken on
+    those seeds alone, seed by seed and unit by unit (:func:`cifc_bench.stats.interval` of the difference
+    table; "N paired"). Comparing a one-seed sweep point with the mean of the reference's three seeds would
+    add that seed's own deviation to the effect. Only configurations with no seed in common are compared as
+    independent draws (:func:`cifc_bench.stats.paired_difference`; "a vs b")."""
     import pandas as pd
 
     from cifc_bench import stats
@@ -423,8 +425,10 @@ def effects_table(metric: str, runs: list[RunRecord]):
     rows = []
     for ref, changed, key, value in effect_pairs(by_label):
         images = has_image_units(by_label[ref] + by_label[changed], metric)
-        groups = {label: sorted(by_label[label], key=_seed) for label in (ref, changed)}  # rows aligned by seed
-        same_seeds = [_seed(r) for r in groups[ref]] == [_seed(r) for r in groups[changed]]
+        shared = {_seed(r) for r in by_label[ref]} & {_seed(r) for r in by_label[changed]}
+        groups = {label: sorted((r for r in by_label[label] if not shared or _seed(r) in shared), key=_seed)
+                  for label in (ref, changed)}  # rows aligned by seed when paired
+        same_seeds = bool(shared) and [_seed(r) for r in groups[ref]] == [_seed(r) for r in groups[changed]]
         row: dict[str, Any] = {"changed": changed, "against": ref,
                                "seeds": (f"{len(groups[changed])} paired" if same_seeds
                                          else f"{len(groups[changed])} vs {len(groups[ref])}")}

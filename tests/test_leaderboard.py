@@ -328,15 +328,16 @@ def test_effects_table_pairs_a_switch_with_its_reference_and_checks_the_papers_d
 def test_effects_pair_by_seed_when_both_configurations_ran_the_same_seeds(results_dir):
     """A seed effect that both configurations share (same initialisation, data order, noise) cancels when the
     effect is taken seed by seed: with a large shared seed effect the seed-paired interval is far narrower than
-    treating the seeds as independent, and still covers the true shift. Unequal seed sets fall back to
-    independent seeds."""
+    treating the seeds as independent, and still covers the true shift. A one-seed sweep point is compared with
+    the reference at that seed alone (against all three, its seed's deviation would become the effect); only
+    disjoint seed sets are compared as independent seeds."""
     import numpy as np
 
     from cifc_bench.leaderboard import RunRecord, effects_table
 
     real = json.loads(next(results_dir.rglob("real/result.json")).read_text())
     rng = np.random.default_rng(0)
-    seed_effect = {0: -0.2, 1: 0.0, 2: 0.2}
+    seed_effect = {0: -0.2, 1: 0.0, 2: 0.2, 3: -0.1, 4: 0.1}
 
     def run(args, shift, seed):
         r = copy.deepcopy(real)
@@ -354,11 +355,14 @@ def test_effects_pair_by_seed_when_both_configurations_ran_the_same_seeds(result
 
     ref = [run({}, 0.0, s) for s in (0, 1, 2)]
     paired = effects_table("ia", [*ref, *(run({"k": 1}, 0.05, s) for s in (0, 1, 2))]).iloc[0]
-    independent = effects_table("ia", [*ref, *(run({"k": 1}, 0.05, s) for s in (0, 1))]).iloc[0]
-    assert paired["seeds"] == "3 paired" and independent["seeds"] == "2 vs 3"
+    independent = effects_table("ia", [*ref, *(run({"k": 1}, 0.05, s) for s in (3, 4))]).iloc[0]
+    one_seed = effects_table("ia", [*ref, run({"k": 1}, 0.05, 0)]).iloc[0]
+    assert paired["seeds"] == "3 paired" and independent["seeds"] == "2 vs 3" and one_seed["seeds"] == "1 paired"
     (lp, hp), (li, hi) = bounds(paired["Δ final"]), bounds(independent["Δ final"])
     assert lp <= 5.0 <= hp and paired["Δ final"].endswith("*"), paired["Δ final"]
     assert (hp - lp) * 5 < hi - li, (paired["Δ final"], independent["Δ final"])
+    lo, ho = bounds(one_seed["Δ final"])  # seed 0 sits 20 points below the seeds' mean: unpaired reads about -15
+    assert lo <= 5.0 <= ho and one_seed["Δ final"].endswith("*"), one_seed["Δ final"]
 
 
 def test_intervals_are_clipped_to_the_values_a_metric_can_take():
