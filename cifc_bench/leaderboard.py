@@ -558,15 +558,20 @@ def neglect_interval_table(runs: list[RunRecord]):
 COST = "cost"
 
 
-def _minutes(run: RunRecord) -> float | None:
-    """Wall minutes from the run's start to its finish (a resumed run counts its pause too)."""
+def run_span(run: RunRecord):
+    """The run's start and finish (datetimes), or None when either was not recorded."""
     from datetime import datetime
 
     info = run.data["run_info"]
     if not info.get("started") or not info.get("finished"):
         return None
-    start, end = (datetime.fromisoformat(info[k]) for k in ("started", "finished"))
-    return (end - start).total_seconds() / 60
+    return datetime.fromisoformat(info["started"]), datetime.fromisoformat(info["finished"])
+
+
+def _minutes(run: RunRecord) -> float | None:
+    """Wall minutes from the run's start to its finish (a resumed run counts its pause too)."""
+    span = run_span(run)
+    return None if span is None else (span[1] - span[0]).total_seconds() / 60
 
 
 def cost_table(runs: list[RunRecord]):

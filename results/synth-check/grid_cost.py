@@ -1,54 +1,50 @@
-"""Measured wall time of the committed synth10 grid runs (issue 24's cost target), from each result.json's
-run_info started/finished. Two runs of one configuration that started within a minute of each other ran side
-by side (`sweep --jobs 2`, one thread each): their pair wall is the last finish minus the first start. A run
-or pair whose wall is more than twice its runs' own training plus evaluation time was paused or resumed (its
-tracks added later, a session's end): it is shown but not summed. Other work on the machine at the same time
-(a test suite) is not seen here and makes a wall longer.
+"""Measured wall time of the committed synth10 grid runs (issue 24's cost target): the runs the leaderboard
+counts (`cifc_bench.leaderboard.find_runs`), each from its run_info started/finished. Two runs that started
+within a minute of each other ran side by side (`sweep --jobs 2`, one thread each): their pair wall is the last
+finish minus the first start. A run or pair whose wall is more than twice its runs' own training plus
+evaluation time was paused or resumed (its tracks added later, a session's end): it is shown but not summed.
+Other work on the machine at the same time (a test suite) is not seen here and makes a wall longer.
 
-    python results/synth-check/grid_cost.py [results/synth10]
+    python results/synth-check/grid_cost.py [results]
 """
 
-import json
 import sys
-from datetime import datetime
 from pathlib import Path
+
+from cifc_bench.leaderboard import find_runs, run_span
 
 
 def runs(root: Path):
-    for path in sorted(root.glob("*/*/result.json")):
-        if path.parent.name.startswith("20"):  # world-v1 runs, left out of the leaderboard
+    for run in find_runs(root, "synth10")[0]:
+        span = run_span(run)
+        if span is None:
             continue
-        data = json.loads(path.read_text())
-        info = data["run_info"]
-        if data.get("status") != "completed" or not info.get("started") or not info.get("finished"):
-            continue
-        start, end = (datetime.fromisoformat(info[k]) for k in ("started", "finished"))
-        work = sum((t.get("train_seconds") or 0) + (t.get("eval_seconds") or 0) for t in data.get("tasks") or [])
-        yield {"run": f"{path.parent.parent.name}/{path.parent.name}",
-               "start": start, "end": end, "wall": (end - start).total_seconds() / 60, "work": work / 60}
+        work = sum((t.get("train_seconds") or 0) + (t.get("eval_seconds") or 0) for t in run.data.get("tasks") or [])
+        yield {"run": f"{run.path.parent.parent.name}/{run.path.parent.name}", "start": span[0], "end": span[1],
+               "wall": (span[1] - span[0]).total_seconds() / 60, "work": work / 60}
 
 
 def main(root: Path) -> None:
     rows = list(runs(root))
-    paired, pairs = set(), []
-    for a in rows:
-        for b in rows:
-            if a["run"] < b["run"] and abs((a["start"] - b["start"]).total_seconds()) < 60:
-                pairs.append((a, b, (max(a["end"], b["end"]) - min(a["start"], b["start"])).total_seconds() / 60))
-                paired |= {a["run"], b["run"]}
-    print("runs side by side (--jobs 2), pair wall in minutes:")
-    clean_pairs = [w for a, b, w in pairs if w <= 2 * max(a["work"], b["work"])]
-    for a, b, wall in pairs:
-        print(f"  {a['run']:45s} + {b['run']:45s} {wall:6.1f}{' *' if wall > 2 * max(a['work'], b['work']) else ''}")
-    print("runs alone, wall (train + eval) in minutes; * paused or resumed, not summed:")
-    alone = [r for r in rows if r["run"] not in paired]
-    for r in alone:
-        print(f"  {r['run']:45s} {r['wall']:6.1f} ({r['work']:.1f}){' *' if r['wall'] > 2 * r['work'] else ''}")
-    clean = [r["wall"] for r in alone if r["wall"] <= 2 * r["work"]]
-    print(f"measured: {len(clean_pairs)} pairs, {sum(clean_pairs):.0f} min; {len(clean)} single runs, {sum(clean):.0f} min; "
-          f"total {(sum(clean_pairs) + sum(clean)) / 60:.1f} h for {2 * len(clean_pairs) + len(clean)} of {len(rows)} runs; "
-          f"not summed: {len(pairs) - len(clean_pairs)} pairs and {len(alone) - len(clean)} runs paused or resumed")
+    pairs = [(a, b) for a in rows for b in rows
+             if a["run"] < b["run"] and abs((a["start"] - b["start"]).total_seconds()) < 60]
+    paired = {r["run"] for pair in pairs for r in pair}
+    measured = [{"runs": [a["run"], b["run"]], "work": max(a["work"], b["work"]),
+                 "wall": (max(a["end"], b["end"]) - min(a["start"], b["start"])).total_seconds() / 60}
+                for a, b in pairs]
+    measured += [{"runs": [r["run"]], "work": r["work"], "wall": r["wall"]} for r in rows if r["run"] not in paired]
+    for m in measured:
+        m["paused"] = m["wall"] > 2 * m["work"]
+    print("wall minutes (train + eval of the longer run); + side by side (--jobs 2); * paused or resumed, not summed:")
+    for m in measured:
+        print(f"  {' + '.join(m['runs']):80s} {m['wall']:6.1f} ({m['work']:.1f}){' *' if m['paused'] else ''}")
+    clean = [m for m in measured if not m["paused"]]
+    n_pairs = sum(len(m["runs"]) == 2 for m in clean)
+    print(f"measured: {n_pairs} pairs, {sum(m['wall'] for m in clean if len(m['runs']) == 2):.0f} min; "
+          f"{len(clean) - n_pairs} single runs, {sum(m['wall'] for m in clean if len(m['runs']) == 1):.0f} min; "
+          f"total {sum(m['wall'] for m in clean) / 60:.1f} h for {sum(len(m['runs']) for m in clean)} of {len(rows)} "
+          f"runs; not summed: {len(measured) - len(clean)} paused or resumed")
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "results/synth10"))
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "results"))
