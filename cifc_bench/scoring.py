@@ -147,10 +147,15 @@ def register_open_clip_config(name: str, config: dict) -> str:
     import open_clip
 
     if name not in open_clip.list_models():
-        cfg_dir = cache_dir() / "scorers" / "configs"
-        cfg_dir.mkdir(parents=True, exist_ok=True)
-        (cfg_dir / f"{name}.json").write_text(json.dumps(config))
-        open_clip.add_model_config(cfg_dir)
+        from cifc_bench.results import write_text_atomic
+
+        path = cache_dir() / "scorers" / "configs" / f"{name}.json"
+        text = json.dumps(config)
+        if not path.is_file() or path.read_text() != text:
+            # whole or not at all: the concurrent runs of a sweep register the same file, and a plain write
+            # let one process read it while another had it truncated (a JSONDecodeError that failed the run)
+            write_text_atomic(path, text)
+        open_clip.add_model_config(path)  # this file only, not a scan of a folder other processes write into
     return name
 
 

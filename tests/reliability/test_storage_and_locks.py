@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from cifc_bench import scoring
 from cifc_bench.config import ConfigError
 from cifc_bench.harness import run_benchmark, run_lock
 from cifc_bench.testing import make_tiny_protocol, tiny_run_config
@@ -91,3 +92,23 @@ def test_a_full_disk_is_a_clear_error_and_resume_gives_the_same_numbers(protocol
         shutil.rmtree(run)
     finally:
         subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+_REGISTER_LOOP = """
+import open_clip
+from cifc_bench import scoring
+for _ in range(300):  # as each new run of a sweep does, in its own process
+    open_clip.factory._MODEL_CONFIGS.pop(scoring._TINY_ARCH, None)
+    scoring.register_open_clip_config(scoring._TINY_ARCH, scoring._TINY_CFG)
+"""
+
+
+def test_concurrent_runs_register_the_scorer_config_whole(tmp_path):
+    """Two runs of a sweep start at once and register one open_clip config file: neither may read it torn
+    (a plain write failed one run of four with a JSONDecodeError, the CI failure of stop 32)."""
+    env = {**os.environ, "CIFC_BENCH_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", _REGISTER_LOOP], env=env, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    assert sorted(f.name for f in (tmp_path / "scorers" / "configs").iterdir()) == [f"{scoring._TINY_ARCH}.json"]
