@@ -2,6 +2,7 @@
 inside the atomic writes of result.json, a method state and an image (fault injection, one run each), and 12
 at random times of one run killed over and over."""
 
+import hashlib
 import json
 import os
 import random
@@ -12,7 +13,7 @@ import time
 
 import pytest
 
-from cifc_bench.testing import make_tiny_protocol
+from cifc_bench.testing import assert_same_scores, make_tiny_protocol
 
 pytestmark = pytest.mark.slow
 
@@ -57,29 +58,42 @@ def reference(tmp_path_factory):
     env = _env(CIFC_BENCH_CACHE=str(root / "cache"))
     result = _finish(protocol, root / "reference", env)
     assert result["status"] == "completed"
-    return protocol, env, result, root
+    return protocol, env, root
 
 
-def _same(a, b):
-    assert a["matrices"] == b["matrices"] and a["summary"] == b["summary"] and a["neglect"]["matrices"] == \
-        b["neglect"]["matrices"] and len(a["tasks"]) == len(b["tasks"])
+def _same(run_dir, reference_dir):
+    """The resumed run's images and states are the uninterrupted run's, byte for byte; its scores are equal
+    to float32 rounding (``SCORE_TOL``)."""
+    mine, want = _files(run_dir), _files(reference_dir)
+    assert mine == want, f"files that differ: {sorted(k for k in mine.keys() | want.keys() if mine.get(k) != want.get(k))}"
+    a, b = (json.loads((d / "result.json").read_text()) for d in (run_dir, reference_dir))
+    assert len(a["tasks"]) == len(b["tasks"])
+    for key in ("matrices", "summary"):
+        assert_same_scores(a[key], b[key], key)
+    assert_same_scores(a["neglect"]["matrices"], b["neglect"]["matrices"], "neglect.matrices")
+
+
+def _files(run_dir):
+    return {p.relative_to(run_dir).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(run_dir.rglob("*")) if p.is_file() and p.suffix in (".png", ".safetensors")}
 
 
 @pytest.mark.parametrize(("kind", "n"), WRITE_KILLS)
 def test_kill_inside_an_atomic_write_then_resume(reference, kind, n):
-    protocol, env, expected, root = reference
+    protocol, env, root = reference
     out = root / f"write-{kind}-{n}"
     proc = subprocess.run(_command(protocol, out), env={**env, "CIFC_BENCH_FAULT": f"kill:{kind}:{n}"},
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert not any(p.name.endswith(".json") and p.stat().st_size == 0 for p in out.rglob("*"))  # no torn file
-    _same(_finish(protocol, out, env), expected)
+    _finish(protocol, out, env)
+    _same(out, root / "reference")
 
 
 def test_kills_at_random_times_then_resume(reference):
     """Runs killed again and again, at seeded random times of each process they take, until 12 kills really
     interrupted one; every run, finished by --resume, equals the uninterrupted one."""
-    protocol, env, expected, root = reference
+    protocol, env, root = reference
     rng = random.Random(SEED)
     killed, chain = 0, 0
     out = root / "time-chain-0"
@@ -92,8 +106,9 @@ def test_kills_at_random_times_then_resume(reference):
             killed += 1
         proc.wait(timeout=600)
         if proc.returncode == 0:  # this run got through: check it, then kill a new one
-            _same(json.loads((out / "result.json").read_text()), expected)
+            _same(out, root / "reference")
             chain += 1
             assert chain < 6, "the kills did not interrupt the runs"
             out = root / f"time-chain-{chain}"
-    _same(_finish(protocol, out, env), expected)
+    _finish(protocol, out, env)
+    _same(out, root / "reference")
