@@ -234,6 +234,18 @@ def _held_tensors(obj, path: str, seen: set | None = None):
             yield from _held_tensors(v, f"{path}[{k}]", seen)
 
 
+def assert_same_files(got_dir: Path, want_dir: Path) -> dict[str, str]:
+    """Every image and method state of run ``got_dir`` equals ``want_dir``'s byte for byte (the contract of
+    resuming and of sharding); the message names the files that differ. Returns {relative path: sha256}."""
+    import hashlib
+
+    got, want = ({p.relative_to(d).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                  for p in sorted(Path(d).rglob("*")) if p.is_file() and p.suffix in (".png", ".safetensors")}
+                 for d in (got_dir, want_dir))
+    assert got == want, f"files that differ: {sorted(k for k in got.keys() | want.keys() if got.get(k) != want.get(k))}"
+    return got
+
+
 #: how far two runs' scores of byte-identical images may differ: float32 rounding of the CPU scorer. Equal in
 #: 22 local trials of the two-process test and 3 of the kill test, but two full CI runs (at c9d8585 and 8d7d75b,
 #: the slow suite beside the default one) each saw one cell differ, by 3.3e-7 and 1.9e-6. A real error of

@@ -7,20 +7,13 @@ directory is chosen once. The timing side (2 processes ÷ 1) is the benchmark
 
 from __future__ import annotations
 
-import hashlib
 import json
-from pathlib import Path
 
 import pytest
 
 from cifc_bench.config import ConfigError
 from cifc_bench.distributed import SINGLE, Ranks
-from cifc_bench.testing import assert_same_scores, run_cli, tiny_run_flags
-
-
-def files(run_dir: Path) -> dict[str, str]:
-    return {p.relative_to(run_dir).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(run_dir.rglob("*")) if p.is_file() and p.suffix in (".png", ".safetensors")}
+from cifc_bench.testing import assert_same_files, assert_same_scores, run_cli, tiny_run_flags
 
 
 @pytest.mark.slow
@@ -35,9 +28,8 @@ def test_two_processes_give_one_process_result_and_images(method, tiny_protocol,
     one, shared = (json.loads(p.read_text()) for p in (tmp_path / "one" / "result.json", made[0]))
     assert shared["status"] == "completed" and shared["run_info"]["processes"] == 2
     assert one["run_info"]["processes"] == 1
-    mine, theirs = files(tmp_path / "one"), files(made[0].parent)  # the sharding's contract: the same images
+    mine = assert_same_files(tmp_path / "one", made[0].parent)  # the sharding's contract: the same images
     assert sum(k.endswith(".png") for k in mine) >= 30
-    assert mine == theirs, f"files that differ: {sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))}"
     assert not list(made[0].parent.rglob("*.tmp*"))
     assert_same_scores(shared["matrices"], one["matrices"])
     assert_same_scores(shared["neglect"], one["neglect"])  # the calibration's thresholds included
@@ -55,6 +47,17 @@ def test_same_scores_allows_float32_rounding_only():
             assert_same_scores(broken, want)
 
 
+def test_same_files_names_the_image_that_differs(tmp_path):
+    for run in ("a", "b"):
+        (tmp_path / run / "images").mkdir(parents=True)
+        (tmp_path / run / "images" / "0.png").write_bytes(b"same")
+        (tmp_path / run / "after_task_00.safetensors").write_bytes(b"state")
+    assert set(assert_same_files(tmp_path / "a", tmp_path / "b")) == {"images/0.png", "after_task_00.safetensors"}
+    (tmp_path / "b" / "images" / "0.png").write_bytes(b"other")
+    with pytest.raises(AssertionError, match=r"files that differ: \['images/0.png'\]"):
+        assert_same_files(tmp_path / "a", tmp_path / "b")
+
+
 @pytest.mark.slow
 def test_two_processes_killed_mid_run_resume_to_the_one_process_result(tiny_protocol, tmp_path):
     flags = tiny_run_flags(tiny_protocol, method="finetune")
@@ -67,7 +70,8 @@ def test_two_processes_killed_mid_run_resume_to_the_one_process_result(tiny_prot
     assert len(json.loads(partial.read_text())["tasks"]) == 1
     run_cli(["run", "--resume", str(tmp_path / "two")], 2, tmp_path, tmp_path / "cache")
     one, two = (json.loads((tmp_path / d / "result.json").read_text()) for d in ("one", "two"))
-    assert two["status"] == "completed" and files(tmp_path / "one") == files(tmp_path / "two")
+    assert two["status"] == "completed"
+    assert_same_files(tmp_path / "two", tmp_path / "one")
     assert_same_scores(two["matrices"], one["matrices"])
     assert_same_scores(two["neglect"], one["neglect"])
 

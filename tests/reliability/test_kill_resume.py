@@ -2,7 +2,6 @@
 inside the atomic writes of result.json, a method state and an image (fault injection, one run each), and 12
 at random times of one run killed over and over."""
 
-import hashlib
 import json
 import os
 import random
@@ -13,7 +12,7 @@ import time
 
 import pytest
 
-from cifc_bench.testing import assert_same_scores, make_tiny_protocol
+from cifc_bench.testing import assert_same_files, assert_same_scores, make_tiny_protocol
 
 pytestmark = pytest.mark.slow
 
@@ -64,18 +63,12 @@ def reference(tmp_path_factory):
 def _same(run_dir, reference_dir):
     """The resumed run's images and states are the uninterrupted run's, byte for byte; its scores are equal
     to float32 rounding (``SCORE_TOL``)."""
-    mine, want = _files(run_dir), _files(reference_dir)
-    assert mine == want, f"files that differ: {sorted(k for k in mine.keys() | want.keys() if mine.get(k) != want.get(k))}"
+    assert_same_files(run_dir, reference_dir)
     a, b = (json.loads((d / "result.json").read_text()) for d in (run_dir, reference_dir))
     assert len(a["tasks"]) == len(b["tasks"])
     for key in ("matrices", "summary"):
         assert_same_scores(a[key], b[key], key)
     assert_same_scores(a["neglect"]["matrices"], b["neglect"]["matrices"], "neglect.matrices")
-
-
-def _files(run_dir):
-    return {p.relative_to(run_dir).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(run_dir.rglob("*")) if p.is_file() and p.suffix in (".png", ".safetensors")}
 
 
 @pytest.mark.parametrize(("kind", "n"), WRITE_KILLS)
