@@ -175,13 +175,14 @@ def count_parameters(params) -> int:
 
 
 def train_lora_and_tokens(bundle, task, budget, lora_params, new_ids, lr: float, embedding_lr: float,
-                          generator: torch.Generator, extra_loss=None, encode=None, groups=()):
+                          generator: torch.Generator, extra_loss=None, encode=None, groups=(), after_step=None):
     """The customisation loop shared by the LoRA methods: AdamW (weight decay 0.01) on ``lora_params`` (``lr``)
     and the embedding rows ``new_ids`` (``embedding_lr``); loss = diffusion loss on the task's own images
     + ``extra_loss(pixels, embeds, noise_scheduler, generator)``; every other embedding row is restored after
     each step. ``encode(bundle, prompts)`` turns prompts into UNet context (default: plain text-encoder states).
     ``groups`` are further (parameters, learning rate) pairs trained alongside (Mix-of-Show's text-encoder LoRA).
-    Adapter rates, not the token rate, are scaled by the task's ``budget.lr_scale``.
+    Adapter rates, not the token rate, are scaled by the task's ``budget.lr_scale``. ``after_step(n)``, if
+    given, is called after step n (1-based) is applied: a learning curve evaluates its snapshots there.
     Returns (trainable parameter count, the task's batch streams, the training noise scheduler).
     """
     from diffusers import DDPMScheduler
@@ -218,6 +219,8 @@ def train_lora_and_tokens(bundle, task, budget, lora_params, new_ids, lr: float,
         scaler.step(optimizer)
         scaler.update()
         restore_rows(emb, original, new_ids)
+        if after_step is not None:
+            after_step(step + 1)
     bundle.unet.eval()
     emb.requires_grad_(False)
     trained = sum(count_parameters(ps) for ps, _ in adapter_groups)

@@ -43,7 +43,7 @@ def _target(concept):
 
 def identity_acc(sample) -> float:
     """Metric ``identity_acc``: the fraction of the concept's identity attributes its images show at its place
-    (silhouette, fill, pattern, pattern colour and mark; a style's palette and texture), by exact checks."""
+    (silhouette, fill, and second colour with the right fill; a style's palette and texture), by exact checks."""
     from cifc_bench.synth.checks import identity_acc as exact
 
     return exact(sample.images, sample.prompts, _target(sample.concept))

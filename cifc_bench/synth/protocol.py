@@ -18,7 +18,7 @@ import numpy as np
 from cifc_bench.synth import world
 
 PROTOCOL = "synth10"
-DATA_VERSION = "v2"
+DATA_VERSION = "v3"  # v3: protocol 3.0 (no marks, striped boxes)
 REFERENCE_SEED = 2024
 
 
@@ -48,7 +48,7 @@ def personal_concepts(protocol: str = PROTOCOL) -> list[PersonalObject | Persona
             out.append(PersonalStyle(c["name"], s["personal_style"], s["images"]))
         else:
             scene = world.Scene(shape=s["shape"], fill=s["fill"], pattern=s["pattern"], pattern_color=s["pattern_color"],
-                                mark=tuple(s["mark"]))
+                                mark=tuple(s["mark"]) if s.get("mark") else None)
             out.append(PersonalObject(c["name"], c["class_word"], scene, s["images"]))
     return out
 

@@ -27,29 +27,85 @@ def contexts(concept, n):
                             background=str(rng.choice(backgrounds)), size=str(rng.choice(list(world.SIZES)))), k
 
 
-@pytest.mark.parametrize("name", sorted(OBJECTS))
-def test_identity_of_perfect_grainy_renders_is_complete(name):
-    concept = OBJECTS[name]
-    for scene, k in contexts(concept, 12):
-        img = grain(world.render(scene, seed=k), k)
-        check = checks.identity_check(img, concept.scene, f"a {concept.class_word} on the {scene.position}")
-        assert all(check.values()), (scene, check)
-        assert set(check) == {"silhouette", "fill", "pattern", "pattern_color", "mark"}
+@pytest.mark.parametrize("sigma", [10.0, 20.0])
+def test_identity_of_perfect_grainy_renders_is_complete(sigma):
+    """Perfect renders score >= 0.95 at the grain of the oracle's design (σ = 10) and of the sampler (σ = 20),
+    and every concept >= 0.9: at σ = 20 a green pattern on grass can lose an image to the grass's blades."""
+    per_concept = {}
+    for name, concept in sorted(OBJECTS.items()):
+        scores = []
+        for scene, k in contexts(concept, 12):
+            img = grain(world.render(scene, seed=k), k, sigma)
+            check = checks.identity_check(img, concept.scene, f"a {concept.class_word} on the {scene.position}")
+            assert set(check) == set(checks.OBJECT_ATTRIBUTES)
+            scores.append(np.mean(list(check.values())))
+        per_concept[name] = np.mean(scores)
+    assert np.mean(list(per_concept.values())) >= 0.95 and min(per_concept.values()) >= 0.9, per_concept
+
+
+def _base_class_word_mean() -> float:
+    """The base model's class-word identity_acc under this oracle, measured by
+    results/synth-check/identity_oracle.py (its committed output)."""
+    import json
+    from pathlib import Path
+
+    out = json.loads((Path(__file__).parents[2] / "results/synth-check/identity-oracle.json").read_text())
+    table = out["tables"][f"fill most common, tolerance {checks.COLOR_TOLERANCE:g}, coverage {checks.COVERAGE:g}"]
+    return table["base, class words"]["identity_acc"]
+
+
+def test_a_generic_wrong_fill_instance_scores_no_more_than_the_base_model():
+    """An object of the class with any other fill and any pattern earns its silhouette, and nothing for a second
+    colour that happens to be the concept's: no more than what `base` earns with class words."""
+    scores = []
+    for name, concept in sorted(OBJECTS.items()):
+        rng = np.random.default_rng([3, sum(map(ord, name))])
+        for scene, k in contexts(concept, 24):
+            fill = str(rng.choice([f for f in world.COLORS if f != concept.scene.fill
+                                   and not world.low_contrast(f, scene.background)]))
+            pattern = str(rng.choice(world.PATTERNS))
+            second = None if pattern == "solid" else str(rng.choice([c for c in world.COLORS if c != fill]))
+            img = grain(world.render(world.replace(scene, fill=fill, pattern=pattern, pattern_color=second), k), k, 20)
+            scores.append(np.mean(list(checks.identity_check(img, concept.scene, "a thing").values())))
+    assert np.mean(scores) <= _base_class_word_mean(), np.mean(scores)
+    assert np.mean(scores) >= 0.3  # the silhouette still counts: the oracle is not blind to the class
 
 
 def test_identity_fails_for_a_sibling_a_swapped_concept_and_an_empty_picture():
     ball1, ball2, kite1 = OBJECTS["ball1"], OBJECTS["ball2"], OBJECTS["kite1"]
     prompt = "a ball on the left"
+    for a, b in (("ball1", "ball2"), ("ball2", "ball1"), ("box1", "box2"), ("box2", "box1")):
+        for k in range(6):
+            sibling = grain(world.render(world.replace(OBJECTS[b].scene, position="left"), seed=k), k, 20)
+            check = checks.identity_check(sibling, OBJECTS[a].scene, prompt)
+            assert check == {"silhouette": True, "fill": True, "second_colour": False}  # a sibling's render: 2/3
+            assert np.mean(list(check.values())) <= 0.67
     sibling = world.render(world.replace(ball2.scene, position="left"), seed=1)
-    check = checks.identity_check(sibling, ball1.scene, prompt)
-    assert check["silhouette"] and check["fill"] and check["pattern"]  # same class, fill and pattern...
-    assert not check["pattern_color"] and not check["mark"]  # ...but not ball1's pattern colour or mark
     swapped = world.render(world.replace(kite1.scene, position="left"), seed=1)
     assert sum(checks.identity_check(swapped, ball1.scene, prompt).values()) <= 1
     empty = world.render_many([world.replace(ball1.scene, position="left")], seed=1)
     empty[:] = world.BACKGROUNDS["gray"]
     assert not any(checks.identity_check(empty, ball1.scene, prompt).values())
     assert checks.identity_acc([sibling, swapped, empty], [prompt] * 3, ball1.scene) < 0.35
+
+
+def test_a_second_colour_counts_only_with_the_right_fill():
+    ball1 = OBJECTS["ball1"].scene  # orange, blue zigzag
+    swapped = world.replace(ball1, fill="blue", pattern_color="orange", position="left")  # the colours exchanged
+    check = checks.identity_check(world.render(swapped, seed=0), ball1, "a ball on the left")
+    assert check == {"silhouette": True, "fill": False, "second_colour": False}
+
+
+def test_details_finer_than_the_grain_are_reported_apart():
+    ball1 = OBJECTS["ball1"].scene
+    img = world.render(world.replace(ball1, position="left"), seed=0)
+    assert checks.object_details(img, ball1, world.POSITIONS["left"]) == {"layout": True}
+    other_layout = world.render(world.replace(ball1, pattern="stripes", position="left"), seed=0)
+    assert checks.object_details(other_layout, ball1, world.POSITIONS["left"]) == {"layout": False}
+    assert checks.identity_check(other_layout, ball1, "a ball on the left") == dict.fromkeys(checks.OBJECT_ATTRIBUTES,
+                                                                                             True)
+    marked = world.replace(ball1, mark=("white", "top-right"), position="left")
+    assert checks.object_details(world.render(marked, seed=0), marked, world.POSITIONS["left"])["mark"]
 
 
 def test_identity_skips_prompts_that_ask_for_a_known_style():
