@@ -190,6 +190,10 @@ class MultiConceptPrompt:
     prompt: str
     concepts: tuple[str, ...]
     boxes: tuple[Box, ...] | None = None
+    #: one prompt per box, the global prompt's clause for that concept with its context (its scene; on synth10
+    #: its position and background), for methods that condition each region on its own prompt; None: the
+    #: request's default, "a <the concept's evaluation phrase>"
+    region_prompts: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -112,7 +112,8 @@ def multi_requests(sequence: TaskSequence, q: int, n_images: int):
     m = sequence.multi_concept_prompts[q]
     concepts = tuple(sequence.concept(c) for c in m.concepts)
     return [(GenerationRequest(prompt=m.prompt, seed=derive_seed("multi", sequence.name, q, k), concepts=concepts,
-                               boxes=m.boxes), f"q{q:03d}_s{k:03d}.png") for k in range(n_images)]
+                               boxes=m.boxes, region_prompts=m.region_prompts), f"q{q:03d}_s{k:03d}.png")
+            for k in range(n_images)]
 
 
 def resolve_run(config: RunSpec):
@@ -343,7 +344,8 @@ def new_neglect(ctx: RunContext) -> dict[str, Any] | None:
     names = sorted({c for m in seq.multi_concept_prompts for c in m.concepts})
     return {
         "prompts": [{"prompt": m.prompt, "concepts": list(m.concepts),
-                     "boxes": [list(b.as_tuple()) for b in m.boxes] if m.boxes else None}
+                     "boxes": [list(b.as_tuple()) for b in m.boxes] if m.boxes else None,
+                     "region_prompts": list(m.region_prompts) if m.region_prompts else None}
                     for m in seq.multi_concept_prompts],
         "images_per_prompt": ctx.config.multi_images_per_prompt,
         "calibration": ctx.calibration,

@@ -50,10 +50,12 @@ class RunRecord:
 
 
 def find_runs(results_dir, protocol: str, include_failed: bool = False, include_dirty: bool = False,
-              include_old_versions: bool = False):
+              include_old_versions: bool = False, protocol_version: str | None = None):
     """Result files of ``protocol`` under ``results_dir`` (a folder or several), filtered by status, tree
-    cleanliness, the method's implementation version and the model and scorer weights; a run found twice
-    (the same identity) counts once."""
+    cleanliness, the protocol's version (when ``protocol_version`` is given: a run of another version asked
+    other questions), the method's implementation version and the model and scorer weights; a run found twice
+    (the same identity) counts once. ``include_old_versions`` keeps runs of other protocol and method versions,
+    marked."""
     runs, skipped = [], []
     roots = [results_dir] if isinstance(results_dir, (str, Path)) else list(results_dir)
     for path in sorted({p for root in roots for p in Path(root).rglob(RESULT_FILE)}):
@@ -72,6 +74,15 @@ def find_runs(results_dir, protocol: str, include_failed: bool = False, include_
         if any(g.get("dirty") for g in (info.get("git", {}), *(r.get("git", {}) for r in later))) and not include_dirty:
             skipped.append(f"{path}: run (or its rescoring, or tracks added later) from a dirty source tree "
                            "(use --include-dirty)")
+            continue
+        version = str(info["protocol"].get("version"))
+        if protocol_version is not None and version != str(protocol_version):
+            if not include_old_versions:
+                skipped.append(f"{path}: made on version {version} of protocol {protocol!r}, this cifc-bench has "
+                               f"version {protocol_version} (its YAML file says what changed); run it again, or show "
+                               "it with --include-old-versions")
+                continue
+            runs.append(RunRecord(path, data, note=f"[old protocol {version}]"))
             continue
         runs.append(RunRecord(path, data))
     runs, skipped = _current_method_versions(runs, skipped, include_old_versions)
@@ -115,7 +126,7 @@ def _current_method_versions(runs: list[RunRecord], skipped: list[str], include_
     for r in runs:
         name = r.data["run_info"]["method"]
         if r.method_version != current[name] and include_old:
-            kept.append(RunRecord(r.path, r.data, note=f"[old v{r.method_version}]"))
+            kept.append(RunRecord(r.path, r.data, note=" ".join(filter(None, (r.note, f"[old v{r.method_version}]")))))
         elif r.method_version != current[name]:
             skipped.append(f"{r.path}: made with version {r.method_version} of method {name!r}'s implementation, "
                            f"this cifc-bench has version {current[name]} (docs/fidelity.md says what changed); run "
@@ -633,7 +644,8 @@ def leaderboard_tables(protocol: str, results_dir: Path, include_failed: bool = 
 
     spec = load_protocol(protocol)
     concepts = [c["name"] for c in spec.raw["concepts"]]
-    runs, skipped = find_runs(results_dir, spec.name, include_failed, include_dirty, include_old_versions)
+    runs, skipped = find_runs(results_dir, spec.name, include_failed, include_dirty, include_old_versions,
+                              protocol_version=spec.version)
     if metrics is None:
         from cifc_bench.metrics import measured_metrics
 

@@ -46,7 +46,8 @@ def write_leaderboard_page(protocol: str, results_dir, out: Path, include_failed
     spec = load_protocol(protocol)
     tables, skipped, n = leaderboard_tables(protocol, results_dir, include_failed, include_dirty,
                                             references=references, include_old_versions=include_old_versions)
-    runs, _ = find_runs(results_dir, spec.name, include_failed, include_dirty, include_old_versions)
+    runs, _ = find_runs(results_dir, spec.name, include_failed, include_dirty, include_old_versions,
+                        protocol_version=spec.version)
     out = Path(out)
     with atomic_directory(out) as tmp:
         assets = tmp / "assets"

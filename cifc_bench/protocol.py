@@ -165,6 +165,7 @@ class ProtocolSpec:
                 prompt=m["prompt"],
                 concepts=tuple(m["concepts"]),
                 boxes=tuple(Box(*b) for b in m["boxes"]) if m.get("boxes") else None,
+                region_prompts=tuple(m["region_prompts"]) if m.get("region_prompts") else None,
             )
             for m in self.raw.get("multi_concept_prompts", [])
         )
@@ -257,11 +258,32 @@ def load_protocol(name_or_path: str) -> ProtocolSpec:
     return spec
 
 
+#: every key a protocol file may hold, per place; any other is an error naming it (a misspelt key would
+#: otherwise be ignored silently, as ``region_prompts`` once was)
+TOP_FIELDS = {"name", "version", "description", "default", "data", "defaults", "schedules", "concepts", "tracks",
+              "multi_concept_prompts", "prompt_sets", "reference_results"}
+DATA_FIELDS = {"dataset", "checksums", "generator"}
+SCHEDULE_FIELDS = {"description", "tasks"}
+MULTI_FIELDS = {"prompt", "concepts", "boxes", "region_prompts"}
+
+
+def _check_keys(spec: ProtocolSpec, where: str, mapping: Mapping[str, Any], known: set[str]) -> None:
+    unknown = sorted(set(mapping) - known)
+    if unknown:
+        place = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise spec._err(place, mapping[unknown[0]], f"unknown key {unknown[0]!r}; the known keys here are {sorted(known)}")
+
+
 def _check_schema(spec: ProtocolSpec) -> None:
     raw, err = spec.raw, spec._err
     for key in ("name", "version", "concepts", "prompt_sets"):
         if key not in raw:
             raise ProtocolError(f"{spec.path}: missing required top-level field {key!r}")
+    _check_keys(spec, "", raw, TOP_FIELDS)
+    if raw.get("data") is not None:
+        if not isinstance(raw["data"], dict):
+            raise err("data", raw["data"], "give a mapping with dataset, checksums and optional generator")
+        _check_keys(spec, "data", raw["data"], DATA_FIELDS)
     if not isinstance(raw.get("default", False), bool):
         raise err("default", raw["default"], "give true (the protocol runs without --protocol) or false")
     sets = raw["prompt_sets"]
@@ -323,7 +345,8 @@ def _check_schema(spec: ProtocolSpec) -> None:
     for k, m in enumerate(raw.get("multi_concept_prompts") or []):
         f = f"multi_concept_prompts[{k}]"
         if not isinstance(m, dict) or "prompt" not in m or "concepts" not in m:
-            raise err(f, m, "give a mapping with 'prompt', 'concepts' and optional 'boxes'")
+            raise err(f, m, "give a mapping with 'prompt', 'concepts' and optional 'boxes' and 'region_prompts'")
+        _check_keys(spec, f, m, MULTI_FIELDS)
         if not isinstance(m["prompt"], str) or not isinstance(m["concepts"], list):
             raise err(f, m, "'prompt' is a string and 'concepts' a list of concept names")
         if m.get("boxes") is not None and not (isinstance(m["boxes"], list) and all(isinstance(b, list) for b in m["boxes"])):
@@ -340,6 +363,25 @@ def _check_schema(spec: ProtocolSpec) -> None:
                     Box(*b)
                 except (TypeError, ValueError) as e:
                     raise err(f"{f}.boxes", b, str(e)) from e
+        _check_region_prompts(spec, f, m, {c["name"]: c for c in concepts})
+
+
+def _check_region_prompts(spec: ProtocolSpec, f: str, m: Mapping[str, Any], concepts: Mapping[str, Any]) -> None:
+    """``region_prompts``: one string per box, each naming its own concept's evaluation phrase."""
+    regions = m.get("region_prompts")
+    if regions is None:
+        return
+    if not m.get("boxes"):
+        raise spec._err(f"{f}.region_prompts", regions, "region prompts condition the boxes: give 'boxes' too")
+    if not isinstance(regions, list) or len(regions) != len(m["concepts"]):
+        raise spec._err(f"{f}.region_prompts", regions, f"give a list of {len(m['concepts'])} strings, one per box, "
+                        "in the order of 'concepts'")
+    for k, (text, name) in enumerate(zip(regions, m["concepts"], strict=True)):
+        phrase = concepts[name]["eval_replacement"]
+        if not isinstance(text, str) or phrase not in text:
+            raise spec._err(f"{f}.region_prompts[{k}]", text, f"give the clause of concept {name!r}: a string "
+                            f"containing its evaluation phrase {phrase!r}, with its context (e.g. 'a {phrase} on the "
+                            "grass')")
 
 
 TRACK_FIELDS = {"description", "kind", "prompt", "strength", "box", "inputs", "inputs_per_concept", "metrics"}
@@ -395,6 +437,8 @@ def _check_schedules(spec: ProtocolSpec) -> None:
         f = f"schedules.{name}"
         if name == SHARED:
             raise err(f, name, f"{SHARED!r} is the built-in schedule (defaults.steps for every task); rename it")
+        if isinstance(sched, dict):
+            _check_keys(spec, f, sched, SCHEDULE_FIELDS)
         tasks = sched.get("tasks") if isinstance(sched, dict) else None
         if not isinstance(tasks, list) or len(tasks) != n_tasks:
             raise err(f"{f}.tasks", tasks, f"give a list of {n_tasks} entries, one {{steps, lr_scale}} per task")

@@ -101,6 +101,28 @@ def test_runs_on_other_weights_of_the_base_model_are_left_out_with_the_fix(resul
     assert "cifc-bench run --method old" in skipped[0]
 
 
+def test_runs_of_another_protocol_version_are_left_out_with_the_fix(results_dir, tmp_path, tiny_protocol):
+    """A new protocol version asks other questions (synth10 3.0: another identity oracle, more multi-concept
+    prompts): the leaderboard shows only the installed version's runs, and --include-old-versions marks the rest."""
+    from cifc_bench.leaderboard import find_runs
+
+    real = json.loads(next(results_dir.rglob("real/result.json")).read_text())
+    name, version = real["run_info"]["protocol"]["name"], real["run_info"]["protocol"]["version"]
+    old = copy.deepcopy(real)
+    old["run_info"].update(method="older")
+    old["run_info"]["protocol"]["version"] = "0.0"
+    old["run_info"]["git"]["dirty"] = False
+    (tmp_path / "v" / "older").mkdir(parents=True)
+    (tmp_path / "v" / "older" / "result.json").write_text(json.dumps(old))
+    runs, skipped = find_runs(tmp_path / "v", name, protocol_version=version)
+    assert runs == [] and len(skipped) == 1
+    assert "version 0.0 of protocol" in skipped[0] and f"has version {version}" in skipped[0]
+    assert "--include-old-versions" in skipped[0]
+    runs, _ = find_runs(tmp_path / "v", name, protocol_version=version, include_old_versions=True)
+    assert [r.label for r in runs] == ["older [old protocol 0.0]"]
+    assert len(find_runs(tmp_path / "v", name)[0]) == 1  # no version asked: every version counts
+
+
 def test_rows_are_sorted_by_the_metric_direction(results_dir, tiny_protocol):
     tables, _, _ = leaderboard_tables(str(tiny_protocol), results_dir, include_dirty=True)
     finals = [float(v.split(" ")[0]) for v in tables["ia"]["final"]]

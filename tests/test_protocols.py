@@ -104,6 +104,20 @@ def _edit(tmp_path: Path, mutate) -> Path:
     (lambda r: r["multi_concept_prompts"][0].update(concepts=["thing0", "ghost"]), ["'ghost'", "unknown concept"]),
     (lambda r: r["multi_concept_prompts"][0].update(boxes=[[0.5, 0, 0.2, 1], [0, 0, 1, 1]]), ["boxes", "0 <= y0 < y1"]),
     (lambda r: r.pop("version"), ["missing required top-level field 'version'"]),
+    # an unknown key anywhere is an error naming it and the known ones (a misspelt key was once ignored silently)
+    (lambda r: r.update(multi_concept_prompt=[]), ["'multi_concept_prompt'", "unknown key", "'multi_concept_prompts'"]),
+    (lambda r: r["multi_concept_prompts"][0].update(region_prompt=["a <t0a> <t0b>", "a <t1a> <t1b>"]),
+     ["multi_concept_prompts[0].region_prompt", "unknown key", "'region_prompts'"]),
+    (lambda r: r["data"].update(datset="x"), ["data.datset", "unknown key", "'dataset'"]),
+    (lambda r: r.update(schedules={"s": {"tasks": [{"steps": 1}] * 3, "descripton": "x"}}),
+     ["schedules.s.descripton", "unknown key", "'description'"]),
+    (lambda r: r["multi_concept_prompts"][0].update(region_prompts=["a <t0a> <t0b> on grass"]),
+     ["multi_concept_prompts[0].region_prompts", "one per box"]),
+    (lambda r: r["multi_concept_prompts"][0].update(region_prompts=["a <t1a> <t1b> on grass", "a <t1a> <t1b>"]),
+     ["multi_concept_prompts[0].region_prompts[0]", "'thing0'", "'<t0a> <t0b>'"]),
+    (lambda r: (r["multi_concept_prompts"][0].pop("boxes"),
+                r["multi_concept_prompts"][0].update(region_prompts=["a <t0a> <t0b>", "a <t1a> <t1b>"])),
+     ["region_prompts", "give 'boxes' too"]),
 ])
 def test_schema_errors_name_field_and_value(tmp_path, mutate, expected):
     path = _edit(tmp_path, mutate)
@@ -211,3 +225,32 @@ def test_schedule_errors_name_the_field_and_the_fix(tmp_path, capsys):
     assert main(["run", "--protocol", "cifc10", "--steps", "2", "--schedule", "release"]) == 2
     assert "--steps 2 gives every task the same budget, but --schedule release gives each task its own: drop one" \
         in capsys.readouterr().err
+
+
+def test_region_prompts_reach_the_requests_and_the_result_file(tmp_path):
+    """A protocol's region prompts are carried by every request of their multi-concept prompt, and recorded."""
+    from cifc_bench.harness import multi_requests
+
+    regions = ["a <t0a> <t0b> on the grass", "a <t1a> <t1b> on the grass"]
+    path = _edit(tmp_path, lambda r: r["multi_concept_prompts"][0].update(region_prompts=regions))
+    seq = load_protocol(str(path)).bind(path.with_name("tiny-data"))
+    assert seq.multi_concept_prompts[0].region_prompts == tuple(regions)
+    requests = [r for r, _ in multi_requests(seq, 0, 3)]
+    assert all(r.region_prompts == tuple(regions) for r in requests)
+    assert [requests[0].region_prompt(k) for k in range(2)] == regions
+    plain = load_protocol(str(_edit(tmp_path / "plain", lambda r: None))).bind(tmp_path / "plain" / "tiny-data")
+    assert multi_requests(plain, 0, 1)[0][0].region_prompt(0) == "a <t0a> <t0b>"  # the default without them
+
+
+def test_installed_protocols_give_a_region_prompt_per_box_with_its_context():
+    """Each region prompt is its concept's clause of the global prompt with context: longer than the default
+    "a <phrase>", and every word of it is in the global prompt (no invented scene)."""
+    for name in ("cifc10", "synth10"):
+        spec = load_protocol(name)
+        phrases = {c["name"]: c["eval_replacement"] for c in spec.raw["concepts"]}
+        for m in spec.raw["multi_concept_prompts"]:
+            assert len(m["region_prompts"]) == len(m["boxes"]) == len(m["concepts"])
+            words = set(m["prompt"].lower().replace(",", " ").split())
+            for text, concept in zip(m["region_prompts"], m["concepts"]):
+                assert phrases[concept] in text and len(text) > len(f"a {phrases[concept]}") + 3, text
+                assert set(text.lower().replace(",", " ").split()) <= words, (text, m["prompt"])

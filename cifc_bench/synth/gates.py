@@ -27,7 +27,10 @@ def _mean_std_se(values: list[float]) -> dict[str, float]:
 
 def gate_report(results_dir: Path, method: str = "finetune", protocol: str = "synth10", metric: str = "ia",
                 include_dirty: bool = False) -> dict:
-    runs, _ = find_runs(results_dir, protocol, include_dirty=include_dirty)
+    from cifc_bench.protocol import load_protocol
+
+    runs, _ = find_runs(results_dir, protocol, include_dirty=include_dirty,
+                        protocol_version=load_protocol(protocol).version)
     by_method: dict[str, list] = {}
     for r in runs:
         by_method.setdefault(r.data["run_info"]["method"], []).append(r)

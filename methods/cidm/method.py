@@ -16,7 +16,8 @@ layer-wise regional cross-attention and region noise estimation. Eq. 5 is read a
     E* = α E + (1 − α) [ Σ_u m_u E_u / max(1, Σ_u m_u) + (1 − ∪_u m_u) E ],   α = 0.1,
 
 so outside every box the estimate equals the global one, and overlapping boxes average. The paper's literal
-form would scale everything outside the boxes by α; we treat that as a typo, as the spec does.
+form would scale everything outside the boxes by α; we treat that as a typo, as the spec does. ``ccs=False``
+(an ablation) prompts multi-concept requests plainly, without their boxes and region prompts.
 
 Release-only training extras (``extras``, on by default for ``variant=release``): noise offset 0.01, the
 valid-region-masked loss with the release's resize-and-paste augmentation, the cross-attention regulariser
@@ -26,6 +27,7 @@ valid-region-masked loss with the release's resize-and-paste augmentation, the c
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import torch
 import torch.nn.functional as F
@@ -87,7 +89,8 @@ class CIDM(Method):
     def __init__(self, bundle, variant: str = "paper", rank: int = 4, lr: float = 1e-4, embedding_lr: float = 1e-3, gamma1: float = 0.1, gamma2: float | None = None, tsp: bool = True,
                  tsh: bool = True, ewa: bool = True, alpha: float = 0.8, ccs_alpha: float = 0.1,
                  sigmoid_attention: bool = False, extras: bool | None = None, noise_offset: float = 0.01,
-                 attn_reg_weight: float = 0.01, emb_norm_threshold: float = 0.55, merge: str = "prompt") -> None:
+                 attn_reg_weight: float = 0.01, emb_norm_threshold: float = 0.55, merge: str = "prompt",
+                 ccs: bool = True) -> None:
         if variant not in VARIANTS:
             raise ValueError(f"variant={variant!r}: use one of {VARIANTS}")
         extras = (variant == "release") if extras is None else bool(extras)
@@ -95,7 +98,7 @@ class CIDM(Method):
         super().__init__(bundle, variant=variant, rank=rank, lr=lr, embedding_lr=embedding_lr,
                          gamma1=gamma1, gamma2=gamma2, tsp=tsp, tsh=tsh, ewa=ewa, alpha=alpha, ccs_alpha=ccs_alpha,
                          sigmoid_attention=sigmoid_attention, extras=extras, noise_offset=noise_offset,
-                         attn_reg_weight=attn_reg_weight, emb_norm_threshold=emb_norm_threshold, merge=merge)
+                         attn_reg_weight=attn_reg_weight, emb_norm_threshold=emb_norm_threshold, merge=merge, ccs=ccs)
         if merge not in ("prompt", "call"):
             raise ValueError(f"merge={merge!r}: use 'prompt' (merged once per prompt) or 'call' (the release's "
                              "per-call mixture of task branches, slower)")
@@ -103,7 +106,7 @@ class CIDM(Method):
         self.variant, self.rank = variant, int(rank)
         self.lr, self.embedding_lr = float(lr), float(embedding_lr)
         self.gamma1, self.gamma2 = float(gamma1), gamma2
-        self.tsp, self.tsh, self.use_ewa = bool(tsp), bool(tsh), bool(ewa)
+        self.tsp, self.tsh, self.use_ewa, self.ccs = bool(tsp), bool(tsh), bool(ewa), bool(ccs)
         self.alpha, self.ccs_alpha, self.extras = float(alpha), float(ccs_alpha), extras
         self.noise_offset, self.attn_reg_weight = float(noise_offset), float(attn_reg_weight)
         self.emb_norm_threshold = float(emb_norm_threshold)
@@ -330,6 +333,8 @@ class CIDM(Method):
 
     @torch.no_grad()
     def generate(self, requests, settings):
+        if not self.ccs:  # the ablation: a multi-concept request is prompted plainly, its boxes unused
+            requests = [dataclasses.replace(r, boxes=None, region_prompts=None) for r in requests]
         images = generate_unboxed(self.bundle, requests, settings, self.placeholders, self.n_layers,
                                   around=self._merged_for if self.task_placeholders else None)
         # boxed requests that differ only in their seed share every conditioning: sample them as one batch

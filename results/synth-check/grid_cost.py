@@ -15,7 +15,9 @@ from cifc_bench.leaderboard import find_runs, run_span
 
 
 def runs(root: Path):
-    for run in find_runs(root, "synth10")[0]:
+    from cifc_bench.protocol import load_protocol
+
+    for run in find_runs(root, "synth10", protocol_version=load_protocol("synth10").version)[0]:
         span = run_span(run)
         if span is None:
             continue
