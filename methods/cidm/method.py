@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from cifc_bench.api import Method
 from cifc_bench.progress import progress
 from cifc_bench.tokens import PlaceholderTokens, layer_token
-from cifc_bench.training import ConceptBatches, check_loss, default_augment
+from cifc_bench.training import ConceptBatches, TokenRows, check_loss, default_augment
 
 from .consolidation import SharedSubspace, enhance, orthogonality
 from .ewa import ewa_weights, uniform_weights
@@ -152,14 +152,13 @@ class CIDM(Method):
         if self.shared is not None and old > 0:
             self.shared.add_task()  # H_g = I for the new task, trained in step 2
         emb = bundle.text_encoder.get_input_embeddings().weight
-        snapshot = emb.detach().clone()
-        emb.requires_grad_(True)
+        tokens = TokenRows(emb, new_ids)
         lora_lr = self.lr * budget.lr_scale  # the release's style tasks 6 and 8 train at 1.5x (schedule release)
         lora_params = [p for m in self.modules for p in (m.up, m.down)]
         fp32_trainable(self.modules)  # LoRAs are made in fp32; a low-precision bundle must not change that
         scaler = loss_scaler(bundle)
         optimizer = torch.optim.AdamW([{"params": lora_params, "lr": lora_lr},
-                                       {"params": [emb], "lr": self.embedding_lr}], weight_decay=0.01)
+                                       {"params": [tokens.rows], "lr": self.embedding_lr}], weight_decay=0.01)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 - s / max(budget.steps, 1))
         self._trainable = sum(p.numel() for p in lora_params) + len(new_ids) * emb.shape[1]
         noise_scheduler = DDPMScheduler.from_config(bundle.scheduler.config)
@@ -183,22 +182,20 @@ class CIDM(Method):
             check_loss(loss, task, step, {"lr": lora_lr, "embedding_lr": self.embedding_lr})
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            tokens.pull_grad()
             scaler.step(optimizer)
             scaler.update()
             schedule.step()
-            keep = [] if frozen_embeddings else new_ids
-            with torch.no_grad():
-                rows = torch.ones(emb.shape[0], dtype=torch.bool, device=emb.device)
-                rows[keep] = False
-                emb[rows] = snapshot[rows]
+            if not frozen_embeddings:  # once frozen, the rows keep the values they had then
+                tokens.push()
             if self.extras and not frozen_embeddings and emb[new_ids].norm(dim=-1).mean() >= self.emb_norm_threshold:
-                frozen_embeddings, snapshot = True, emb.detach().clone()  # the release's embedding-norm freeze
+                frozen_embeddings = True  # the release's embedding-norm freeze
             if self.shared is not None and self.tsh and old > 0:
                 self.shared.solve(self._deltas(include_current=True))
         for proc in self.processors:
             proc.record = None
         bundle.unet.eval()
-        emb.requires_grad_(False)
+        tokens.close()
         for m in self.modules:
             m.store_task()
             m.active = False
