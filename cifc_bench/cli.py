@@ -87,6 +87,9 @@ def _add_setting_flags(r: argparse.ArgumentParser) -> None:
     r.add_argument("--negative-prompt", help="the unconditional prompt of guidance (default: the protocol's)")
     r.add_argument("--eval-schedule", choices=("each-task", "final"), help="evaluate after each task (default) or once")
     r.add_argument("--eval-batch-size", type=int, help="images generated per batch")
+    r.add_argument("--eval-workers", type=int, choices=(0, 1),
+                   help="1: a second one-thread process generates each state's evaluation images while the next "
+                        "task trains (same images; synth10's default on a CPU); 0: the run's process does both")
     r.add_argument("--dino", help="DINO model for ia_dino: dino-vits16, tiny-random, timm:MODEL[:FILE], or none "
                                   "(default: the protocol's)")
     r.add_argument("--multi-images-per-prompt", type=int, help="images per multi-concept prompt (neglect rate)")

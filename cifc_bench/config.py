@@ -30,7 +30,7 @@ SHARED = "shared"  # the training schedule that gives every task ``steps`` steps
 FALLBACKS: dict[str, Any] = {
     "steps": 800, "batch_size": 2, "prompts_per_concept": 20, "images_per_prompt": 50, "resolution": 512,
     "num_inference_steps": 50, "guidance_scale": 7.5, "negative_prompt": "", "eval_batch_size": 8,
-    "dino": "none", "multi_images_per_prompt": 8, "calibration_images": 100,
+    "dino": "none", "multi_images_per_prompt": 8, "calibration_images": 100, "eval_workers": 0,
 }
 #: Settings a protocol's ``defaults`` may give, beside these keys of its own.
 PROTOCOL_ONLY = ("metrics", "presence", "method_args", "schedule")
@@ -73,6 +73,9 @@ class RunSpec:
     calibration_images: int | None = None  # base-model class-word images per concept for presence thresholds
     #: the protocol's tracks to evaluate (style transfer, editing), whenever the schedule evaluates; None: all
     tracks: tuple[str, ...] | None = None
+    #: 1: a second process (one thread) generates the evaluation images of the state after task j while task j+1
+    #: trains, byte-identical to generating them in the run's process at one thread; 0: one process does both
+    eval_workers: int | None = None
 
     def __post_init__(self) -> None:
         problems = check_values(dataclasses.asdict(self))
@@ -171,6 +174,10 @@ def check_values(values: Mapping[str, Any], where: str = "") -> list[str]:
         v = values.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < (0 if key == "steps" else 1)):
             problems.append(f"{name(key)} {v!r}: give a whole number {'>= 0' if key == 'steps' else '>= 1'}")
+    v = values.get("eval_workers")
+    if v is not None and (isinstance(v, bool) or v not in (0, 1)):
+        problems.append(f"{name('eval_workers')} {v!r}: give 0 (evaluate in the run's process) or 1 (a second "
+                        "process generates each state's images while the next task trains)")
     v = values.get("resolution")
     if isinstance(v, int) and not isinstance(v, bool) and v >= 1 and v % 8:
         problems.append(f"{name('resolution')} {v}: give a multiple of 8 (e.g. 32, 256, 512)")

@@ -403,6 +403,7 @@ def _run_locked(config: RunSpec | None, run_dir: Path, resume: bool, given: dict
         stored = RunSpec.from_dict(result["run_info"]["config"])
         given = dict(given or {})
         device = given.pop("device", stored.device)
+        stored = dataclasses.replace(stored, eval_workers=given.pop("eval_workers", stored.eval_workers))
         wanted = given.pop("tracks", None)
         _check_resume_config(given, stored)
         have = tuple(result.get("tracks") or {})
@@ -459,16 +460,13 @@ def _add_tracks(ctx: RunContext, result: dict[str, Any], names: tuple[str, ...])
     cfg, n_tasks = ctx.config, len(ctx.sequence.tasks)
     references: dict[str, np.ndarray] = {}
     part = {name: result["tracks"][name] for name in names}
-    method_cls = resolve_run(cfg)[2]
     for j in progress(range(len(result["tasks"])), desc="add tracks"):
         if not evaluated_after(cfg, j, n_tasks):
             continue
         if all(v is not None for t in part.values() for row in t["matrices"].values()
                for i, v in enumerate(row[j]) if ctx.sequence.concepts[i].name in t["concepts"] and i <= j):
             continue
-        state = dataclasses.replace(ctx, method=build_method(method_cls, fresh_bundle(cfg)[0], cfg))
-        state.method.load_state_dict(_resume_state(ctx.run_dir, j), ctx.sequence.tasks[: j + 1])
-        evaluate_tracks(state, j, part, references)
+        evaluate_tracks(dataclasses.replace(ctx, method=method_after(ctx, j)), j, part, references)
         result["summary"] = metrics.summarize_result(result)
         write_json_atomic(ctx.run_dir / RESULT_FILE, result)
 
@@ -482,6 +480,9 @@ def _check_resume_config(given: dict[str, Any], stored: RunSpec) -> None:
 
 
 def _loop(ctx: RunContext, result: dict[str, Any]) -> None:
+    """Train task j, then evaluate the state after it and write row j. With ``eval_workers`` 1 (one process
+    only), a second process generates the images of state j from its saved state while task j+1 trains; this
+    process then scores them (the images are read back byte-identical) and writes the rows in task order."""
     import torch
 
     from cifc_bench.checkpoint import load_state, save_state
@@ -493,50 +494,115 @@ def _loop(ctx: RunContext, result: dict[str, Any]) -> None:
     references: dict[str, np.ndarray] = {}
     device = torch.device(ctx.config.device or "cpu")
     on_cuda = device.type == "cuda" and torch.cuda.is_available()
-    for j in progress(range(done, len(tasks)), desc="tasks", initial=done, total=len(tasks)):
-        task = tasks[j]
-        if on_cuda:  # the run's own device: under --device cuda:1 the current device is another one
-            torch.cuda.reset_peak_memory_stats(device)
+    worker = EvalWorker(ctx) if cfg.eval_workers and ranks.count == 1 and done < len(tasks) else None
+    pending: list[tuple[int, dict[str, Any], Any]] = []  # (task, its row so far, the worker's job)
+
+    def finish(j: int, row: dict[str, Any], job) -> None:
+        generated = job.result() if job is not None else 0.0  # the worker's seconds; its error surfaces here
         started = time.perf_counter()
-        checkpoint = state_path(ctx.run_dir, j)
-        trained_before = checkpoint.exists()  # before a kill, not yet evaluated
-        ranks.barrier()  # every rank has looked before rank 0 may write it
-        train_seconds = None
-        if not trained_before and ranks.main:
-            seed = train_seed(cfg.seed, j)
-            torch.manual_seed(seed)
-            with ctx.precision():
-                ctx.method.learn_task(task, cfg.budget(ctx.budgets[j], seed))
-            train_seconds = time.perf_counter() - started
-            state = ctx.method.state_dict()
-            check_state(state, task, ctx.budgets[j]["steps"], cfg.method_args)  # never saved, so never resumed
-            save_state(checkpoint, state)
-        if not trained_before:
-            ranks.barrier()  # the other ranks wait for rank 0's state
-        if trained_before or not ranks.main:
-            ctx.method.load_state_dict(load_state(checkpoint), tasks[: j + 1])
-        eval_started = time.perf_counter()
         if evaluated_after(cfg, j, len(tasks)):
-            if ranks.count > 1:
-                generate_share(ctx, j)  # each rank samples its batches; rank 0 then reads them all
-                ranks.barrier()
-            if ranks.main:
-                evaluate_task(ctx, result, j, references)
-        if not ranks.main:
-            continue
-        result["tasks"].append({
-            "index": j,
-            "task": task.name,
-            **ctx.budgets[j],
-            "train_seconds": train_seconds,
-            "eval_seconds": time.perf_counter() - eval_started,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "peak_cuda_mb": torch.cuda.max_memory_allocated(device) / 2**20 if on_cuda else None,
-            "trainable_params": ctx.method.trainable_parameters(),
-            "stored_params": ctx.method.stored_parameters(),
-        })
+            evaluate_task(ctx, result, j, references)
+        if job is None:  # evaluated here: the peaks include the evaluation's, as they always did
+            row = {**row, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                   "peak_cuda_mb": torch.cuda.max_memory_allocated(device) / 2**20 if on_cuda else None}
+        result["tasks"].append({**row, "eval_seconds": generated + time.perf_counter() - started})
         result["summary"] = metrics.summarize_result(result)
         write_json_atomic(ctx.run_dir / RESULT_FILE, result)
+
+    try:
+        for j in progress(range(done, len(tasks)), desc="tasks", initial=done, total=len(tasks)):
+            task = tasks[j]
+            if on_cuda:  # the run's own device: under --device cuda:1 the current device is another one
+                torch.cuda.reset_peak_memory_stats(device)
+            started = time.perf_counter()
+            checkpoint = state_path(ctx.run_dir, j)
+            trained_before = checkpoint.exists()  # before a kill, not yet evaluated
+            ranks.barrier()  # every rank has looked before rank 0 may write it
+            train_seconds = None
+            if not trained_before and ranks.main:
+                seed = train_seed(cfg.seed, j)
+                torch.manual_seed(seed)
+                with ctx.precision():
+                    ctx.method.learn_task(task, cfg.budget(ctx.budgets[j], seed))
+                train_seconds = time.perf_counter() - started
+                state = ctx.method.state_dict()
+                check_state(state, task, ctx.budgets[j]["steps"], cfg.method_args)  # never saved, so never resumed
+                save_state(checkpoint, state)
+            if not trained_before:
+                ranks.barrier()  # the other ranks wait for rank 0's state
+            if trained_before or not ranks.main:
+                ctx.method.load_state_dict(load_state(checkpoint), tasks[: j + 1])
+            evaluate = evaluated_after(cfg, j, len(tasks))
+            if evaluate and ranks.count > 1:
+                generate_share(ctx, j)  # each rank samples its batches; rank 0 then reads them all
+                ranks.barrier()
+            if not ranks.main:
+                continue
+            row = {
+                "index": j,
+                "task": task.name,
+                **ctx.budgets[j],
+                "train_seconds": train_seconds,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "peak_cuda_mb": torch.cuda.max_memory_allocated(device) / 2**20 if on_cuda else None,
+                "trainable_params": ctx.method.trainable_parameters(),
+                "stored_params": ctx.method.stored_parameters(),
+            }
+            job = worker.submit(j) if worker is not None and evaluate else None
+            while pending:  # the state before this one: its images were made while this task trained
+                finish(*pending.pop(0))
+            pending.append((j, row, job))
+            if worker is None:
+                finish(*pending.pop(0))
+        while pending:
+            finish(*pending.pop(0))
+    finally:
+        if worker is not None:
+            worker.close()
+
+
+class EvalWorker:
+    """A second process, one thread, that generates the evaluation images of a saved model state: the method
+    is rebuilt on a fresh model and restored from ``state/after_task_NN``, as ``--resume`` restores one, and the
+    images are written where the run's own evaluation reads them (:func:`generate_share`)."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_start,
+                                        initargs=(ctx.config, ctx.run_dir, ctx.calibration))
+
+    def submit(self, j: int):
+        return self.pool.submit(_worker_generate, j)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_start(config: RunSpec, run_dir: Path, calibration) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    _WORKER["ctx"] = load_context(config, run_dir, calibration=calibration, with_method=False)
+
+
+def _worker_generate(j: int) -> float:
+    started = time.perf_counter()
+    ctx = _WORKER["ctx"]
+    generate_share(dataclasses.replace(ctx, method=method_after(ctx, j)), j)
+    return time.perf_counter() - started
+
+
+def method_after(ctx: RunContext, j: int) -> Method:
+    """A new method on a fresh model, restored to its saved state after task ``j``."""
+    method_cls = resolve_run(ctx.config)[2]
+    method = build_method(method_cls, fresh_bundle(ctx.config)[0], ctx.config)
+    method.load_state_dict(_resume_state(ctx.run_dir, j), ctx.sequence.tasks[: j + 1])
+    return method
 
 
 def _resume_state(run_dir: Path, j: int) -> dict:
