@@ -369,6 +369,10 @@ class Method(abc.ABC):
     #: different things may set it per instance. Replay of old data is never allowed.
     storage: str = "single-model"
 
+    #: True for a method whose images cannot depend on the run seed (it learns nothing and draws nothing at
+    #: random: ``base``). A sweep runs it for its first seed only, since its other seeds' runs are the same run.
+    seed_invariant: bool = False
+
     #: The version of the method's implementation, recorded in every run. Bump it whenever a change alters the
     #: numbers the method produces: the leaderboard never mixes runs of two versions of one method.
     version: int = 1

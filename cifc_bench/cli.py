@@ -345,10 +345,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         given["protocol"] = default_protocol()
     from cifc_bench.registry import load_method
 
-    for method in args.methods:  # a typo should fail before anything starts
-        load_method(method)
+    classes = {method: load_method(method) for method in args.methods}  # a typo should fail before anything starts
+    one_seed = [m for m, cls in classes.items() if getattr(cls, "seed_invariant", False) and len(args.seeds) > 1]
+    for method in one_seed:
+        print(f"sweep: {method!r} cannot depend on the seed (it learns nothing): one run, seed {args.seeds[0]}, "
+              f"serves every seed", flush=True)
     grid = sweep.parse_grid(args.grid, args.methods)
-    jobs = sweep.expand(args.methods, args.seeds, grid, args.out, given["protocol"], fixed, given)
+    jobs = sweep.expand(args.methods, args.seeds, grid, args.out, given["protocol"], fixed, given, one_seed)
     states = {j.run_dir: j.status() for j in jobs}
     todo = [j for j in jobs if states[j.run_dir] in ("missing", "partial")]
     counts = {s: sum(v == s for v in states.values()) for s in ("completed", "failed", "partial", "missing")}

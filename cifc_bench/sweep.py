@@ -93,8 +93,9 @@ def parse_grid(items: Sequence[str], methods: Sequence[str]) -> dict[str, dict[s
 
 def expand(methods: Sequence[str], seeds: Sequence[int], grid: Mapping[str, Mapping[str, list]], out: Path,
            protocol: str, fixed_args: Mapping[str, Any] | None = None,
-           settings: Mapping[str, Any] | None = None) -> list[SweepJob]:
-    """Every (method, argument combination, seed), in that order, with its run directory."""
+           settings: Mapping[str, Any] | None = None, one_seed: Sequence[str] = ()) -> list[SweepJob]:
+    """Every (method, argument combination, seed), in that order, with its run directory; the methods in
+    ``one_seed`` (seed-invariant ones, such as ``base``) for the first seed only."""
     if not methods:
         raise SweepError("a sweep needs at least one method (--methods finetune cidm ...)")
     if not seeds:
@@ -106,7 +107,7 @@ def expand(methods: Sequence[str], seeds: Sequence[int], grid: Mapping[str, Mapp
         for values in itertools.product(*(axes[k] for k in keys)) if keys else [()]:
             swept = dict(zip(keys, values, strict=True))
             slug = "".join(f"{k}={_text(v)}_" for k, v in swept.items()).replace("/", "-")
-            for seed in seeds:
+            for seed in seeds[:1] if method in one_seed else seeds:
                 run_dir = Path(out) / Path(protocol).stem / method.replace(":", "_") / f"{slug}s{seed}"
                 jobs.append(SweepJob(method=method, seed=int(seed), method_args={**(fixed_args or {}), **swept},
                                      run_dir=run_dir, settings=dict(settings or {})))

@@ -30,6 +30,15 @@ def test_every_combination_and_seed_gets_its_own_fixed_run_directory(tmp_path):
     assert "--steps" in argv and argv[-2:] == ["lr=0.0001", "ewc_lambda=1"]
 
 
+def test_a_seed_invariant_method_runs_once_per_grid(tmp_path):
+    from cifc_bench.registry import load_method
+
+    assert load_method("base").seed_invariant and not load_method("finetune").seed_invariant
+    jobs = expand(["base", "finetune"], [0, 1, 2], {}, tmp_path, "synth10", one_seed=["base"])
+    assert [str(j.run_dir.relative_to(tmp_path)) for j in jobs] == [
+        "synth10/base/s0", "synth10/finetune/s0", "synth10/finetune/s1", "synth10/finetune/s2"]
+
+
 def test_a_job_resumes_a_started_run_and_leaves_finished_and_failed_ones(tmp_path):
     job = SweepJob("finetune", 0, {}, tmp_path / "run")
     assert job.status() == "missing" and job.argv()[1] == "--method"
