@@ -37,7 +37,7 @@ class ModelBundle:
     """The frozen text-to-image model a method starts from: SD-1.x's components, on either tier.
 
     - ``tokenizer``: a transformers ``CLIPTokenizer`` (the real CLIP BPE on both tiers). A method's placeholder
-      tokens (``<dog1>``) are not in it: add them (``cifc_bench.training.add_placeholder_tokens``), or the
+      tokens (``<dog1>``) are not in it: add them (``cifc_bench.tokens.add_placeholder_tokens``), or the
       tokenizer silently splits them into pieces.
     - ``text_encoder``: a transformers ``CLIPTextModel``; its ``[0]`` output (last hidden state) is the UNet's
       context.

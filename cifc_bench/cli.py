@@ -506,10 +506,14 @@ def cmd_rescore(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
+    from cifc_bench.describe import describe
     from cifc_bench.registry import KINDS, list_plugins
 
     for name, ep in list_plugins(KINDS[args.what]).items():
-        print(f"{name:<20} {ep.value}")
+        about = describe(ep.value)
+        print(f"{name:<20} {about.summary}\n{'':<20} {ep.value}")
+        if about.arguments:
+            print(f"{'':<20} arguments: {', '.join(about.arguments)}")
     return 0
 
 

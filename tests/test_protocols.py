@@ -251,6 +251,6 @@ def test_installed_protocols_give_a_region_prompt_per_box_with_its_context():
         for m in spec.raw["multi_concept_prompts"]:
             assert len(m["region_prompts"]) == len(m["boxes"]) == len(m["concepts"])
             words = set(m["prompt"].lower().replace(",", " ").split())
-            for text, concept in zip(m["region_prompts"], m["concepts"]):
+            for text, concept in zip(m["region_prompts"], m["concepts"], strict=True):
                 assert phrases[concept] in text and len(text) > len(f"a {phrases[concept]}") + 3, text
                 assert set(text.lower().replace(",", " ").split()) <= words, (text, m["prompt"])

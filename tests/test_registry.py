@@ -18,6 +18,19 @@ def test_builtins_are_found_through_entry_points(capsys):
     assert main(["ls", "methods"]) == 0
     out = capsys.readouterr().out
     assert "base" in out and "finetune" in out and "cifc_bench.methods.finetune:SequentialFinetune" in out
+    # what each method is and its arguments with their defaults, read from the source (no import)
+    assert "sequential fine-tuning" in out and "rank=4, lr=0.0001, embedding_lr=0.001, targets='cross-attn'" in out
+    assert "merge='prompt', ccs=True" in out  # CIDM's, found through its package's re-export
+    assert main(["ls", "protocols"]) == 0
+    assert "The embedded synthetic CIFC world" in capsys.readouterr().out
+
+
+def test_a_description_is_its_first_sentence_and_survives_missing_sources():
+    from cifc_bench.describe import _first_sentence, describe
+
+    assert _first_sentence("EWC (Kirkpatrick et al. 2017) on LoRA. More text.") == "EWC (Kirkpatrick et al. 2017) on LoRA."
+    assert describe("no_such_module_xyz:Thing").summary == "(source not found)"
+    assert describe("cifc_bench.metrics:ia").summary.startswith("IA of a concept's images")
 
 
 def test_listing_methods_does_not_import_torch():

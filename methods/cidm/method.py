@@ -1,4 +1,7 @@
-"""CIDM (Dong et al., NeurIPS 2024) as a method plugin. Spec: docs/cidm-spec.md §B, §C, §G.
+"""``cidm``: CIDM (Dong et al., NeurIPS 2024), layer-wise concept tokens with LoRA, concept consolidation,
+elastic weight aggregation and region synthesis.
+
+Spec: the design notes' cidm-spec.md, §B, §C, §G; what this implementation chose: docs/methods/cidm.md.
 
 Learning task g (every task starts from the base weights):
 1. each placeholder gets L layer-wise tokens (L = the UNet's cross-attention count, 16 for SD-1.5), initialised

@@ -82,11 +82,11 @@ def rendered_rows(objects: list[PersonalObject]) -> dict[str, list[tuple[np.ndar
 def base_rows(objects: list[PersonalObject]) -> dict[str, list[tuple[np.ndarray, world.Scene, str]]]:
     """The base model's images of every object's evaluation prompts, asked with class words and with words."""
     from cifc_bench.api import GenerationRequest
+    from cifc_bench.config import RunSpec
     from cifc_bench.harness import concept_requests
     from cifc_bench.models import load_bundle
-    from cifc_bench.synth.protocol import ensure_data
-    from cifc_bench.config import RunSpec
     from cifc_bench.sampling import generate_requests
+    from cifc_bench.synth.protocol import ensure_data
 
     spec = load_protocol("synth10")
     seq = spec.bind(ensure_data(None))
@@ -101,7 +101,7 @@ def base_rows(objects: list[PersonalObject]) -> dict[str, list[tuple[np.ndarray,
         described = f"{s.fill} {c.class_word} with {s.pattern_color} {s.pattern}"
         for label, words in (("base, class words", c.class_word), ("base, caption words", described)):
             prompts = [r.prompt.replace(concept.eval_replacement, words) for r in reqs]
-            images = generate_requests(bundle, [GenerationRequest(prompt=p, seed=r.seed) for p, r in zip(prompts, reqs)],
+            images = generate_requests(bundle, [GenerationRequest(prompt=p, seed=r.seed) for p, r in zip(prompts, reqs, strict=True)],
                                        settings, prompts=prompts)
             rows[label] += [(np.asarray(im.convert("RGB")), c.scene, r.prompt.replace(concept.eval_replacement,
                              c.class_word)) for im, r in zip(images, reqs, strict=True)]
