@@ -444,6 +444,10 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from cifc_bench.leaderboard import leaderboard_tables, render
 
+    missing = [str(p) for p in args.results if not Path(p).is_dir()]
+    if missing:
+        raise CLIError(f"--results {' '.join(missing)}: no such folder; give the folders that hold run directories "
+                       "(the reference runs are in results/, yours in runs/: --results results runs)")
     if args.format == "html":
         from cifc_bench.leaderboard_page import write_leaderboard_page
 

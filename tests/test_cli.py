@@ -50,3 +50,10 @@ def test_run_reports_bad_flags_clearly(tmp_path, capsys):
     assert "--method-args 'rank': write KEY=VALUE" in capsys.readouterr().err
     assert main(["run", "--resume", str(tmp_path / "nothing")]) == 2
     assert "nothing a cifc-bench run directory?" in capsys.readouterr().err
+
+
+def test_a_leaderboard_of_a_missing_results_folder_is_an_error(tmp_path, capsys):
+    """Not an empty table with exit 0: a typo in --results must be seen."""
+    assert main(["leaderboard", "--protocol", "synth10", "--results", str(tmp_path / "typo")]) == 2
+    err = capsys.readouterr().err
+    assert f"--results {tmp_path / 'typo'}: no such folder" in err and "--results results runs" in err
