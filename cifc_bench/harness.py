@@ -26,14 +26,15 @@ from cifc_bench.api import (
     Concept,
     ConceptImages,
     DivergenceError,
-    GenerationRequest,
     GenerationSettings,
     Method,
     TaskSequence,
 )
 from cifc_bench.config import ConfigError, RunSpec
 from cifc_bench.distributed import SINGLE, Ranks
+from cifc_bench.eval_requests import concept_requests, evaluated_after, multi_requests
 from cifc_bench.images import list_images, load_rgb, save_atomic
+from cifc_bench.plan import remaining_seconds, work_plan
 from cifc_bench.progress import progress
 from cifc_bench.results import (
     RESULT_FILE,
@@ -45,7 +46,7 @@ from cifc_bench.results import (
     run_identity,
     write_json_atomic,
 )
-from cifc_bench.seeding import derive_seed, image_seed, train_seed
+from cifc_bench.seeding import derive_seed, train_seed
 from cifc_bench.tracks import new_tracks, track_dir, track_input_dir, track_requests, track_sample
 
 METRICS = ("ia", "ta")  # per-concept metrics of a protocol that names none under ``defaults.metrics``
@@ -90,30 +91,11 @@ def image_dir(run_dir: Path, task_index: int, concept: str) -> Path:
     return Path(run_dir) / "images" / f"after_task_{task_index:02d}" / concept
 
 
-def concept_requests(protocol: str, concept: Concept, prompts_per_concept: int, images_per_prompt: int):
-    """The evaluation requests of one concept and their cache file names; the same in every model state."""
-    out = []
-    for p, prompt in enumerate(concept.eval_prompts[:prompts_per_concept]):
-        for k in range(images_per_prompt):
-            req = GenerationRequest(prompt=prompt, seed=image_seed(protocol, concept.name, p, k), concepts=(concept,))
-            out.append((req, f"p{p:03d}_s{k:03d}.png"))
-    return out
-
-
 def multi_dir(run_dir: Path, task_index: int) -> Path:
     return Path(run_dir) / "images" / f"after_task_{task_index:02d}" / MULTI
 
 
 MULTI = "_multi"  # folder of multi-concept images beside the concepts' folders (no concept name starts with _)
-
-
-def multi_requests(sequence: TaskSequence, q: int, n_images: int):
-    """Requests for multi-concept prompt ``q`` and their cache file names; the same in every model state."""
-    m = sequence.multi_concept_prompts[q]
-    concepts = tuple(sequence.concept(c) for c in m.concepts)
-    return [(GenerationRequest(prompt=m.prompt, seed=derive_seed("multi", sequence.name, q, k), concepts=concepts,
-                               boxes=m.boxes, region_prompts=m.region_prompts), f"q{q:03d}_s{k:03d}.png")
-            for k in range(n_images)]
 
 
 def resolve_run(config: RunSpec):
@@ -496,6 +478,8 @@ def _loop(ctx: RunContext, result: dict[str, Any]) -> None:
     on_cuda = device.type == "cuda" and torch.cuda.is_available()
     worker = EvalWorker(ctx) if cfg.eval_workers and ranks.count == 1 and done < len(tasks) else None
     pending: list[tuple[int, dict[str, Any], Any]] = []  # (task, its row so far, the worker's job)
+    plan = work_plan(cfg, ctx.sequence, ctx.budgets)
+    bar = progress(range(done, len(tasks)), desc="tasks", initial=done, total=len(tasks))
 
     def finish(j: int, row: dict[str, Any], job) -> None:
         generated = job.result() if job is not None else 0.0  # the worker's seconds; its error surfaces here
@@ -508,9 +492,12 @@ def _loop(ctx: RunContext, result: dict[str, Any]) -> None:
         result["tasks"].append({**row, "eval_seconds": generated + time.perf_counter() - started})
         result["summary"] = metrics.summarize_result(result)
         write_json_atomic(ctx.run_dir / RESULT_FILE, result)
+        rates = measured_rates(plan, result["tasks"])
+        if rates is not None:
+            bar.set_eta(remaining_seconds(plan, len(result["tasks"]), *rates, overlapped=worker is not None))
 
     try:
-        for j in progress(range(done, len(tasks)), desc="tasks", initial=done, total=len(tasks)):
+        for j in bar:
             task = tasks[j]
             if on_cuda:  # the run's own device: under --device cuda:1 the current device is another one
                 torch.cuda.reset_peak_memory_stats(device)
@@ -559,6 +546,19 @@ def _loop(ctx: RunContext, result: dict[str, Any]) -> None:
     finally:
         if worker is not None:
             worker.close()
+
+
+def measured_rates(plan, rows: list[dict[str, Any]]) -> tuple[float, float] | None:
+    """(seconds per training step, seconds per evaluation image) of the tasks this process trained and
+    evaluated; None before there are any."""
+    trained = [r for r in rows if r.get("train_seconds") is not None]
+    steps = sum(r["steps"] for r in trained)
+    images = sum(plan.concept_images[r["index"]] + plan.multi_images[r["index"]] +
+                 (plan.track_images[r["index"]] if plan.track_images else 0) for r in trained)
+    if not trained or not steps:
+        return None
+    return (sum(r["train_seconds"] for r in trained) / steps,
+            sum(r["eval_seconds"] for r in trained) / images if images else 0.0)
 
 
 class EvalWorker:
@@ -641,11 +641,6 @@ def check_images(images, concept: Concept, j: int) -> None:
         raise DivergenceError(f"after task {j + 1}, every one of the {len(images)} images of concept {concept.name!r} "
                               "is a single flat colour: the model no longer samples (non-finite weights or a "
                               "collapsed model). Lower the learning rates, or check the method's generate()")
-
-
-def evaluated_after(cfg: RunSpec, j: int, n_tasks: int) -> bool:
-    """Whether the run's schedule evaluates the model state after task ``j``."""
-    return cfg.eval_schedule == "each-task" or j == n_tasks - 1
 
 
 def evaluate_task(ctx: RunContext, result: dict[str, Any], j: int, references: dict[str, np.ndarray]) -> None:

@@ -4,7 +4,7 @@
 training steps per task, the images of every evaluation (concept images, multi-concept images, the base
 model's calibration images) and the UNet passes of the shared sampler. :func:`measure_warmup` times a short
 warm-up of the real method on the real model and device, and :func:`estimate_seconds` turns both into a wall
-time. The counts follow the harness's own rules (:func:`cifc_bench.harness.evaluated_after`, the multi-concept
+time. The counts follow the harness's own rules (:func:`cifc_bench.eval_requests.evaluated_after`, the multi-concept
 prompts whose concepts are all learned), so a dry run and the run agree on every image.
 """
 
@@ -53,7 +53,7 @@ def work_plan(config: RunSpec, sequence: TaskSequence, budgets, eval_schedule: s
     """Count the work of ``config`` (resolved) on ``sequence``; ``eval_schedule`` overrides the config's."""
     import dataclasses
 
-    from cifc_bench.harness import evaluated_after
+    from cifc_bench.eval_requests import evaluated_after
 
     if eval_schedule is not None:
         config = dataclasses.replace(config, eval_schedule=eval_schedule)
@@ -89,6 +89,24 @@ def work_plan(config: RunSpec, sequence: TaskSequence, budgets, eval_schedule: s
                     track_images=tuple(track_images), track_sampler_steps=track_steps)
 
 
+def remaining_seconds(plan: WorkPlan, done: int, step_seconds: float, image_seconds: float,
+                      overlapped: bool = False) -> float:
+    """Seconds left after ``done`` tasks, from the work still to do at the rates measured so far: training
+    steps at ``step_seconds`` and evaluation images at ``image_seconds``. The evaluation grows with the task
+    index (every learned concept is evaluated again), so extrapolating the tasks done so far underestimates a
+    run. ``overlapped``: the state after task k is evaluated while task k+1 trains (``eval_workers`` 1)."""
+    n = len(plan.train_steps)
+    train = [plan.train_steps[k] * step_seconds for k in range(n)]
+    images = [plan.concept_images[k] + plan.multi_images[k] + (plan.track_images[k] if plan.track_images else 0)
+              for k in range(n)]
+    evaluate = [images[k] * image_seconds for k in range(n)]
+    if not overlapped:
+        return float(sum(train[done:]) + sum(evaluate[done:]))
+    # task k trains beside the evaluation of state k - 1; the last state's evaluation runs alone
+    left = sum(max(train[k], evaluate[k - 1] if k > done else 0.0) for k in range(done, n))
+    return float(left + (evaluate[n - 1] if done < n else 0.0))
+
+
 @dataclass(frozen=True)
 class Warmup:
     """Seconds measured on the run's model and device: per training step, per task beyond its steps (what a
@@ -108,7 +126,7 @@ def measure_warmup(ctx, steps: int = 4) -> Warmup:
     images, of the multi-concept prompts' images, and of base-model images. Nothing is written."""
     import torch
 
-    from cifc_bench.harness import concept_requests, multi_requests
+    from cifc_bench.eval_requests import concept_requests, multi_requests
     from cifc_bench.models import load_bundle
     from cifc_bench.precision import cast_frozen
     from cifc_bench.sampling import generate_batched

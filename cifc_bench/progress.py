@@ -21,6 +21,7 @@ _HEARTBEAT: list = []  # the one heartbeat thread, once started
 
 
 def progress(iterable=None, **kwargs):
+    """tqdm, or plain lines, or nothing (module docstring). Every kind has ``set_eta(seconds)``."""
     setting = os.environ.get("CIFC_BENCH_PROGRESS")
     if setting == "0":
         return _Quiet(iterable, kwargs)
@@ -29,7 +30,9 @@ def progress(iterable=None, **kwargs):
     from tqdm.auto import tqdm
 
     kwargs.setdefault("dynamic_ncols", True)
-    return tqdm(iterable, disable=False, **kwargs)
+    bar = tqdm(iterable, disable=False, **kwargs)
+    bar.set_eta = lambda seconds: bar.set_postfix_str(f"about {_clock(seconds)} left")
+    return bar
 
 
 def library_bars_off() -> None:
@@ -61,6 +64,7 @@ class _Quiet:
         self.total = kwargs.get("total") if kwargs.get("total") is not None else _len(iterable)
         self.n = int(kwargs.get("initial") or 0)
         self.postfix = ""
+        self.eta: float | None = None  # seconds left, when the caller knows better than a linear extrapolation
 
     def __iter__(self):
         try:
@@ -75,6 +79,10 @@ class _Quiet:
 
     def set_postfix(self, **values) -> None:
         self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
+
+    def set_eta(self, seconds: float) -> None:
+        """Report ``seconds`` left instead of extrapolating the items done so far (their costs differ)."""
+        self.eta = seconds
 
     def close(self) -> None:
         pass
@@ -110,8 +118,8 @@ class _Lines(_Quiet):
         if now - self.last >= self.every:
             self.last = now
             done, elapsed = self.n - self.first, now - self.start
-            eta = (f", ETA {_clock(elapsed / done * (self.total - self.n))}"
-                   if self.total and done else "")
+            eta = (f", ETA {_clock(self.eta)}" if self.eta is not None else
+                   f", ETA {_clock(elapsed / done * (self.total - self.n))}" if self.total and done else "")
             count = f"{self.n}/{self.total}" if self.total else str(self.n)
             self._say(f"{self.desc}: {count}, {_clock(elapsed)} elapsed{eta}" + (f" ({self.postfix})" if self.postfix else ""))
 

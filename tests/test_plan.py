@@ -83,3 +83,30 @@ def test_estimate_adds_each_kind_of_work_at_its_rate():
 def test_dry_run_refuses_resume(tmp_path, capsys):
     assert main(["run", "--resume", str(tmp_path), "--dry-run"]) == 2
     assert "--dry-run plans a new run" in capsys.readouterr().err
+
+
+def test_the_eta_counts_the_work_left_which_grows_with_the_task_index():
+    """After task 1 of a default synth10 run, the time left at the measured rates: evaluation grows with the
+    task index, so extrapolating task 1 linearly (the old ETA) says far less than the work left."""
+    from cifc_bench.harness import measured_rates
+    from cifc_bench.plan import remaining_seconds
+
+    from cifc_bench.config import RunSpec
+
+    config, spec, _, budgets = resolve_run(RunSpec(method="finetune", protocol="synth10"))
+    seq = spec.bind(spec.data_root(None))
+    plan = work_plan(config, seq, budgets)
+    step, image = 0.2, 0.05  # a run whose costs are exactly these
+    images = [plan.concept_images[k] + plan.multi_images[k] + plan.track_images[k] for k in range(10)]
+    truth = [plan.train_steps[k] * step + images[k] * image for k in range(10)]
+    rows = [{"index": 0, "steps": plan.train_steps[0], "train_seconds": plan.train_steps[0] * step,
+             "eval_seconds": images[0] * image}]
+    rates = measured_rates(plan, rows)
+    assert rates == pytest.approx((step, image))
+    eta = remaining_seconds(plan, 1, *rates)
+    assert eta == pytest.approx(sum(truth[1:]))
+    assert eta > 1.5 * truth[0] * 9  # the linear extrapolation of task 1 is far too short
+    overlapped = remaining_seconds(plan, 1, *rates, overlapped=True)
+    assert max(sum(truth[1:]) / 2, truth[-1]) < overlapped < eta  # two processes: never below half, never above one
+    assert measured_rates(plan, []) is None
+    assert remaining_seconds(plan, 10, *rates) == 0.0
