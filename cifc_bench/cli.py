@@ -208,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
                                      "weights)")
     rs.add_argument("--device", help="device to score on (default: the run's)")
 
+    ex = sub.add_parser("export", help="every run's numbers as one tidy table (parquet or csv)")
+    ex.add_argument("paths", nargs="+", type=Path, metavar="RESULTS", help="run folders, folders of runs, result.json")
+    ex.add_argument("--level", choices=("summary", "matrix", "image"), default="matrix",
+                    help="summary: a run's summaries; matrix: R[task][concept]; image: each image's score")
+    ex.add_argument("--format", choices=("parquet", "csv"), help="default: from --out's suffix")
+    ex.add_argument("--out", type=Path, required=True)
+
     from cifc_bench.registry import COMMANDS, KINDS, list_plugins
 
     ls = sub.add_parser("ls", help="list registered plugins of one kind")
@@ -509,6 +516,17 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from cifc_bench.results_data import export, load_results
+
+    try:
+        out = export(args.paths, args.out, args.level, args.format)
+    except (ValueError, FileNotFoundError) as err:
+        raise CLIError(str(err)) from None
+    print(f"export: {len(load_results(args.paths, args.level)):,} rows ({args.level}) -> {out}")
+    return 0
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
     from cifc_bench.describe import describe
     from cifc_bench.registry import KINDS, list_plugins
@@ -522,6 +540,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "generate": cmd_generate, "validate": cmd_validate, "data": cmd_data, "leaderboard": cmd_leaderboard, "ls": cmd_ls,
+            "export": cmd_export,
             "report": cmd_report, "rescore": cmd_rescore}
 
 
