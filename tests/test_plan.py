@@ -88,10 +88,9 @@ def test_dry_run_refuses_resume(tmp_path, capsys):
 def test_the_eta_counts_the_work_left_which_grows_with_the_task_index():
     """After task 1 of a default synth10 run, the time left at the measured rates: evaluation grows with the
     task index, so extrapolating task 1 linearly (the old ETA) says far less than the work left."""
+    from cifc_bench.config import RunSpec
     from cifc_bench.harness import measured_rates
     from cifc_bench.plan import remaining_seconds
-
-    from cifc_bench.config import RunSpec
 
     config, spec, _, budgets = resolve_run(RunSpec(method="finetune", protocol="synth10"))
     seq = spec.bind(spec.data_root(None))
