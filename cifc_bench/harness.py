@@ -477,6 +477,9 @@ def _loop(ctx: RunContext, result: dict[str, Any]) -> None:
     device = torch.device(ctx.config.device or "cpu")
     on_cuda = device.type == "cuda" and torch.cuda.is_available()
     worker = EvalWorker(ctx) if cfg.eval_workers and ranks.count == 1 and done < len(tasks) else None
+    threads = torch.get_num_threads()
+    if worker is not None and device.type == "cpu":  # the worker's one thread takes a core of this process's
+        torch.set_num_threads(max(1, threads - 1))
     pending: list[tuple[int, dict[str, Any], Any]] = []  # (task, its row so far, the worker's job)
     plan = work_plan(cfg, ctx.sequence, ctx.budgets)
     bar = progress(range(done, len(tasks)), desc="tasks", initial=done, total=len(tasks))
@@ -546,6 +549,7 @@ def _loop(ctx: RunContext, result: dict[str, Any]) -> None:
     finally:
         if worker is not None:
             worker.close()
+            torch.set_num_threads(threads)
 
 
 def measured_rates(plan, rows: list[dict[str, Any]]) -> tuple[float, float] | None:
