@@ -20,6 +20,11 @@ class LoRAComposite(LoRAMerge):
     def __init__(self, bundle, rank: int = 4, lr: float = 1e-4, embedding_lr: float = 1e-3) -> None:
         super().__init__(bundle, rank=rank, lr=lr, embedding_lr=embedding_lr)
 
+    @classmethod
+    def unet_passes_per_step(cls, request, guided, tasks_learned, method_args):
+        """One guided prediction per stored task LoRA."""
+        return max(tasks_learned, 1) * super().unet_passes_per_step(request, guided, tasks_learned, method_args)
+
     def composite_predictor(self):
         """ε(x, t, c) averaged over the task LoRAs, each active alone; CFG is linear, so the guided
         prediction of this average is the average of the per-LoRA guided predictions."""

@@ -381,6 +381,14 @@ class Method(abc.ABC):
     #: {(argument, value): (metric, summary, change, source)}, e.g. an ablation's change of final ``ia``.
     paper_effects: dict[tuple[str, Any], tuple[str, str, float, str]] = {}
 
+    @classmethod
+    def unet_passes_per_step(cls, request: GenerationRequest, guided: bool, tasks_learned: int,
+                             method_args: Mapping[str, Any]) -> int:
+        """UNet evaluations per image and sampler step for ``request`` after ``tasks_learned`` tasks, with
+        the method's arguments: what ``--dry-run`` counts. The shared sampler's are 2 with guidance, 1
+        without; a method with its own sampler (region synthesis, a per-adapter composite) says its own."""
+        return 2 if guided else 1
+
     def __init__(self, bundle: ModelBundle, **hparams: Any) -> None:
         self.bundle = bundle
         self.hparams = dict(hparams)

@@ -302,10 +302,10 @@ def dry_run(config, warmup_steps: int) -> int:
 
     if warmup_steps < 0:
         raise CLIError(f"--warmup-steps {warmup_steps}: give a whole number >= 0 (0: counts only)")
-    config, spec, _, budgets = resolve_run(config)
+    config, spec, method_cls, budgets = resolve_run(config)
     sequence = spec.bind(Path(config.data_dir or "."), check=False)  # counts need the protocol, not its data
     schedules = (config.eval_schedule, *(s for s in EVAL_SCHEDULES if s != config.eval_schedule))
-    plans = {s: plan.work_plan(config, sequence, budgets, s) for s in schedules}
+    plans = {s: plan.work_plan(config, sequence, budgets, s, method_cls) for s in schedules}
     print(f"dry run: {config.method} on {spec.name} (schedule {config.schedule}), model {config.model}, "
           f"device {config.device}, {config.dtype}; nothing is written")
     for s, p in plans.items():

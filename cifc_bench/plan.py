@@ -31,6 +31,9 @@ class WorkPlan:
     guided: bool
     track_images: tuple[int, ...] = ()  # per task: the outputs of the run's tracks (style transfer, editing)
     track_sampler_steps: int = 0  # their denoising steps in all: a strength below 1 skips the first ones
+    #: UNet evaluations of the method's own sampler for every evaluation image (region synthesis, a composite of
+    #: adapters), as the method declares them (``Method.unet_passes_per_step``); None: not counted (no method)
+    method_unet_passes: int | None = None
 
     @property
     def total_train_steps(self) -> int:
@@ -49,8 +52,10 @@ class WorkPlan:
         return (untracked * self.num_inference_steps + self.track_sampler_steps) * (2 if self.guided else 1)
 
 
-def work_plan(config: RunSpec, sequence: TaskSequence, budgets, eval_schedule: str | None = None) -> WorkPlan:
-    """Count the work of ``config`` (resolved) on ``sequence``; ``eval_schedule`` overrides the config's."""
+def work_plan(config: RunSpec, sequence: TaskSequence, budgets, eval_schedule: str | None = None,
+              method_cls=None) -> WorkPlan:
+    """Count the work of ``config`` (resolved) on ``sequence``; ``eval_schedule`` overrides the config's. With
+    ``method_cls``, also the UNet passes of the method's own sampler."""
     import dataclasses
 
     from cifc_bench.eval_requests import evaluated_after
@@ -82,11 +87,41 @@ def work_plan(config: RunSpec, sequence: TaskSequence, budgets, eval_schedule: s
                 track_steps += k * min(int(config.num_inference_steps * t.strength), config.num_inference_steps)
         track_images.append(count)
     calibration = config.calibration_images * len(sequence.multi_concept_prompts)
+    passes = None if method_cls is None else _method_passes(config, sequence, method_cls, tracks)
     return WorkPlan(eval_schedule=config.eval_schedule, train_steps=tuple(b["steps"] for b in budgets),
                     batch_size=config.batch_size, concept_images=tuple(concept_images),
                     multi_images=tuple(multi_images), calibration_images=calibration,
                     num_inference_steps=config.num_inference_steps, guided=config.guidance_scale != 1.0,
-                    track_images=tuple(track_images), track_sampler_steps=track_steps)
+                    track_images=tuple(track_images), track_sampler_steps=track_steps,
+                    method_unet_passes=passes)
+
+
+def _method_passes(config: RunSpec, sequence: TaskSequence, method_cls, tracks) -> int:
+    """The method's UNet evaluations over every evaluated state: each request's passes per step times its
+    sampler steps (a track's input skips the first ``1 - strength`` of them)."""
+    from cifc_bench.api import GenerationRequest
+    from cifc_bench.eval_requests import concept_requests, evaluated_after, multi_requests
+
+    n, steps, guided = len(sequence.tasks), config.num_inference_steps, config.guidance_scale > 1.0
+    total = 0
+    for j in range(n):
+        if not evaluated_after(config, j, n):
+            continue
+        learned = sequence.concepts[: j + 1]
+        names = {c.name for c in learned}
+        requests = [r for c in learned for r, _ in concept_requests(sequence.name, c, config.prompts_per_concept,
+                                                                     config.images_per_prompt)]
+        requests += [r for q, m in enumerate(sequence.multi_concept_prompts) if set(m.concepts) <= names
+                     for r, _ in multi_requests(sequence, q, config.multi_images_per_prompt)]
+        total += sum(method_cls.unet_passes_per_step(r, guided, j + 1, config.method_args) for r in requests) * steps
+        for t in tracks:
+            for c in t.targets(learned):
+                k = min(t.inputs_per_concept, sum(name != c.name for name, _ in t.inputs)) if t.inputs \
+                    else t.inputs_per_concept
+                plain = GenerationRequest(prompt=t.prompt, seed=0, concepts=(c,))
+                total += k * min(int(steps * t.strength), steps) * method_cls.unet_passes_per_step(
+                    plain, guided, j + 1, config.method_args)
+    return total
 
 
 def remaining_seconds(plan: WorkPlan, done: int, step_seconds: float, image_seconds: float,
@@ -198,7 +233,9 @@ def describe(plan: WorkPlan) -> list[str]:
         "(once, then cached)" + (f", {sum(plan.track_images):,} track images (style transfer, editing; "
                                  f"{plan.track_sampler_steps:,} sampler steps)" if sum(plan.track_images) else ""),
         f"sampler: {plan.num_inference_steps} steps, {'2 UNet passes per step (guidance)' if plan.guided else '1 UNet pass per step'}"
-        f": {plan.total_images:,} images, {plan.unet_passes:,} UNet passes",
+        f": {plan.total_images:,} images, {plan.unet_passes:,} UNet passes"
+        + (f"; the method's own sampler (region synthesis, adapter composites) makes {plan.method_unet_passes:,} for "
+           f"the evaluation images" if plan.method_unet_passes is not None else ""),
     ]
 
 

@@ -109,3 +109,37 @@ def test_the_eta_counts_the_work_left_which_grows_with_the_task_index():
     assert max(sum(truth[1:]) / 2, truth[-1]) < overlapped < eta  # two processes: never below half, never above one
     assert measured_rates(plan, []) is None
     assert remaining_seconds(plan, 10, *rates) == 0.0
+
+
+@pytest.mark.parametrize("method, args", [("cidm", {}), ("cidm", {"ccs": False}), ("lora-c", {}), ("finetune", {})])
+def test_dry_run_counts_the_unet_passes_the_methods_samplers_make(method, args, tiny_protocol, tmp_path):
+    """The dry run's count of the method's own UNet evaluations (CIDM's region synthesis: 2 (U + 1) per step;
+    LoRA-C: one guided pass per stored adapter) equals what the method's generate makes, counted by a hook on
+    the UNet, for every evaluation image of the last state."""
+    import torch
+
+    from cifc_bench.api import TrainBudget
+    from cifc_bench.eval_requests import concept_requests, multi_requests
+    from cifc_bench.models import load_bundle
+    from cifc_bench.registry import load_method
+
+    config, spec, method_cls, budgets = resolve_run(tiny_run_config(tiny_protocol, method=method, method_args=args,
+                                                                    eval_schedule="final", tracks=()))
+    seq = spec.bind(tiny_protocol.with_name("tiny-data"))
+    plan = work_plan(config, seq, budgets, method_cls=method_cls)
+    torch.manual_seed(0)
+    m = load_method(method)(load_bundle("tiny-random"), **config.method_args)
+    for task in seq.tasks:
+        m.learn_task(task, TrainBudget(steps=1, batch_size=2, resolution=32, seed=task.index))
+    counted = [0]
+    m.bundle.unet.register_forward_pre_hook(lambda mod, inputs: counted.__setitem__(0, counted[0] + len(inputs[0])))
+    requests = [r for c in seq.concepts for r, _ in concept_requests(seq.name, c, config.prompts_per_concept,
+                                                                     config.images_per_prompt)]
+    requests += [r for q in range(len(seq.multi_concept_prompts))
+                 for r, _ in multi_requests(seq, q, config.multi_images_per_prompt)]
+    with torch.no_grad():
+        m.generate(requests, config.generation())
+    assert plan.method_unet_passes == counted[0] > 0
+    if method == "cidm" and not args:  # region synthesis costs more than the shared sampler's count
+        assert plan.method_unet_passes > plan.unet_passes - config.calibration_images * len(seq.multi_concept_prompts) \
+            * config.num_inference_steps * 2

@@ -89,6 +89,13 @@ class CIDM(Method):
         ("ewa", False): ("ia", "final", -2.7, "Table 3: baseline 74.6 vs w/ EWA 77.3"),
     }
 
+    @classmethod
+    def unet_passes_per_step(cls, request, guided, tasks_learned, method_args):
+        """Region synthesis evaluates the global prompt and each box's, each with both guidance halves."""
+        if request.boxes and method_args.get("ccs", True):
+            return 2 * (len(request.boxes) + 1)
+        return super().unet_passes_per_step(request, guided, tasks_learned, method_args)
+
     def __init__(self, bundle, variant: str = "paper", rank: int = 4, lr: float = 1e-4, embedding_lr: float = 1e-3, gamma1: float = 0.1, gamma2: float | None = None, tsp: bool = True,
                  tsh: bool = True, ewa: bool = True, alpha: float = 0.8, ccs_alpha: float = 0.1,
                  sigmoid_attention: bool = False, extras: bool | None = None, noise_offset: float = 0.01,
