@@ -249,17 +249,12 @@ def _given_settings(args: argparse.Namespace) -> dict:
 
 
 def _run_config(data: dict):
-    from cifc_bench.config import RunSpec
+    from cifc_bench.config import RunSpec, default_device
+    from cifc_bench.protocol import protocol_or_default
 
     data = dict(data)
-    if "device" not in data:
-        import torch
-
-        data["device"] = "cuda" if torch.cuda.is_available() else "cpu"
-    if data.get("protocol") is None:
-        from cifc_bench.protocol import default_protocol
-
-        data["protocol"] = default_protocol()
+    data.setdefault("device", default_device())
+    data["protocol"] = protocol_or_default(data.get("protocol"))
     return RunSpec.from_dict(data)
 
 
@@ -346,11 +341,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise CLIError(f"--jobs {args.jobs}: give a whole number >= 1")
     given = _given_settings(args)
     fixed = given.pop("method_args", {})
-    if given.get("protocol") is None:
-        from cifc_bench.protocol import default_protocol
-
-        given["protocol"] = default_protocol()
+    from cifc_bench.protocol import protocol_or_default
     from cifc_bench.registry import load_method
+
+    given["protocol"] = protocol_or_default(given.get("protocol"))
 
     classes = {method: load_method(method) for method in args.methods}  # a typo should fail before anything starts
     one_seed = [m for m, cls in classes.items() if getattr(cls, "seed_invariant", False) and len(args.seeds) > 1]

@@ -152,6 +152,14 @@ def parse_value(text: str) -> Any:
     return value
 
 
+def default_device() -> str:
+    """The device a run uses when none is given: CUDA when a GPU is visible, else the CPU (the one place this is
+    decided)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def default_dtype(device: str | None) -> str:
     """bf16 on CUDA (SD-1.5 loses nothing visible in bf16 and samples about twice as fast), fp32 elsewhere:
     a CPU's bf16 kernels are slower than its fp32 ones, and the CPU tier's numbers were made in fp32."""

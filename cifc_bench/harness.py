@@ -101,12 +101,11 @@ MULTI = "_multi"  # folder of multi-concept images beside the concepts' folders 
 def resolve_run(config: RunSpec):
     """(resolved config, protocol spec, method class, per-task budgets) of ``config``: everything a run is
     before any data or model is touched (a typo in the method or schedule fails here, at once)."""
-    from cifc_bench.protocol import default_protocol, load_protocol
+    from cifc_bench.protocol import load_protocol, protocol_or_default
     from cifc_bench.registry import load_method
 
     method_cls = load_method(config.method)
-    if config.protocol is None:
-        config = dataclasses.replace(config, protocol=default_protocol())
+    config = dataclasses.replace(config, protocol=protocol_or_default(config.protocol))
     spec = load_protocol(config.protocol)
     config = config.resolved(dict(spec.defaults), registered_names(method_cls))
     if config.tracks is None:

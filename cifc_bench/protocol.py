@@ -225,6 +225,11 @@ def protocol_path(name_or_path: str) -> Path:
     return path
 
 
+def protocol_or_default(name: str | None) -> str:
+    """``name``, or the installed default protocol when none is given (the one place this is decided)."""
+    return name if name is not None else default_protocol()
+
+
 def default_protocol() -> str:
     """The registered protocol whose file says ``default: true`` (the one ``cifc-bench run`` uses without
     ``--protocol``); exactly one may say so."""

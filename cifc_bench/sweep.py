@@ -117,7 +117,7 @@ def expand(methods: Sequence[str], seeds: Sequence[int], grid: Mapping[str, Mapp
 def calibrate_once(jobs: Sequence[SweepJob]) -> int:
     """Calibrate the neglect thresholds for every distinct setting among ``jobs`` into the shared cache, so
     concurrent jobs read them instead of each computing them. Returns how many settings were calibrated."""
-    from cifc_bench.config import RunSpec
+    from cifc_bench.config import RunSpec, default_device
     from cifc_bench.harness import resolve_run
     from cifc_bench.models import cache_dir, load_bundle
     from cifc_bench.neglect import calibrate_thresholds
@@ -128,7 +128,7 @@ def calibrate_once(jobs: Sequence[SweepJob]) -> int:
         if job.status() == "completed":
             continue
         spec_data = {**job.settings, "method": job.method, "seed": job.seed, "method_args": dict(job.method_args)}
-        spec_data.setdefault("device", _default_device())
+        spec_data.setdefault("device", default_device())
         config, spec, _, _ = resolve_run(RunSpec.from_dict(spec_data))
         key = (config.protocol, config.model, config.scorer, config.generation(), config.calibration_images)
         if key in done or not spec.raw.get("multi_concept_prompts"):
@@ -141,10 +141,6 @@ def calibrate_once(jobs: Sequence[SweepJob]) -> int:
     return len(done)
 
 
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def run_cli(argv: Sequence[str]) -> int:

@@ -180,3 +180,19 @@ def test_the_builtin_folders_import_under_one_name_only():
     import cifc_bench.baselines.lora_merge as module
 
     assert module.__name__ == "cifc_bench.baselines.lora_merge"
+
+
+def test_each_default_is_decided_in_one_function():
+    """The default device, protocol and dtype each have one home; every other module asks it."""
+    homes = {r'"cuda" if torch.cuda.is_available\(\) else "cpu"': "cifc_bench/config.py",
+             r"\bdefault_protocol\(\)": "cifc_bench/protocol.py",
+             r'"bf16" if str\(device': "cifc_bench/config.py"}
+    import re
+
+    for folder in PACKAGES:
+        for path in (ROOT / folder).rglob("*.py"):
+            text = path.read_text()
+            for pattern, home in homes.items():
+                if re.search(pattern, text):
+                    assert str(path.relative_to(ROOT)) == home, f"{path.relative_to(ROOT)} decides a default " \
+                        f"({pattern}) that {home} owns: call its function"
