@@ -369,6 +369,10 @@ class Method(abc.ABC):
     #: different things may set it per instance. Replay of old data is never allowed.
     storage: str = "single-model"
 
+    #: True for a reference that breaks the benchmark's rules on purpose (``replay`` trains on earlier tasks'
+    #: data): leaderboards show it apart and never rank it
+    reference: bool = False
+
     #: True for a method whose images cannot depend on the run seed (it learns nothing and draws nothing at
     #: random: ``base``). A sweep runs it for its first seed only, since its other seeds' runs are the same run.
     seed_invariant: bool = False

@@ -10,19 +10,31 @@ from cifc_bench.generate import GenerateError, image_init, parse_regions, reques
 
 pytest.importorskip("cifc_bench.synth")
 
-RESULTS = Path(__file__).resolve().parents[1] / "results" / "synth10"
+ROOT = Path(__file__).resolve().parents[1] / "results"
+RESULTS = ROOT / "synth10"  # the runs of the installed protocol version
+ARCHIVE = ROOT / "archive" / "synth10-2.0"  # protocol 2.0's: every method but replay, while 3.0's grid is made
 
 
 def committed_run(method: str) -> Path:
-    return RESULTS / method / "s0"
+    """The seed-0 run of ``method``: the installed protocol's when committed, else protocol 2.0's."""
+    current = RESULTS / method / "s0"
+    return current if (current / "state" / "after_task_09.safetensors").is_file() else ARCHIVE / method / "s0"
 
 
+@pytest.mark.xfail(strict=True, reason="issue 34: the synth10 3.0 grid is being made (results/regenerate-synth10.sh); "
+                   "strict, so this mark must go once every method's seed-0 run is committed")
 def test_every_method_has_a_committed_run_with_its_final_state():
     from cifc_bench.registry import METHODS, list_plugins
 
     missing = [m for m in list_plugins(METHODS)
-               if not (committed_run(m) / "state" / "after_task_09.safetensors").is_file()]
+               if not (RESULTS / m / "s0" / "state" / "after_task_09.safetensors").is_file()]
     assert not missing, f"no committed synth10 run with a final state for {missing} (results/synth10/<method>/s0)"
+
+
+def test_the_archived_runs_keep_their_final_states():
+    missing = [d.name for d in ARCHIVE.iterdir() if d.is_dir() and
+               not (d / "s0" / "state" / "after_task_09.safetensors").is_file()]
+    assert not missing, f"archived protocol 2.0 runs without a final state: {missing}"
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ import pytest
 from cifc_bench import load_results
 from cifc_bench.cli import main
 
-RESULTS = Path(__file__).resolve().parents[1] / "results" / "synth10"
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "archive" / "synth10-2.0"  # protocol 2.0's runs
 FINETUNE = RESULTS / "finetune"
 
 

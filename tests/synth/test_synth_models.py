@@ -202,8 +202,9 @@ def test_shortened_synth10_run_is_the_default_protocol(tmp_path, method):
     final = result["matrices"]["context_acc"][-1]
     # object prompts ask for backgrounds/positions; the first style prompts ask for nothing checkable (null)
     assert all(v is not None for v, k in zip(final, kinds, strict=True) if k == "object")
-    # the four boxed two-object prompts are all evaluated on the final model
-    assert len(result["neglect"]["prompts"]) == 4 and None not in result["neglect"]["matrices"]["cnr"][-1]
+    # the ten boxed two-object prompts (with their region prompts) are all evaluated on the final model
+    assert len(result["neglect"]["prompts"]) == 10 and None not in result["neglect"]["matrices"]["cnr"][-1]
+    assert all(len(p["region_prompts"]) == 2 for p in result["neglect"]["prompts"])
     assert None not in result["neglect"]["matrices"]["cnr_exact"][-1]  # the exact neglect rate beside it
     diagonal = [row[i] for i, row in enumerate(result["matrices"]["identity_acc"])]
     # identity is measured for every concept on its own prompts (style prompts name a plain picture)
