@@ -270,6 +270,7 @@ def new_result(ctx: RunContext) -> dict[str, Any]:
             "method_version": type(ctx.method).version,
             "schedule": {"name": ctx.config.schedule, "tasks": list(ctx.budgets)},
             "storage": ctx.method.storage,
+            "reference": bool(type(ctx.method).reference),  # breaks the rules on purpose: shown apart, never ranked
             "protocol": {"name": seq.name, "version": seq.version, "file": str(seq.source)},
             "seed": ctx.config.seed,
             "model": ctx.config.model,

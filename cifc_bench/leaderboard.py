@@ -42,6 +42,7 @@ class RunRecord:
         label = info["method"] + (f" ({', '.join(f'{k}={v}' for k, v in sorted(args.items()))})" if args else "")
         schedule = info.get("config", {}).get("schedule") or SHARED
         label = label if schedule == SHARED else f"{label} [schedule {schedule}]"
+        label = f"{label} {REFERENCE_MARK}" if info.get("reference") else label
         return f"{label} {self.note}" if self.note else label
 
     @property
@@ -308,6 +309,14 @@ def paired_units(by_method: dict[str, list]) -> dict[str, Any]:
     return {label: t[:, scored] for label, t in tables.items()} if scored.any() else {}
 
 
+REFERENCE_MARK = "[reference, not ranked]"  # a method that breaks the rules on purpose (replay)
+
+
+def ranked(tables: dict[str, Any]) -> dict[str, Any]:
+    """The labels that compete for ★, ≈ and win/tie/loss: every one but the references'."""
+    return {label: t for label, t in tables.items() if REFERENCE_MARK not in label}
+
+
 def interval_cells(tables: dict[str, Any], higher_is_better: bool,
                    bounds: tuple[float, float] | None = None) -> dict[str, str]:
     """{method: "mean [low, high]"} with ★ on the best and ≈ on every method not distinguishable from it
@@ -315,8 +324,8 @@ def interval_cells(tables: dict[str, Any], higher_is_better: bool,
     from cifc_bench import stats
 
     marks = {}
-    if len(tables) > 1:
-        best, ties = stats.indistinguishable_from_best(tables, higher_is_better)
+    if len(ranked(tables)) > 1:
+        best, ties = stats.indistinguishable_from_best(ranked(tables), higher_is_better)
         marks = {best: " ★", **{m: " ≈" for m in ties}}
     cells = {}
     for label, table in tables.items():
@@ -351,7 +360,7 @@ def _interval_columns(metric: str, by_label: dict[str, list[RunRecord]], summari
     cells = {key: interval_cells(by_method, DIRECTIONS[key] == "higher", summary_bounds(key, bounds, scale))
              for key, by_method in tables.items()}
     final = tables.get("final", {})
-    record = stats.win_tie_loss(final, DIRECTIONS["final"] == "higher") if len(final) > 1 else {}
+    record = stats.win_tie_loss(ranked(final), DIRECTIONS["final"] == "higher") if len(ranked(final)) > 1 else {}
     return cells, record
 
 

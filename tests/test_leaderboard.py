@@ -402,3 +402,28 @@ def test_intervals_are_clipped_to_the_values_a_metric_can_take():
     assert value_bounds("no_such_metric") is None
     assert summary_bounds("final", (0.0, 1.0), 100.0) == (0.0, 100.0)
     assert summary_bounds("forgetting", (0.0, 1.0), 100.0) == (-100.0, 100.0)
+
+
+def test_a_reference_is_shown_apart_and_never_ranked(results_dir, tmp_path, tiny_protocol):
+    """``replay`` breaks the no-replay rule on purpose: its row is labelled and takes no ★, ≈ or win/tie/loss,
+    even where it scores best."""
+    from cifc_bench.leaderboard import REFERENCE_MARK, interval_table, find_runs
+
+    real = json.loads(next(results_dir.rglob("real/result.json")).read_text())
+    root = tmp_path / "ref"
+    for seed, (method, final, reference) in enumerate((("replay", 0.99, True), ("low", 0.2, False),
+                                                        ("high", 0.6, False))):
+        r = copy.deepcopy(real)
+        r["run_info"].update(method=method, seed=seed, reference=reference)
+        r["run_info"]["config"] = {**r["run_info"]["config"], "method": method, "seed": seed}
+        r["run_info"]["git"]["dirty"] = False
+        for cell, values in r["per_image"]["ia"].items():
+            if cell.startswith("2,"):
+                r["per_image"]["ia"][cell] = [final + 0.01 * k for k in range(len(values))]
+        (root / method).mkdir(parents=True)
+        (root / method / "result.json").write_text(json.dumps(r))
+    runs, _ = find_runs(root, real["run_info"]["protocol"]["name"])
+    table = interval_table("ia", runs).set_index("method")
+    ref = f"replay {REFERENCE_MARK}"
+    assert ref in table.index and "★" not in table.loc[ref, "final"] and "≈" not in table.loc[ref, "final"]
+    assert table.loc["high", "final"].endswith("★")
