@@ -407,7 +407,7 @@ def test_intervals_are_clipped_to_the_values_a_metric_can_take():
 def test_a_reference_is_shown_apart_and_never_ranked(results_dir, tmp_path, tiny_protocol):
     """``replay`` breaks the no-replay rule on purpose: its row is labelled and takes no ★, ≈ or win/tie/loss,
     even where it scores best."""
-    from cifc_bench.leaderboard import REFERENCE_MARK, interval_table, find_runs
+    from cifc_bench.leaderboard import REFERENCE_MARK, find_runs, interval_table
 
     real = json.loads(next(results_dir.rglob("real/result.json")).read_text())
     root = tmp_path / "ref"
