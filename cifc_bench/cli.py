@@ -87,6 +87,9 @@ def _add_setting_flags(r: argparse.ArgumentParser) -> None:
     r.add_argument("--negative-prompt", help="the unconditional prompt of guidance (default: the protocol's)")
     r.add_argument("--eval-schedule", choices=("each-task", "final"), help="evaluate after each task (default) or once")
     r.add_argument("--eval-batch-size", type=int, help="images generated per batch")
+    r.add_argument("--log-to", type=_track_names, metavar="LOGGER[,LOGGER]",
+                   help="experiment loggers: training losses and each evaluation's summaries (tensorboard; "
+                        "cifc-bench ls loggers)")
     r.add_argument("--eval-workers", type=int, choices=(0, 1),
                    help="1: a second one-thread process generates each state's evaluation images while the next "
                         "task trains (same images; synth10's default on a CPU); 0: the run's process does both")

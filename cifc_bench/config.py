@@ -35,7 +35,7 @@ FALLBACKS: dict[str, Any] = {
 #: Settings a protocol's ``defaults`` may give, beside these keys of its own.
 PROTOCOL_ONLY = ("metrics", "presence", "method_args", "schedule")
 #: Settings that only the run gives: they say what to run, not how.
-RUN_ONLY = ("method", "protocol", "data_dir", "eval_schedule", "seed", "device", "dtype", "tracks")
+RUN_ONLY = ("method", "protocol", "data_dir", "eval_schedule", "seed", "device", "dtype", "tracks", "log_to")
 _WHOLE = ("steps", "batch_size", "prompts_per_concept", "images_per_prompt", "resolution", "num_inference_steps",
           "eval_batch_size", "multi_images_per_prompt", "calibration_images")
 
@@ -76,13 +76,17 @@ class RunSpec:
     #: 1: a second process (one thread) generates the evaluation images of the state after task j while task j+1
     #: trains, byte-identical to generating them in the run's process at one thread; 0: one process does both
     eval_workers: int | None = None
+    #: experiment loggers (entry points of ``cifc_bench.loggers``, e.g. tensorboard): training losses and each
+    #: evaluation's summaries; None or empty: none, and nothing extra is written
+    log_to: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         problems = check_values(dataclasses.asdict(self))
         if problems:
             raise ConfigError(problems[0])
-        if self.tracks is not None:  # a list from a result file or a YAML file: one type, so settings compare
-            object.__setattr__(self, "tracks", tuple(self.tracks))
+        for key in ("tracks", "log_to"):  # a list from a result file or a YAML file: one type, so settings compare
+            if getattr(self, key) is not None:
+                object.__setattr__(self, key, tuple(getattr(self, key)))
 
     def resolved(self, defaults: Mapping[str, Any], method_names: tuple[str, ...] = ()) -> RunSpec:
         """Fill unset fields from a protocol's ``defaults``, then from :data:`FALLBACKS`.
@@ -205,6 +209,9 @@ def check_values(values: Mapping[str, Any], where: str = "") -> list[str]:
     v = values.get("tracks")
     if v is not None and (isinstance(v, str) or not all(isinstance(t, str) for t in v)):
         problems.append(f"{name('tracks')} {v!r}: give a list of the protocol's track names (or none)")
+    v = values.get("log_to")
+    if v is not None and (isinstance(v, str) or not all(isinstance(t, str) for t in v)):
+        problems.append(f"{name('log_to')} {v!r}: give a list of logger names (cifc-bench ls loggers)")
     v = values.get("method_args")
     if v is not None and not isinstance(v, Mapping):
         problems.append(f"{name('method_args')} {v!r}: give a mapping of argument names to values")

@@ -34,6 +34,7 @@ from cifc_bench.config import ConfigError, RunSpec
 from cifc_bench.distributed import SINGLE, Ranks
 from cifc_bench.eval_requests import concept_requests, evaluated_after, multi_requests
 from cifc_bench.images import list_images, load_rgb, save_atomic
+from cifc_bench.loggers import active, make_loggers, report
 from cifc_bench.plan import remaining_seconds, work_plan
 from cifc_bench.progress import progress
 from cifc_bench.results import (
@@ -467,8 +468,6 @@ def _loop(ctx: RunContext, result: dict[str, Any]) -> None:
     process then scores them (the images are read back byte-identical) and writes the rows in task order."""
     import torch
 
-    from cifc_bench.checkpoint import load_state, save_state
-
     tasks, cfg, ranks = ctx.sequence.tasks, ctx.config, ctx.ranks
     done = len(result["tasks"])
     if done:
@@ -495,61 +494,80 @@ def _loop(ctx: RunContext, result: dict[str, Any]) -> None:
         result["tasks"].append({**row, "eval_seconds": generated + time.perf_counter() - started})
         result["summary"] = metrics.summarize_result(result)
         write_json_atomic(ctx.run_dir / RESULT_FILE, result)
+        for metric, values in result["summary"].items():  # each evaluation's summaries, for the loggers
+            for key, value in (values or {}).items():
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    report(f"eval/{metric}/{key}", value, step=j)
         rates = measured_rates(plan, result["tasks"])
         if rates is not None:
             bar.set_eta(remaining_seconds(plan, len(result["tasks"]), *rates, overlapped=worker is not None))
 
+    loggers = make_loggers(cfg.log_to or (), ctx.run_dir) if ranks.main else []
     try:
-        for j in bar:
-            task = tasks[j]
-            if on_cuda:  # the run's own device: under --device cuda:1 the current device is another one
-                torch.cuda.reset_peak_memory_stats(device)
-            started = time.perf_counter()
-            checkpoint = state_path(ctx.run_dir, j)
-            trained_before = checkpoint.exists()  # before a kill, not yet evaluated
-            ranks.barrier()  # every rank has looked before rank 0 may write it
-            train_seconds = None
-            if not trained_before and ranks.main:
-                seed = train_seed(cfg.seed, j)
-                torch.manual_seed(seed)
-                with ctx.precision():
-                    ctx.method.learn_task(task, cfg.budget(ctx.budgets[j], seed))
-                train_seconds = time.perf_counter() - started
-                state = ctx.method.state_dict()
-                check_state(state, task, ctx.budgets[j]["steps"], cfg.method_args)  # never saved, so never resumed
-                save_state(checkpoint, state)
-            if not trained_before:
-                ranks.barrier()  # the other ranks wait for rank 0's state
-            if trained_before or not ranks.main:
-                ctx.method.load_state_dict(load_state(checkpoint), tasks[: j + 1])
-            evaluate = evaluated_after(cfg, j, len(tasks))
-            if evaluate and ranks.count > 1:
-                generate_share(ctx, j)  # each rank samples its batches; rank 0 then reads them all
-                ranks.barrier()
-            if not ranks.main:
-                continue
-            row = {
-                "index": j,
-                "task": task.name,
-                **ctx.budgets[j],
-                "train_seconds": train_seconds,
-                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                "peak_cuda_mb": torch.cuda.max_memory_allocated(device) / 2**20 if on_cuda else None,
-                "trainable_params": ctx.method.trainable_parameters(),
-                "stored_params": ctx.method.stored_parameters(),
-            }
-            job = worker.submit(j) if worker is not None and evaluate else None
-            while pending:  # the state before this one: its images were made while this task trained
-                finish(*pending.pop(0))
-            pending.append((j, row, job))
-            if worker is None:
-                finish(*pending.pop(0))
-        while pending:
-            finish(*pending.pop(0))
+        with active(loggers):
+            _tasks(ctx, result, bar, done, pending, finish, worker, device, on_cuda)
     finally:
+        for logger in loggers:
+            logger.close()
         if worker is not None:
             worker.close()
             torch.set_num_threads(threads)
+
+
+def _tasks(ctx: RunContext, result: dict[str, Any], bar, done: int, pending: list, finish, worker, device,
+           on_cuda: bool) -> None:
+    """Train and evaluate every task not done yet (the body of :func:`_loop`)."""
+    import torch
+
+    from cifc_bench.checkpoint import load_state, save_state
+
+    tasks, cfg, ranks = ctx.sequence.tasks, ctx.config, ctx.ranks
+    for j in bar:
+        task = tasks[j]
+        if on_cuda:  # the run's own device: under --device cuda:1 the current device is another one
+            torch.cuda.reset_peak_memory_stats(device)
+        started = time.perf_counter()
+        checkpoint = state_path(ctx.run_dir, j)
+        trained_before = checkpoint.exists()  # before a kill, not yet evaluated
+        ranks.barrier()  # every rank has looked before rank 0 may write it
+        train_seconds = None
+        if not trained_before and ranks.main:
+            seed = train_seed(cfg.seed, j)
+            torch.manual_seed(seed)
+            with ctx.precision():
+                ctx.method.learn_task(task, cfg.budget(ctx.budgets[j], seed))
+            train_seconds = time.perf_counter() - started
+            state = ctx.method.state_dict()
+            check_state(state, task, ctx.budgets[j]["steps"], cfg.method_args)  # never saved, so never resumed
+            save_state(checkpoint, state)
+        if not trained_before:
+            ranks.barrier()  # the other ranks wait for rank 0's state
+        if trained_before or not ranks.main:
+            ctx.method.load_state_dict(load_state(checkpoint), tasks[: j + 1])
+        evaluate = evaluated_after(cfg, j, len(tasks))
+        if evaluate and ranks.count > 1:
+            generate_share(ctx, j)  # each rank samples its batches; rank 0 then reads them all
+            ranks.barrier()
+        if not ranks.main:
+            continue
+        row = {
+            "index": j,
+            "task": task.name,
+            **ctx.budgets[j],
+            "train_seconds": train_seconds,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_cuda_mb": torch.cuda.max_memory_allocated(device) / 2**20 if on_cuda else None,
+            "trainable_params": ctx.method.trainable_parameters(),
+            "stored_params": ctx.method.stored_parameters(),
+        }
+        job = worker.submit(j) if worker is not None and evaluate else None
+        while pending:  # the state before this one: its images were made while this task trained
+            finish(*pending.pop(0))
+        pending.append((j, row, job))
+        if worker is None:
+            finish(*pending.pop(0))
+    while pending:
+        finish(*pending.pop(0))
 
 
 def measured_rates(plan, rows: list[dict[str, Any]]) -> tuple[float, float] | None:

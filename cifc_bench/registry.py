@@ -35,10 +35,11 @@ IMAGE_ENCODERS = "cifc_bench.image_encoders"
 METRICS = "cifc_bench.metrics"
 PRESENCE = "cifc_bench.presence"
 COMMANDS = "cifc_bench.commands"
+LOGGERS = "cifc_bench.loggers"
 #: ``cifc-bench ls KIND`` -> entry-point group
 KINDS = {"methods": METHODS, "protocols": PROTOCOLS, "models": MODELS, "scorers": SCORERS,
          "image-encoders": IMAGE_ENCODERS, "metrics": METRICS, "presence": PRESENCE,
-         "commands": COMMANDS}
+         "commands": COMMANDS, "loggers": LOGGERS}
 
 
 class PluginError(LookupError):

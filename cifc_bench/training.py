@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from cifc_bench.api import Concept, DivergenceError
+from cifc_bench.loggers import logging, report
 
 OBJECT_TEMPLATES = (
     "a photo of a {}", "a rendering of a {}", "a cropped photo of the {}", "the photo of a {}",
@@ -235,6 +236,8 @@ def train_lora_and_tokens(bundle, task, budget, lora_params, new_ids, lr: float,
             loss = loss + extra_loss(pixels, embeds, noise_scheduler, generator)
         check_loss(loss, task, step, {"lr": lr * budget.lr_scale, "embedding_lr": embedding_lr,
                                       **{f"lr[{k + 1}]": g_lr * budget.lr_scale for k, (_, g_lr) in enumerate(groups)}})
+        if logging():
+            report("train/loss", loss.detach())
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         tokens.pull_grad()

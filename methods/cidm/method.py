@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from cifc_bench.api import Method
+from cifc_bench.loggers import logging, report
 from cifc_bench.progress import progress
 from cifc_bench.tokens import PlaceholderTokens, layer_token
 from cifc_bench.training import ConceptBatches, TokenRows, check_loss, default_augment
@@ -190,6 +191,8 @@ class CIDM(Method):
                 loss = loss + self.attn_reg_weight * self._attention_reg(prompts, placeholders, first_ids, masks)
             loss = loss + self._consolidation(old)
             check_loss(loss, task, step, {"lr": lora_lr, "embedding_lr": self.embedding_lr})
+            if logging():
+                report("train/loss", loss.detach())
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             tokens.pull_grad()
