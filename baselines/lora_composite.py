@@ -17,6 +17,7 @@ from .lora_merge import LoRAMerge
 
 
 class LoRAComposite(LoRAMerge):
+    version = 2  # v2: Kaiming-uniform LoRA A, the release's style templates (LoRA-M's v3 sampling is not used here)
     def __init__(self, bundle, rank: int = 4, lr: float = 1e-4, embedding_lr: float = 1e-3) -> None:
         super().__init__(bundle, rank=rank, lr=lr, embedding_lr=embedding_lr)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from cifc_bench.adapters import merged_adapters
 from cifc_bench.api import Method
 from cifc_bench.sampling import generate_requests
 from cifc_bench.tokens import PlaceholderTokens
@@ -21,7 +22,8 @@ CROSS_ATTN = r".*attn2\.(to_q|to_k|to_v|to_out\.0)"
 
 class LoRAMerge(Method):
     storage = "per-task-adapters"
-    version = 2  # v2: Kaiming-uniform LoRA A (was peft "gaussian"), the release's style templates; LoRA-C inherits it
+    version = 3  # v2: Kaiming-uniform LoRA A (was peft "gaussian"), the release's style templates; v3: samples from
+    # the merged weights (float rounding changes the images slightly)
 
     def __init__(self, bundle, rank: int = 4, lr: float = 1e-4, embedding_lr: float = 1e-3,
                  weights: str = "uniform") -> None:
@@ -57,9 +59,11 @@ class LoRAMerge(Method):
         return [1.0 / t] * t if self.weights == "uniform" else [1.0] * t
 
     def generate(self, requests, settings):
-        if self.adapters:
-            self.bundle.unet.set_adapters(self.adapters, weights=self.merge_weights())
-        return generate_requests(self.bundle, requests, settings)
+        if not self.adapters:
+            return generate_requests(self.bundle, requests, settings)
+        self.bundle.unet.set_adapters(self.adapters, weights=self.merge_weights())
+        with merged_adapters(self.bundle.unet):  # one merged weight: a forward costs the base model's
+            return generate_requests(self.bundle, requests, settings)
 
     def trainable_parameters(self) -> int:
         return self._trainable

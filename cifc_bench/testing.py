@@ -267,3 +267,28 @@ def assert_same_scores(got, want, path: str = "", tol: float = SCORE_TOL) -> Non
         assert abs(got - want) <= tol, f"{path}: {got} != {want} (|diff| {abs(got - want):.2e} > {tol})"
     else:
         assert got == want, f"{path}: {got!r} != {want!r}"
+
+
+def lora_m_with_random_adapters(n_tasks: int = 10, std: float = 0.02):
+    """A ``lora-m`` on the tiny model with ``n_tasks`` stored task adapters of random, non-trivial weights and
+    their tokens (what its sampling costs does not depend on how they were trained)."""
+    import torch
+
+    from cifc_bench.api import Concept
+    from cifc_bench.baselines.lora_merge import LoRAMerge
+    from cifc_bench.models import load_bundle
+
+    torch.manual_seed(0)
+    method = LoRAMerge(load_bundle("tiny-random"))
+    gen = torch.Generator().manual_seed(1)
+    for i in range(n_tasks):
+        name = method._new_adapter()
+        method.tokens.add(Concept(name=f"c{i}", placeholders=(f"<c{i}a>", f"<c{i}b>"), initializers=(0.01, "dog"),
+                                  class_word="dog", kind="object", image_dir=None, caption_dir=None, prompt_set="x",
+                                  eval_replacement=f"<c{i}a> <c{i}b>", eval_prompts=()), gen)
+        for key, p in method.bundle.unet.named_parameters():
+            if f"lora_B.{name}." in key:
+                with torch.no_grad():
+                    p.copy_(torch.randn(p.shape, generator=gen) * std)
+        method.adapters.append(name)
+    return method

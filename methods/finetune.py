@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from cifc_bench.adapters import merged_adapters
 from cifc_bench.api import Method
 from cifc_bench.sampling import generate_requests
 from cifc_bench.tokens import PlaceholderTokens
@@ -26,7 +27,8 @@ ADAPTER = "continual"
 
 class SequentialFinetune(Method):
     storage = "single-model"
-    version = 2  # v2: Kaiming-uniform LoRA A (was peft "gaussian"), the release's style templates; EWC and LwF inherit it
+    version = 3  # v2: Kaiming-uniform LoRA A (was peft "gaussian"), the release's style templates; v3: samples from
+    # the merged LoRA (float rounding changes the images slightly); EWC and LwF inherit it
 
     def __init__(self, bundle, rank: int = 4, lr: float = 1e-4, embedding_lr: float = 1e-3,
                  targets: str = "cross-attn") -> None:
@@ -65,7 +67,8 @@ class SequentialFinetune(Method):
         """Called after a task's optimisation, with its data streams (EWC estimates its Fisher here)."""
 
     def generate(self, requests, settings):
-        return generate_requests(self.bundle, requests, settings)
+        with merged_adapters(self.bundle.unet):  # a forward costs the base model's (cifc_bench.adapters)
+            return generate_requests(self.bundle, requests, settings)
 
     def trainable_parameters(self) -> int:
         return self._trainable

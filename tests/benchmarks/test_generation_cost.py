@@ -83,3 +83,14 @@ def test_naive_per_call_mixture_of_10_branches(benchmark):
     images = _timed(benchmark, method.generate, REQUESTS, SETTINGS)
     assert len(images) == 8
     _record(benchmark, "per-call-mixture")
+
+
+@pytest.mark.benchmark(group="generation-10-tasks")
+def test_lora_m_with_10_adapters_samples_from_merged_weights(benchmark):
+    """Issue 36's target: ≤ 1.10 × the base model (unmerged, every forward adds ten adapters' products)."""
+    from cifc_bench.testing import lora_m_with_random_adapters
+
+    method = lora_m_with_random_adapters(N_TASKS)
+    images = _timed(benchmark, method.generate, REQUESTS, SETTINGS)
+    assert len(images) == 8
+    _record(benchmark, "lora-m-merged")
