@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import torch
 
+from cifc_bench.adapters import mixed_adapter_batch
 from cifc_bench.sampling import generate_requests
 
 from .lora_merge import LoRAMerge
 
 
 class LoRAComposite(LoRAMerge):
-    version = 2  # v2: Kaiming-uniform LoRA A, the release's style templates (LoRA-M's v3 sampling is not used here)
+    version = 3  # v2: Kaiming-uniform LoRA A, the release's style templates; v3: its t predictions in one UNet call
+    # (a batch per LoRA through peft's mixed-adapter forward; float rounding changes the images slightly)
     def __init__(self, bundle, rank: int = 4, lr: float = 1e-4, embedding_lr: float = 1e-3) -> None:
         super().__init__(bundle, rank=rank, lr=lr, embedding_lr=embedding_lr)
 
@@ -28,18 +30,21 @@ class LoRAComposite(LoRAMerge):
 
     def composite_predictor(self):
         """ε(x, t, c) averaged over the task LoRAs, each active alone; CFG is linear, so the guided
-        prediction of this average is the average of the per-LoRA guided predictions."""
+        prediction of this average is the average of the per-LoRA guided predictions. The t predictions are one
+        UNet call: the batch repeated once per LoRA, each copy through its own LoRA (peft's mixed-adapter batch)."""
         unet = self.bundle.unet
 
         def predict(latents, t, cond):
-            preds = []
-            for name in self.adapters:
-                unet.set_adapters([name])
-                preds.append(unet(latents, t, encoder_hidden_states=cond).sample)
-            return torch.stack(preds).mean(0)
+            n, k = latents.shape[0], len(self.adapters)
+            names = [name for name in self.adapters for _ in range(n)]
+            with mixed_adapter_batch(unet, names):
+                out = unet(latents.repeat(k, 1, 1, 1), t, encoder_hidden_states=cond.repeat(k, 1, 1)).sample
+            return out.view(k, n, *out.shape[1:]).mean(0)
 
         return predict
 
     def generate(self, requests, settings):
-        predict = self.composite_predictor() if self.adapters else None
-        return generate_requests(self.bundle, requests, settings, predict=predict)
+        if not self.adapters:
+            return generate_requests(self.bundle, requests, settings)
+        self.bundle.unet.set_adapters(self.adapters, weights=[1.0] * len(self.adapters))  # each at full strength
+        return generate_requests(self.bundle, requests, settings, predict=self.composite_predictor())

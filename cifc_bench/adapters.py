@@ -38,3 +38,21 @@ def merged_adapters(model):
             for m, weight in saved:
                 m.get_base_layer().weight.copy_(weight)
                 m.merged_adapters = []
+
+
+@contextlib.contextmanager
+def mixed_adapter_batch(model, adapter_names: list[str]):
+    """Inside the block, sample k of a batch goes through ``model``'s LoRA ``adapter_names[k]`` alone (peft's
+    mixed-adapter batch, which a diffusers model does not expose): several LoRAs' predictions in one call."""
+    from peft.tuners.lora import LoraLayer
+
+    def inject(module, args, kwargs):
+        return args, {**kwargs, "adapter_names": adapter_names}
+
+    handles = [m.register_forward_pre_hook(inject, with_kwargs=True) for m in model.modules()
+               if isinstance(m, LoraLayer)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

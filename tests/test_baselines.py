@@ -38,6 +38,19 @@ def test_lora_c_prediction_is_the_mean_of_the_per_lora_predictions(tiny_protocol
     assert not torch.allclose(singles[0], singles[1])
 
 
+def test_lora_c_makes_one_unet_call_per_sampler_step(tiny_protocol):
+    """Issue 36: the t LoRAs' predictions are one batched call, not a loop of adapter switches."""
+    from cifc_bench.api import GenerationRequest, GenerationSettings
+    from cifc_bench.baselines.lora_composite import LoRAComposite
+
+    method = _trained(LoRAComposite, tiny_protocol)
+    calls = []
+    method.bundle.unet.register_forward_pre_hook(lambda mod, inputs: calls.append(len(inputs[0])))
+    settings = GenerationSettings(resolution=32, num_inference_steps=3, guidance_scale=7.5, batch_size=2)
+    method.generate([GenerationRequest(prompt="a photo", seed=s) for s in (1, 2)], settings)
+    assert calls == [2 * 2 * 2] * 3  # per step one call: 2 adapters x (uncond, cond) x 2 images
+
+
 def test_lora_m_merges_adapters_with_uniform_weights(tiny_protocol):
     from cifc_bench.baselines.lora_merge import LoRAMerge
 
