@@ -9,8 +9,6 @@ passes, spec §B.3.6; this is the real composite.) Storage: one adapter per task
 
 from __future__ import annotations
 
-import torch
-
 from cifc_bench.adapters import mixed_adapter_batch
 from cifc_bench.sampling import generate_requests
 

@@ -40,8 +40,9 @@ def test_lora_c_prediction_is_the_mean_of_the_per_lora_predictions(tiny_protocol
 
 def test_lora_c_makes_one_unet_call_per_sampler_step(tiny_protocol):
     """Issue 36: the t LoRAs' predictions are one batched call, not a loop of adapter switches."""
-    from cifc_bench.api import GenerationRequest, GenerationSettings
     from cifc_bench.baselines.lora_composite import LoRAComposite
+
+    from cifc_bench.api import GenerationRequest, GenerationSettings
 
     method = _trained(LoRAComposite, tiny_protocol)
     calls = []
