@@ -241,16 +241,16 @@ def test_kv_cache_computes_each_contexts_keys_once_and_changes_no_image(monkeypa
 
     original = method.set_merged
 
-    def without_cache(weights):
-        original(weights)
+    def without_cache(weights, copies=2):
+        original(weights, copies)
         for proc in method.processors:
             proc.kv_cache = None
 
     monkeypatch.setattr(method, "set_merged", without_cache)
     calls.clear()
     fresh = [np.asarray(im, dtype=int) for im in method.generate(requests, settings)]
-    # per step: plain 1; CCS the global pass 1, and each regional pass the global prompt and its region's
-    assert len(calls) == steps * 1 + steps * (1 + 2 * 2)
+    # per step: plain 1; CCS, one batched call: the global prompt once, and each region's
+    assert len(calls) == steps * 1 + steps * (1 + 2)
     for a, b in zip(cached, fresh, strict=True):
         assert np.array_equal(a, b)
 

@@ -116,6 +116,9 @@ class LayerwiseAttnProcessor:
         self.index = index
         self.sigmoid = sigmoid
         self.regions: list[tuple[torch.Tensor, tuple[float, float, float, float]]] | None = None
+        # batched region noise estimation: (batch slice, that group's region context [n, L, T, d], box); the
+        # queries of the slice inside the box attend to the region's prompt, every other sample to its own
+        self.group_regions: list[tuple[slice, torch.Tensor, tuple[float, float, float, float]]] | None = None
         self.record: list[torch.Tensor] | None = None
         # the release's per-call mixture: a function of this layer's context giving [N, g] branch weights
         self.per_call = None
@@ -166,6 +169,8 @@ class LayerwiseAttnProcessor:
         out = self._attend(attn, query, encoder_hidden_states, keep_probs=True)
         if self.regions:
             out = self._regional(attn, query, out)
+        if self.group_regions:
+            out = self._group_regional(attn, query, out)
         out = attn.to_out[0](out)
         return attn.to_out[1](out)
 
@@ -182,6 +187,26 @@ class LayerwiseAttnProcessor:
             count = count + mask
         inside = count > 0
         return torch.where(inside, total / count.clamp(min=1), out)
+
+
+    def _group_regional(self, attn, query: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """:meth:`_regional` with one region per batch group: a regional pass of CCS for each box in one call."""
+        n = query.shape[1]
+        side = int(math.isqrt(n))
+        out = out.clone()
+        projections = [m for m in (attn.to_k, attn.to_v) if isinstance(m, TaskLoRALinear)]
+        for rows, context, box in self.group_regions:
+            inside = box_mask(box, side, side, out.device).view(1, n, 1) > 0
+            for m in projections:  # the region's K and V with its group's merged weights
+                m.rows = rows
+            try:
+                region = self._attend(attn, query[rows], context, keep_probs=False, dtype=query.dtype,
+                                      sigmoid=self.sigmoid)
+            finally:
+                for m in projections:
+                    m.rows = None
+            out[rows] = torch.where(inside, region, out[rows])
+        return out
 
 
 def box_mask(box, height: int, width: int, device=None) -> torch.Tensor:
@@ -215,6 +240,7 @@ class TaskLoRALinear(nn.Module):
         self.downs: list[torch.Tensor] = []
         self.merged: torch.Tensor | None = None  # [N, in, out] per-sample full weights, transposed for baddbmm
         self.branch_weights: torch.Tensor | None = None  # [N, g] for the naive mixture
+        self.rows: slice | None = None  # the samples of ``merged`` an input holds, when it holds fewer than all
 
     def reset_task(self) -> None:
         with torch.no_grad():
@@ -240,9 +266,10 @@ class TaskLoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged is not None:
+            merged = self.merged if self.rows is None else self.merged[self.rows]
             if self.base.bias is None:
-                return torch.bmm(x, self.merged)
-            return torch.baddbmm(self.base.bias, x, self.merged)  # bias fused, as nn.Linear's addmm
+                return torch.bmm(x, merged)
+            return torch.baddbmm(self.base.bias, x, merged)  # bias fused, as nn.Linear's addmm
         y = self.base(x)
         if self.active:
             y = y + (x @ self.down.t()) @ self.up.t()

@@ -92,9 +92,9 @@ class CIDM(Method):
 
     @classmethod
     def unet_passes_per_step(cls, request, guided, tasks_learned, method_args):
-        """Region synthesis evaluates the global prompt and each box's, each with both guidance halves."""
+        """Region synthesis evaluates the unconditional prompt once, the global prompt and each box's."""
         if request.boxes and method_args.get("ccs", True):
-            return 2 * (len(request.boxes) + 1)
+            return len(request.boxes) + 2
         return super().unet_passes_per_step(request, guided, tasks_learned, method_args)
 
     def __init__(self, bundle, variant: str = "paper", rank: int = 4, lr: float = 1e-4, embedding_lr: float = 1e-3, gamma1: float = 0.1, gamma2: float | None = None, tsp: bool = True,
@@ -306,8 +306,9 @@ class CIDM(Method):
         K, ranges = self.concept_encoding()
         return ewa_weights(cond, K, ranges, self.variant)
 
-    def set_merged(self, weights: torch.Tensor | None) -> None:
-        """Install per-sample merged weights for a CFG batch [uncond; cond]: the uncond half reuses cond's.
+    def set_merged(self, weights: torch.Tensor | None, copies: int = 2) -> None:
+        """Install per-sample merged weights for a batch of ``copies`` groups of the prompts' samples (a CFG
+        batch [uncond; cond] is 2; batched region synthesis U + 2): every group reuses cond's weights.
 
         With ``merge='call'`` nothing is merged: every cross-attention call recomputes the layer's EWA
         weights from its context and sums the task branches, as the release does (the benchmark's baseline).
@@ -318,7 +319,7 @@ class CIDM(Method):
         for proc in self.processors:  # fixed weights: each context's K and V are computed once, at the first step
             proc.kv_cache = None if weights is None else {}
         for layer, modules in enumerate(self.loras):
-            w = None if weights is None else torch.cat([weights[:, layer], weights[:, layer]])
+            w = None if weights is None else torch.cat([weights[:, layer]] * copies)
             for m in modules:
                 m.set_merged(w, self.alpha)
 
@@ -371,7 +372,7 @@ class CIDM(Method):
             self.set_merged(None)
 
     def generate_regions(self, requests, settings):
-        """Context-controllable synthesis (1 + U passes per step, U = number of boxes, one box per concept).
+        """Context-controllable synthesis (U + 2 evaluations per step in one UNet call, U = number of boxes).
 
         ``requests`` share prompt, boxes and concepts and differ in their seeds; they are sampled as one batch.
         """
@@ -384,35 +385,38 @@ class CIDM(Method):
             return encode_layerwise(bundle, [prompt], phs, L).expand(n, -1, -1, -1)
 
         cond, uncond = encode(request.prompt), encode(settings.negative_prompt)
-        # region u's prompt, for the CFG batch [uncond; cond]: the unconditional half keeps the empty prompt
-        regions = [(torch.cat([uncond, encode(request.region_prompt(k))]), box.as_tuple())
-                   for k, box in enumerate(request.boxes)]
+        regions = [(encode(request.region_prompt(k)), box.as_tuple()) for k, box in enumerate(request.boxes)]
         weights = self.task_weights(cond) if self.task_placeholders else None
         trajectory = Trajectory(bundle, [r.seed for r in requests], settings, [r.init for r in requests])
         latents = trajectory.latents
         h, w = latents.shape[-2:]
         masks = [box_mask(box, h, w, latents.device) for _, box in regions]
 
-        context = torch.cat([uncond, cond])
+        # one UNet call per step: [uncond; cond; cond for each box], the box's group attending to its region's
+        # prompt inside the box. The unconditional half of every regional pass equals the global one (inside the
+        # box it attends to the same empty prompt), so it is computed once: U + 2 evaluations, not 2 (U + 1).
+        U = len(regions)
+        context = torch.cat([uncond, cond, *([cond] * U)])
+        groups = [(slice((2 + k) * n, (3 + k) * n), region, box) for k, (region, box) in enumerate(regions)]
 
-        def guided(model_in, t, region=None):
+        def predictions(model_in, t):
             for proc in self.processors:
-                proc.regions = [region] if region is not None else None
+                proc.group_regions = groups
             try:
-                both = bundle.unet(torch.cat([model_in, model_in]), t, encoder_hidden_states=context).sample
+                out = bundle.unet(model_in.repeat(U + 2, 1, 1, 1), t, encoder_hidden_states=context).sample
             finally:
                 for proc in self.processors:
-                    proc.regions = None
-            eps_u, eps_c = both.chunk(2)
-            return eps_u + settings.guidance_scale * (eps_c - eps_u)
+                    proc.group_regions = None
+            eps_u = out[:n]
+            guided = [eps_u + settings.guidance_scale * (out[g * n : (g + 1) * n] - eps_u) for g in range(1, U + 2)]
+            return guided[0], guided[1:]
 
         if weights is not None:
-            self.set_merged(weights)
+            self.set_merged(weights, copies=U + 2)
         try:
             for i, t in enumerate(trajectory.timesteps):
                 model_in = trajectory.scheduler.scale_model_input(latents, t)
-                eps = guided(model_in, t)
-                regional = [guided(model_in, t, region) for region in regions]
+                eps, regional = predictions(model_in, t)
                 eps = combine_region_noise(eps, regional, masks, self.ccs_alpha)
                 latents = trajectory.step(eps, t, latents, i)
         finally:
