@@ -196,3 +196,20 @@ def test_each_default_is_decided_in_one_function():
                 if re.search(pattern, text):
                     assert str(path.relative_to(ROOT)) == home, f"{path.relative_to(ROOT)} decides a default " \
                         f"({pattern}) that {home} owns: call its function"
+
+
+def test_the_package_ships_what_runs_load_under_25_mb():
+    """The wheel carries the synthetic tier's weights (what a run loads) but not the pretraining's resume state
+    (Adam moments, EMA: 38 MB), which stays in the checkout for `synth pretrain --resume`."""
+    import fnmatch
+
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads pyproject.toml with tomllib")
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    globs = data["cifc_bench.synth"]
+    folder = ROOT / "cifc_bench" / "synth"
+    shipped = [p for p in folder.rglob("*") if p.is_file()
+               and any(fnmatch.fnmatch(str(p.relative_to(folder)), g) and
+                       str(p.relative_to(folder)).count("/") == g.count("/") for g in globs)]
+    assert not [p for p in shipped if "pretrain-state" in p.parts]
+    assert any(p.name == "diffusion_pytorch_model.safetensors" for p in shipped)  # the UNet a run loads
+    assert sum(p.stat().st_size for p in shipped) < 25 * 2**20
