@@ -205,6 +205,8 @@ def test_the_package_ships_what_runs_load_under_25_mb():
 
     tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads pyproject.toml with tomllib")
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    if "cifc_bench.synth" not in data:
+        pytest.skip("the synthetic tier (a plugin) is not in this tree")
     globs = data["cifc_bench.synth"]
     folder = ROOT / "cifc_bench" / "synth"
     shipped = [p for p in folder.rglob("*") if p.is_file()

@@ -22,7 +22,7 @@ def test_builtins_are_found_through_entry_points(capsys):
     assert "sequential fine-tuning" in out and "rank=4, lr=0.0001, embedding_lr=0.001, targets='cross-attn'" in out
     assert "merge='prompt', ccs=True" in out  # CIDM's, found through its package's re-export
     assert main(["ls", "protocols"]) == 0
-    assert "The embedded synthetic CIFC world" in capsys.readouterr().out
+    assert "Ten personal concepts (7 objects, 3 styles)" in capsys.readouterr().out  # cifc10's description
 
 
 def test_a_description_is_its_first_sentence_and_survives_missing_sources():
