@@ -499,8 +499,11 @@ def _loop(ctx: RunContext, result: dict[str, Any]) -> None:
                 if isinstance(value, (int, float)) and math.isfinite(value):
                     report(f"eval/{metric}/{key}", value, step=j)
         rates = measured_rates(plan, result["tasks"])
-        if rates is not None:
-            bar.set_eta(remaining_seconds(plan, len(result["tasks"]), *rates, overlapped=worker is not None))
+        evaluated = len(result["tasks"])
+        if rates is not None and evaluated < len(tasks):
+            # with a worker, this runs once the next task is trained too, and its state is being evaluated
+            trained = evaluated + 1 if worker is not None else evaluated
+            bar.set_eta(remaining_seconds(plan, trained, *rates, overlapped=worker is not None))
 
     loggers = make_loggers(cfg.log_to or (), ctx.run_dir) if ranks.main else []
     try:

@@ -126,10 +126,11 @@ def _method_passes(config: RunSpec, sequence: TaskSequence, method_cls, tracks) 
 
 def remaining_seconds(plan: WorkPlan, done: int, step_seconds: float, image_seconds: float,
                       overlapped: bool = False) -> float:
-    """Seconds left after ``done`` tasks, from the work still to do at the rates measured so far: training
-    steps at ``step_seconds`` and evaluation images at ``image_seconds``. The evaluation grows with the task
-    index (every learned concept is evaluated again), so extrapolating the tasks done so far underestimates a
-    run. ``overlapped``: the state after task k is evaluated while task k+1 trains (``eval_workers`` 1)."""
+    """Seconds left once ``done`` tasks are trained, from the work still to do at the rates measured so far:
+    training steps at ``step_seconds`` and evaluation images at ``image_seconds``. The evaluation grows with the
+    task index (every learned concept is evaluated again), so extrapolating the tasks done so far underestimates
+    a run. ``overlapped``: the state after task k is evaluated while task k+1 trains (``eval_workers`` 1), and
+    the state after task ``done - 1`` is still to be evaluated; else every trained state is evaluated."""
     n = len(plan.train_steps)
     train = [plan.train_steps[k] * step_seconds for k in range(n)]
     images = [plan.concept_images[k] + plan.multi_images[k] + (plan.track_images[k] if plan.track_images else 0)
@@ -138,8 +139,8 @@ def remaining_seconds(plan: WorkPlan, done: int, step_seconds: float, image_seco
     if not overlapped:
         return float(sum(train[done:]) + sum(evaluate[done:]))
     # task k trains beside the evaluation of state k - 1; the last state's evaluation runs alone
-    left = sum(max(train[k], evaluate[k - 1] if k > done else 0.0) for k in range(done, n))
-    return float(left + (evaluate[n - 1] if done < n else 0.0))
+    left = sum(max(train[k], evaluate[k - 1] if k > 0 else 0.0) for k in range(done, n))
+    return float(left + (evaluate[n - 1] if done >= 1 else 0.0))
 
 
 @dataclass(frozen=True)

@@ -104,11 +104,14 @@ def test_the_eta_counts_the_work_left_which_grows_with_the_task_index():
     assert rates == pytest.approx((step, image))
     eta = remaining_seconds(plan, 1, *rates)
     assert eta == pytest.approx(sum(truth[1:]))
-    assert eta > 1.5 * truth[0] * 9  # the linear extrapolation of task 1 is far too short
+    linear = truth[0] * 9  # the old ETA: task 1's time for each task left, short by the evaluation's growth
+    assert eta - linear == pytest.approx(sum(images[k] - images[0] for k in range(1, 10)) * image) and eta > linear
     overlapped = remaining_seconds(plan, 1, *rates, overlapped=True)
     assert max(sum(truth[1:]) / 2, truth[-1]) < overlapped < eta  # two processes: never below half, never above one
     assert measured_rates(plan, []) is None
     assert remaining_seconds(plan, 10, *rates) == 0.0
+    # with the worker, once all ten are trained the last state's evaluation is what is left
+    assert remaining_seconds(plan, 10, *rates, overlapped=True) == pytest.approx(images[9] * image)
 
 
 @pytest.mark.parametrize("method, args", [("cidm", {}), ("cidm", {"ccs": False}), ("lora-c", {}), ("finetune", {})])
