@@ -17,7 +17,7 @@ def _scalars(folder):
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
-@pytest.mark.parametrize("method", ["finetune", "cidm"])
+@pytest.mark.parametrize("method", ["finetune", pytest.param("cidm", marks=pytest.mark.slow)])
 def test_tensorboard_gets_every_steps_loss_and_each_evaluations_summaries(method, tiny_protocol, tmp_path):
     result = run_benchmark(tiny_run_config(tiny_protocol, method=method, log_to=("tensorboard",), tracks=()),
                            tmp_path / "logged")

@@ -8,6 +8,7 @@ import yaml
 
 from cifc_bench.cli import main
 from cifc_bench.protocol import ProtocolError, load_protocol
+from cifc_bench.registry import load_method
 from cifc_bench.testing import make_tiny_protocol
 
 
@@ -196,7 +197,7 @@ def test_schedule_steps_and_rates_reach_each_task_and_the_result_file(tmp_path, 
     assert result["run_info"]["schedule"]["tasks"] == [{"steps": 1, "lr_scale": 1.0}, {"steps": 3, "lr_scale": 2.0},
                                                        {"steps": 0, "lr_scale": 1.0}]
     assert [(t["steps"], t["lr_scale"]) for t in result["tasks"]] == [(1, 1.0), (3, 2.0), (0, 1.0)]
-    assert result["run_info"]["method_version"] == 2
+    assert result["run_info"]["method_version"] == load_method("finetune").version
     # the LoRA's rate is scaled per task, the token rate never
     assert [r[0] for r in rates] == pytest.approx([1e-3, 2e-3, 1e-3]) and {r[1] for r in rates} == {1e-3}
 

@@ -228,7 +228,9 @@ def test_content_exact_reads_the_worlds_answer_on_every_photo(tmp_path):
             flat_passed += all(content_preserved(np.full_like(answer, int(np.median(answer))), source, style).values())
         print(f"{style}: the answer passes {passed} of {defined} photos ({len(photos) - defined} hidden), a flat "
               f"output {flat_passed}")
-        assert defined >= 8 and passed >= 0.8 * defined and flat_passed == 0, style
+        # poster (two levels per channel) hides most objects: 7 of the 37 reference photos of protocol 3.0 show
+        # one under it (8 of 2.0's, whose marks and dotted boxes changed the pixels); the others show 28-37
+        assert defined >= 7 and passed >= 0.8 * defined and flat_passed == 0, style
 
 
 @pytest.mark.parametrize("method", ["lora-m"])  # per-task adapters: each state restores its own set

@@ -527,9 +527,18 @@ def pretrain(cfg: PretrainConfig, out_dir: Path, state_dir: Path | None = None, 
     ``resume=True`` and the same recipe, so that finished chunks are never overwritten by mistake. Killed and
     resumed, or run in chunks across sessions, it ends with the same files as one uninterrupted run.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        return _pretrain(cfg, out_dir, state_dir, resume, max_chunks, max_seconds)
+    finally:  # the caller's thread count again: a test suite or a run after it must not inherit the recipe's
+        torch.set_num_threads(threads)
+
+
+def _pretrain(cfg: PretrainConfig, out_dir: Path, state_dir: Path | None, resume: bool, max_chunks: int | None,
+              max_seconds: float | None) -> dict:
     from cifc_bench.atomic import fault_point
 
-    torch.set_num_threads(cfg.threads)
     out_dir = Path(out_dir)
     state_dir = Path(state_dir) if state_dir else out_dir / STATE_DIR
     log_path = state_dir / LOG

@@ -110,7 +110,8 @@ def test_synth10_data_matches_its_published_checksums(tmp_path):
     assert {c.class_word for c in seq.concepts if c.kind == "object"} == {"ball", "kite", "box", "dome", "ring"}
     assert all(4 <= len(c.image_paths()) <= 7 for c in seq.concepts)
     assert all(len(c.eval_prompts) == 20 for c in seq.concepts)
-    assert len(seq.multi_concept_prompts) == 4 and all(m.boxes for m in seq.multi_concept_prompts)
+    assert len(seq.multi_concept_prompts) == 10 and all(m.boxes and len(m.region_prompts) == len(m.boxes)
+                                                        for m in seq.multi_concept_prompts)
 
 
 @pytest.mark.parametrize("scene", [Scene(shape="ball", fill="red", pattern="stripes"),  # a pattern needs its colour
