@@ -514,13 +514,13 @@ def cmd_rescore(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from cifc_bench.results_data import export, load_results
+    from cifc_bench.results_data import export
 
     try:
-        out = export(args.paths, args.out, args.level, args.format)
+        out, rows = export(args.paths, args.out, args.level, args.format)
     except (ValueError, FileNotFoundError) as err:
         raise CLIError(str(err)) from None
-    print(f"export: {len(load_results(args.paths, args.level)):,} rows ({args.level}) -> {out}")
+    print(f"export: {rows:,} rows ({args.level}) -> {out}")
     return 0
 
 

@@ -48,7 +48,7 @@ def tensorboard(run_dir: Path) -> TensorBoard:
     return TensorBoard(run_dir)
 
 
-def make_loggers(names, run_dir: Path) -> list[Any]:
+def make_loggers(names, run_dir: Path) -> list[RunLogger]:
     from cifc_bench.registry import LOGGERS, load_component
 
     return [load_component(LOGGERS, name, "logger")(Path(run_dir)) for name in names]

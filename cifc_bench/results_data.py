@@ -124,8 +124,9 @@ def _cells(data: dict[str, Any], level: str) -> Iterable[dict[str, Any]]:
                        "concept": f"q{q}", "image": k, "value": float(flag)}
 
 
-def export(paths: Iterable[str | Path], out: Path, level: str = "matrix", fmt: str | None = None) -> Path:
-    """Write :func:`load_results` to ``out`` as parquet or csv (``fmt``, else from the suffix)."""
+def export(paths: Iterable[str | Path], out: Path, level: str = "matrix", fmt: str | None = None) -> tuple[Path, int]:
+    """Write :func:`load_results` to ``out`` as parquet or csv (``fmt``, else from the suffix); returns the file
+    and its number of rows."""
     fmt = fmt or Path(out).suffix.lstrip(".")
     if fmt not in ("parquet", "csv"):
         raise ValueError(f"format {fmt!r}: use parquet or csv (--format, or an --out ending in .parquet or .csv)")
@@ -135,4 +136,4 @@ def export(paths: Iterable[str | Path], out: Path, level: str = "matrix", fmt: s
     tmp = out.with_name(f".{out.name}.tmp")
     frame.to_parquet(tmp, index=False) if fmt == "parquet" else frame.to_csv(tmp, index=False)
     tmp.replace(out)
-    return out
+    return out, len(frame)

@@ -50,3 +50,15 @@ def tiny_protocol(tmp_path_factory) -> Path:
     from cifc_bench.testing import make_tiny_protocol
 
     return make_tiny_protocol(tmp_path_factory.mktemp("proto"), n_concepts=3)
+
+
+@pytest.fixture
+def pinned_one_thread():
+    """One torch thread for the test, whatever an earlier test left: results compared with a recording or with
+    a serial run are compared at one thread (a worker's run trains on one fewer than the process had)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -12,17 +12,7 @@ from cifc_bench.config import ConfigError, RunSpec
 from cifc_bench.harness import run_benchmark
 from cifc_bench.testing import assert_same_files, assert_same_scores, tiny_run_config
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Results are compared at one thread (the reference was recorded so; a worker's run trains on one fewer
-    thread than the process had): whatever an earlier test left the thread count at."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("pinned_one_thread")
 
 
 @pytest.mark.slow  # two runs per method (45 s): CI's slow step, beside the default one

@@ -27,16 +27,7 @@ REFERENCE = Path(__file__).parent / "reference" / "tiny-runs.json"
 METHODS = ("finetune", "cidm", "mix-of-show")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Results are compared at one thread (the reference was recorded so; a worker's run trains on one fewer
-    thread than the process had): whatever an earlier test left the thread count at."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("pinned_one_thread")
 
 
 def digests(run_dir: Path) -> dict[str, str]:
