@@ -14,7 +14,8 @@ def add_command(sub) -> None:
     ssub = sy.add_subparsers(dest="synth_command", required=True)
     sp = ssub.add_parser("pretrain", help="train the synthetic base model and scorer from a seed, in resumable chunks")
     sp.add_argument("--out", type=Path, help="output folder (default: the package's committed weights folder)")
-    sp.add_argument("--state", type=Path, help="where the chunks' training state is kept (default: OUT/pretrain-state)")
+    sp.add_argument("--state", type=Path, help="where the chunks' training state is kept (default: OUT/pretrain-state; for the "
+                         "committed weights, synth-pretrain-state/ in the checkout)")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--resume", action="store_true",
                     help="continue the pretraining under way in the state folder (after a kill, or chunk by chunk)")
@@ -48,14 +49,15 @@ def run(args: argparse.Namespace) -> int:
     from cifc_bench.cli import CLIError
 
     if args.synth_command == "pretrain":
-        from cifc_bench.synth import weights_dir
+        from cifc_bench.synth import pretrain_state_dir, weights_dir
         from cifc_bench.synth.pretrain import PretrainConfig, PretrainError, chunk_ranges, pretrain
 
         overrides = {k: v for k, v in (("unet_steps", args.unet_steps), ("scorer_steps", args.scorer_steps)) if v}
         cfg = dataclasses.replace(PretrainConfig(seed=args.seed), **overrides)
         out = args.out or weights_dir()
+        state = args.state or (None if args.out else pretrain_state_dir())  # the committed weights' state: outside
         try:
-            log = pretrain(cfg, out, args.state, resume=args.resume, max_chunks=args.chunks,
+            log = pretrain(cfg, out, state, resume=args.resume, max_chunks=args.chunks,
                            max_seconds=args.hours * 3600 if args.hours else None)
         except PretrainError as err:
             raise CLIError(str(err)) from err
