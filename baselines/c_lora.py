@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 
 from cifc_bench.api import Method
-from cifc_bench.sampling import generate_requests
-from cifc_bench.tokens import PlaceholderTokens
-from cifc_bench.training import lora_config, train_lora_and_tokens
+from cifc_bench.diffusion.sampling import generate_requests
+from cifc_bench.diffusion.tokens import PlaceholderTokens
+from cifc_bench.diffusion.training import lora_config, train_lora_and_tokens
 
 KV = r".*attn2\.(to_k|to_v)"
 

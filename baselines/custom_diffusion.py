@@ -30,9 +30,9 @@ from __future__ import annotations
 import torch
 
 from cifc_bench.api import Method
-from cifc_bench.sampling import encode_prompts, generate_batched, generate_requests, to_pixels
-from cifc_bench.tokens import PlaceholderTokens
-from cifc_bench.training import diffusion_loss, train_lora_and_tokens
+from cifc_bench.diffusion.sampling import encode_prompts, generate_batched, generate_requests, to_pixels
+from cifc_bench.diffusion.tokens import PlaceholderTokens
+from cifc_bench.diffusion.training import diffusion_loss, train_lora_and_tokens
 
 VARIANTS = ("sequential", "merge")
 
@@ -129,7 +129,7 @@ class CustomDiffusion(Method):
     def _regularisation_batches(self, class_prompts, budget):
         """An endless stream of (pixels, prompts) batches of base-model images of the class prompts."""
         from cifc_bench.api import GenerationSettings
-        from cifc_bench.seeding import derive_seed
+        from cifc_bench.core.seeding import derive_seed
 
         current = {n: m.weight.detach().clone() for n, m in self.layers.items()}
         self._set_weights(self.base)
@@ -152,7 +152,7 @@ class CustomDiffusion(Method):
     @torch.no_grad()
     def _record_constraints(self, task, class_prompts) -> None:
         """C_τ, V_τ = W_τ C_τᵀ of each new concept, and its caption prompts' contribution to M = XᵀX."""
-        from cifc_bench.training import concept_dataset
+        from cifc_bench.diffusion.training import concept_dataset
 
         reg_prompts = list(class_prompts)
         for concept in task.concepts:

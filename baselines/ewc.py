@@ -50,7 +50,7 @@ class EWC(SequentialFinetune):
         return 0.5 * self.ewc_lambda * torch.stack(terms).sum()
 
     def after_task(self, task, budget, streams, noise_scheduler) -> None:
-        from cifc_bench.training import diffusion_loss
+        from cifc_bench.diffusion.training import diffusion_loss
 
         params = self._lora_params()
         gen = torch.Generator().manual_seed(budget.seed + 7919)
@@ -62,7 +62,7 @@ class EWC(SequentialFinetune):
         samples = samples[: self.fisher_samples * n_images]
 
         def loss_fn(sample):
-            from cifc_bench.sampling import encode_prompts
+            from cifc_bench.diffusion.sampling import encode_prompts
 
             pixels, prompts = sample
             with torch.no_grad():

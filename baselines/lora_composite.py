@@ -9,8 +9,8 @@ passes, spec §B.3.6; this is the real composite.) Storage: one adapter per task
 
 from __future__ import annotations
 
-from cifc_bench.adapters import mixed_adapter_batch
-from cifc_bench.sampling import generate_requests
+from cifc_bench.diffusion.adapters import mixed_adapter_batch
+from cifc_bench.diffusion.sampling import generate_requests
 
 from .lora_merge import LoRAMerge
 

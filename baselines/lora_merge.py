@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import torch
 
-from cifc_bench.adapters import merged_adapters
 from cifc_bench.api import Method
-from cifc_bench.sampling import generate_requests
-from cifc_bench.tokens import PlaceholderTokens
-from cifc_bench.training import lora_config, train_lora_and_tokens
+from cifc_bench.diffusion.adapters import merged_adapters
+from cifc_bench.diffusion.sampling import generate_requests
+from cifc_bench.diffusion.tokens import PlaceholderTokens
+from cifc_bench.diffusion.training import lora_config, train_lora_and_tokens
 
 CROSS_ATTN = r".*attn2\.(to_q|to_k|to_v|to_out\.0)"
 

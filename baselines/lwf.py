@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from cifc_bench.methods.finetune import ADAPTER, TARGETS, SequentialFinetune
 
-from cifc_bench.training import lora_config
+from cifc_bench.diffusion.training import lora_config
 
 TEACHER = "previous"
 

@@ -21,7 +21,7 @@ The inputs X_i are captured data-free, as ``gradient_fusion.py`` takes them, in 
 3. every other (spatial) layer: a 20-step sampling of "photo of a <V>" without guidance, through the fused text
    encoder and K/V and the concept's own spatial LoRA.
 The official code fuses all concepts at once, after the last; in a stream, a concept's K/V and spatial inputs
-are captured when it is learned, through the text encoder and K/V fused up to then (``docs/fidelity.md``).
+are captured when it is learned, through the text encoder and K/V fused up to then (``docs/reference/fidelity.md``).
 Only the two running sums per layer are kept, so the cost of re-fusing does not grow with the number of tasks.
 
 Generation uses the fused model; a multi-concept request with boxes uses regionally controllable sampling:
@@ -41,8 +41,8 @@ from cifc_bench.methods.cidm.layerwise import (
 )
 
 from cifc_bench.api import Method
-from cifc_bench.tokens import PlaceholderTokens
-from cifc_bench.training import lora_config, train_lora_and_tokens
+from cifc_bench.diffusion.tokens import PlaceholderTokens
+from cifc_bench.diffusion.training import lora_config, train_lora_and_tokens
 
 UNET_TARGETS = r".*attn[12]\.(to_q|to_k|to_v|to_out\.0)"
 TEXT_TARGETS = r".*self_attn\.(q_proj|k_proj|v_proj|out_proj)"
@@ -138,7 +138,7 @@ class MixOfShow(Method):
         """Add the new concept's W_i G_i and G_i to every layer's sums, group by group as the official fusion
         does; after each group its layers are set to the fused weight, so the next group's inputs see it."""
         from cifc_bench.api import GenerationSettings
-        from cifc_bench.sampling import sample
+        from cifc_bench.diffusion.sampling import sample
 
         modules = self._target_layers()
         kv = {n for n in modules if n.endswith(("attn2.to_k", "attn2.to_v"))}
@@ -223,7 +223,7 @@ class MixOfShow(Method):
 
     def _generate_regions(self, request, settings):
         """Regionally controllable sampling: inside each box, cross-attention reads that concept's prompt."""
-        from cifc_bench.sampling import sample
+        from cifc_bench.diffusion.sampling import sample
 
         uncond = self._encode(self.bundle, [settings.negative_prompt])
         regions = [(torch.cat([uncond, self._encode(self.bundle, [request.region_prompt(k)])]), box.as_tuple())

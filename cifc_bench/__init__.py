@@ -3,7 +3,7 @@
 __version__ = "0.1.0"
 
 
-_LAZY = {"load_results": "cifc_bench.results_data"}  # the package's facade: name -> the module that defines it
+_LAZY = {"load_results": "cifc_bench.reporting.results_data"}  # the package's facade: name -> the module that defines it
 
 
 def __getattr__(name: str):

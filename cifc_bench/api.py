@@ -37,20 +37,20 @@ class ModelBundle:
     """The frozen text-to-image model a method starts from: SD-1.x's components, on either tier.
 
     - ``tokenizer``: a transformers ``CLIPTokenizer`` (the real CLIP BPE on both tiers). A method's placeholder
-      tokens (``<dog1>``) are not in it: add them (``cifc_bench.tokens.add_placeholder_tokens``), or the
+      tokens (``<dog1>``) are not in it: add them (``cifc_bench.diffusion.tokens.add_placeholder_tokens``), or the
       tokenizer silently splits them into pieces.
     - ``text_encoder``: a transformers ``CLIPTextModel``; its ``[0]`` output (last hidden state) is the UNet's
       context.
     - ``unet``: a diffusers ``UNet2DConditionModel``. Its prediction type is the scheduler's
       ``config.prediction_type``: ``epsilon`` for SD-1.5, ``v_prediction`` for the synthetic base model;
-      ``cifc_bench.training.diffusion_target`` gives the right target for either.
+      ``cifc_bench.diffusion.training.diffusion_target`` gives the right target for either.
     - ``scheduler``: the evaluation sampler (DPM-Solver++ for SD-1.5); build training schedulers from its config.
     - ``vae``: a diffusers ``AutoencoderKL``, or **None** for a pixel-space model (the synthetic tier): the UNet
       then works on pixels in [-1, 1], and ``vae_scale_factor`` is 1.
     Everything is frozen (``requires_grad`` off, eval mode) on ``device`` when a method receives it: the text
     encoder in float32, the UNet and VAE in the run's ``--dtype`` (float32 on CPU, bfloat16 on CUDA by default).
     ``learn_task`` and ``generate`` run under ``torch.autocast`` for a low dtype; what a method trains must be
-    float32 (``cifc_bench.precision.fp32_trainable``) and stepped through ``precision.loss_scaler``.
+    float32 (``cifc_bench.core.precision.fp32_trainable``) and stepped through ``precision.loss_scaler``.
     A method may add tokens, wrap or patch modules and change weights in place, as long as its ``generate``
     sees what it learned; the harness builds a fresh bundle per run.
     """
@@ -125,7 +125,7 @@ class ImageInit:
     - ``strength`` in (0, 1] (SDEdit style transfer): how far the input is noised before the method denoises it
       with its prompt; near 0 returns the input, 1 starts from pure noise (diffusers' img2img rule).
     - ``box`` (blended editing): only this region may change; outside it every pixel is the input's.
-    The shared sampler (``cifc_bench.sampling``) implements both for every method that samples through it.
+    The shared sampler (``cifc_bench.diffusion.sampling``) implements both for every method that samples through it.
     """
 
     image: Any  # a PIL image; resized to the sampling resolution
@@ -166,7 +166,7 @@ class Concept:
         return " ".join(text.replace(self.token_string, self.class_word).split())
 
     def image_paths(self) -> tuple[Path, ...]:
-        from cifc_bench.images import list_images
+        from cifc_bench.core.images import list_images
 
         return list_images(self.image_dir)
 
@@ -282,7 +282,7 @@ class GenerationRequest:
 @dataclass(frozen=True)
 class GenerationSettings:
     """Sampler settings the harness imposes on every method, so their images are comparable (from
-    :meth:`cifc_bench.config.RunSpec.generation`; a method that samples for itself, e.g. to capture features,
+    :meth:`cifc_bench.core.config.RunSpec.generation`; a method that samples for itself, e.g. to capture features,
     gives every field)."""
 
     resolution: int
@@ -328,7 +328,7 @@ class TrackImages(ConceptImages):
     """What a track metric sees: one concept's outputs of one track for one model state. Beside the fields of
     :class:`ConceptImages` (so ``ia``, ``ta`` and exact per-concept metrics apply as they are): the ``inputs``
     (PIL, at the output size), their scorer ``input_features``, the edit ``box`` and ``box_features``, the
-    outputs' features with everything outside the box painted over (:func:`cifc_bench.neglect.isolate_box`)."""
+    outputs' features with everything outside the box painted over (:func:`cifc_bench.evaluation.neglect.isolate_box`)."""
 
     track: str = ""
     inputs: tuple[Any, ...] = ()
@@ -341,7 +341,7 @@ class TrackImages(ConceptImages):
 
 @dataclass(frozen=True)
 class TrainBudget:
-    """The fixed budget of one task, from :meth:`cifc_bench.config.RunSpec.budget`; it never depends on the GPU
+    """The fixed budget of one task, from :meth:`cifc_bench.core.config.RunSpec.budget`; it never depends on the GPU
     count. ``seed`` seeds everything random in the task's training (the harness also seeds torch with it).
 
     ``steps`` and ``lr_scale`` may differ per task when the run uses one of the protocol's named schedules (the

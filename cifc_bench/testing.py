@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from cifc_bench.config import RunSpec
+from cifc_bench.core.config import RunSpec
 
 TINY_PROMPTS = {
     "object": ["A <TOK> on a table", "A <TOK> in the forest", "A photo of a <TOK>"],
@@ -167,8 +167,8 @@ def check_method(cls, method_args: dict[str, Any] | None = None, root: Path | No
     import torch
 
     from cifc_bench.api import GenerationRequest, GenerationSettings, Method, TrainBudget
-    from cifc_bench.models import load_bundle
-    from cifc_bench.protocol import load_protocol
+    from cifc_bench.core.protocol import load_protocol
+    from cifc_bench.diffusion.models import load_bundle
 
     assert isinstance(cls, type) and issubclass(cls, Method), f"{cls!r} is not a subclass of cifc_bench.api.Method"
     assert isinstance(cls.storage, str), f"{cls.__name__}.storage must be a string, e.g. 'per-task-adapters'"
@@ -276,7 +276,7 @@ def lora_m_with_random_adapters(n_tasks: int = 10, std: float = 0.02):
 
     from cifc_bench.api import Concept
     from cifc_bench.baselines.lora_merge import LoRAMerge
-    from cifc_bench.models import load_bundle
+    from cifc_bench.diffusion.models import load_bundle
 
     torch.manual_seed(0)
     method = LoRAMerge(load_bundle("tiny-random"))

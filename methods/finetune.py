@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import torch
 
-from cifc_bench.adapters import merged_adapters
 from cifc_bench.api import Method
-from cifc_bench.sampling import generate_requests
-from cifc_bench.tokens import PlaceholderTokens
-from cifc_bench.training import lora_config, train_lora_and_tokens
+from cifc_bench.diffusion.adapters import merged_adapters
+from cifc_bench.diffusion.sampling import generate_requests
+from cifc_bench.diffusion.tokens import PlaceholderTokens
+from cifc_bench.diffusion.training import lora_config, train_lora_and_tokens
 
 TARGETS = {
     "cross-attn": r".*attn2\.(to_q|to_k|to_v|to_out\.0)",
@@ -67,7 +67,7 @@ class SequentialFinetune(Method):
         """Called after a task's optimisation, with its data streams (EWC estimates its Fisher here)."""
 
     def generate(self, requests, settings):
-        with merged_adapters(self.bundle.unet):  # a forward costs the base model's (cifc_bench.adapters)
+        with merged_adapters(self.bundle.unet):  # a forward costs the base model's (cifc_bench.diffusion.adapters)
             return generate_requests(self.bundle, requests, settings)
 
     def trainable_parameters(self) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from cifc_bench.api import Task
-from cifc_bench.training import train_lora_and_tokens
+from cifc_bench.diffusion.training import train_lora_and_tokens
 
 from .finetune import SequentialFinetune
 

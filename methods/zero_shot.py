@@ -7,7 +7,7 @@ Every placeholder group in a prompt is replaced by its concept's class word (``<
 from __future__ import annotations
 
 from cifc_bench.api import Method
-from cifc_bench.sampling import generate_requests
+from cifc_bench.diffusion.sampling import generate_requests
 
 
 class ZeroShot(Method):

@@ -36,5 +36,5 @@ cifc-bench sweep --methods ewc --grid ewc.ewc_lambda=0.01,0.1,1,10 --seeds 0 --o
 cifc-bench sweep --methods c-lora --grid c-lora.reg_lambda=10000,100000,10000000,100000000 --seeds 0 --out $OUT --tracks none
 
 # 4. the pages, from every committed run (no number typed by hand)
-cifc-bench leaderboard --protocol synth10 --format md --out docs/results.md
-cifc-bench leaderboard --protocol synth10 --format html --out docs/leaderboard
+cifc-bench leaderboard --protocol synth10 --format md --out docs/results/synth10.md
+cifc-bench leaderboard --protocol synth10 --format html --out docs/results/leaderboard

@@ -1,4 +1,4 @@
-"""Sampling from merged adapter weights (``cifc_bench.adapters.merged_adapters``): the images of an unmerged
+"""Sampling from merged adapter weights (``cifc_bench.diffusion.adapters.merged_adapters``): the images of an unmerged
 model to float rounding, the base weights restored bit for bit, and a UNet forward with ten stored LoRAs that
 runs exactly the base model's operations."""
 
@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from cifc_bench.adapters import merged_adapters
 from cifc_bench.api import GenerationRequest, GenerationSettings
-from cifc_bench.sampling import generate_requests
+from cifc_bench.diffusion.adapters import merged_adapters
+from cifc_bench.diffusion.sampling import generate_requests
 
 SETTINGS = GenerationSettings(resolution=32, num_inference_steps=4, guidance_scale=7.5, batch_size=4)
 REQUESTS = [GenerationRequest(prompt=f"a photo of a <c{i}a> <c{i}b> on the beach", seed=i) for i in range(4)]
@@ -40,7 +40,7 @@ def _forward_ops(unet) -> list[str]:
 
 
 def test_ten_merged_loras_run_the_base_models_operations_and_restore_its_weights_exactly():
-    from cifc_bench.models import load_bundle
+    from cifc_bench.diffusion.models import load_bundle
 
     method = _lora_m()
     unet = method.bundle.unet

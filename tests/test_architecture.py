@@ -83,7 +83,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_two_modules_import_each_other_directly_or_in_a_loop():
     graph = _import_graph()
-    assert len(graph) > 40 and graph["cifc_bench.harness"]  # the graph really was read
+    assert len(graph) > 40 and graph["cifc_bench.run.loop"]  # the graph really was read
     assert _cycles(graph) == []
     # the check can fail: a constructed loop is found
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == [["a", "b", "c"]]
@@ -106,7 +106,7 @@ def _install_plugin(tmp_path: Path, monkeypatch) -> None:
     (pkg / "__init__.py").write_text(
         "import numpy as np\n\n\n"
         "def scorer(device='cpu'):\n"
-        "    from cifc_bench.scoring import tiny_random\n"
+        "    from cifc_bench.diffusion.scoring import tiny_random\n"
         "    return tiny_random(device)\n\n\n"
         "def brightness(sample):\n"
         "    return float(np.mean([np.asarray(im, dtype=float).mean() / 255 for im in sample.images]))\n"
@@ -125,7 +125,7 @@ def test_a_third_party_scorer_and_metric_run_end_to_end(tmp_path, monkeypatch, c
     from PIL import Image
 
     from cifc_bench.cli import main
-    from cifc_bench.harness import run_benchmark
+    from cifc_bench.run.loop import run_benchmark
     from cifc_bench.testing import make_tiny_protocol, tiny_run_config
 
     _install_plugin(tmp_path, monkeypatch)
@@ -151,13 +151,13 @@ def test_a_third_party_scorer_and_metric_run_end_to_end(tmp_path, monkeypatch, c
 
 
 def test_the_plugin_guide_example_passes_the_contract_and_runs(tmp_path, monkeypatch):
-    """The 30-line method of docs/plugins.md, taken from the page as written, is a valid method."""
+    """The 30-line method of docs/extending/plugins.md, taken from the page as written, is a valid method."""
     import re
 
-    from cifc_bench.harness import run_benchmark
+    from cifc_bench.run.loop import run_benchmark
     from cifc_bench.testing import check_method, make_tiny_protocol, tiny_run_config
 
-    page = (ROOT / "docs" / "plugins.md").read_text()
+    page = (ROOT / "docs" / "extending" / "plugins.md").read_text()
     code = next(block for block in re.findall(r"```python\n(.*?)```", page, re.S) if "class TextualInversion" in block)
     assert len(code.strip().splitlines()) <= 40
     (tmp_path / "guide_method.py").write_text(code)
@@ -184,9 +184,9 @@ def test_the_builtin_folders_import_under_one_name_only():
 
 def test_each_default_is_decided_in_one_function():
     """The default device, protocol and dtype each have one home; every other module asks it."""
-    homes = {r'"cuda" if torch.cuda.is_available\(\) else "cpu"': "cifc_bench/config.py",
-             r"\bdefault_protocol\(\)": "cifc_bench/protocol.py",
-             r'"bf16" if str\(device': "cifc_bench/config.py"}
+    homes = {r'"cuda" if torch.cuda.is_available\(\) else "cpu"': "cifc_bench/core/config.py",
+             r"\bdefault_protocol\(\)": "cifc_bench/core/protocol.py",
+             r'"bf16" if str\(device': "cifc_bench/core/config.py"}
     import re
 
     for folder in PACKAGES:
@@ -215,3 +215,90 @@ def test_the_package_ships_what_runs_load_under_25_mb():
     assert not [p for p in shipped if "pretrain-state" in p.parts]
     assert any(p.name == "diffusion_pytorch_model.safetensors" for p in shipped)  # the UNet a run loads
     assert sum(p.stat().st_size for p in shipped) < 25 * 2**20
+
+
+#: the package's layers, lowest first: a module may import its own layer and those below it, never above
+LAYERS = ("core", "diffusion", "evaluation", "run", "reporting")
+#: where the rest sits: the public plugin contract is core; built-in methods and baselines use core and diffusion
+PLACED = {"cifc_bench.api": "core", "cifc_bench.methods": "diffusion", "cifc_bench.baselines": "diffusion"}
+
+
+def _layer(module: str) -> str | None:
+    """The layer of a package module, or None for the top (cli, describe, testing, the facade) and the synth plugin."""
+    for prefix, layer in PLACED.items():
+        if module == prefix or module.startswith(prefix + "."):
+            return layer
+    part = module.split(".")[1] if module.count(".") else ""
+    return part if part in LAYERS else None
+
+
+def _upward(graph: dict[str, set[str]]) -> list[str]:
+    rank = {layer: k for k, layer in enumerate(LAYERS)}
+    out = []
+    for module, deps in graph.items():
+        mine = _layer(module)
+        for dep in deps:
+            theirs = _layer(dep)
+            if mine is not None and (theirs is None and dep != "cifc_bench" or
+                                     theirs is not None and rank[theirs] > rank[mine]):
+                out.append(f"{module} -> {dep}")
+    return sorted(out)
+
+
+def test_the_folders_are_the_layers_and_imports_only_go_down():
+    """core <- diffusion <- evaluation <- run <- reporting; methods and baselines sit beside diffusion (they
+    learn and generate; the harness evaluates them); the CLI, testing and the synth plugin sit on top."""
+    graph = _import_graph()
+    for layer in LAYERS:
+        assert (ROOT / "cifc_bench" / layer / "__init__.py").exists()
+        assert any(_layer(m) == layer for m in graph if m != f"cifc_bench.{layer}")
+    flat = [p.name for p in (ROOT / "cifc_bench").glob("*.py") if p.name != "__init__.py"]
+    assert sorted(flat) == ["api.py", "testing.py"]  # the top, with cli/: the commands
+    assert _upward(graph) == []
+    # the check can fail: an evaluation module importing the run layer, or a method importing the harness
+    assert _upward({"cifc_bench.evaluation.x": {"cifc_bench.run.loop"}}) == ["cifc_bench.evaluation.x -> cifc_bench.run.loop"]
+    assert _upward({"cifc_bench.methods.m": {"cifc_bench.evaluation.metrics"}})
+
+
+def _private_imports(path: Path) -> list[str]:
+    """``from <package module> import _name``: a name its module keeps to itself."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("cifc_bench"):
+            out += [f"{node.module}.{a.name}" for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            out += [f".{node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+    return out
+
+
+def test_no_module_imports_another_modules_private_name(tmp_path):
+    found = {str(p.relative_to(ROOT)): _private_imports(p) for p in _modules().values()}
+    assert {k: v for k, v in found.items() if v} == {}
+    # the check can fail
+    (tmp_path / "x.py").write_text("from cifc_bench.run.loop import _loop\nfrom .sibling import _helper\n")
+    assert _private_imports(tmp_path / "x.py") == ["cifc_bench.run.loop._loop", ".sibling._helper"]
+
+
+def test_autocast_is_entered_in_one_place():
+    """``torch.autocast`` is named only by ``core/precision.py``, whose ``autocast`` only the run's context calls;
+    a method learns and generates in the package only through ``RunContext.learn`` and ``RunContext.generate``
+    (``cifc_bench.testing.check_method`` checks the bare contract, in fp32, without a run, and ``cifc-bench bench``
+    times the methods and diffusers' pipeline in each precision, without a run)."""
+    import re
+
+    BENCH = "cifc_bench/cli/bench.py"
+    calls = {"torch.autocast": r"torch\.autocast\(", "autocast()": r"(?<![\w.])autocast\(",
+             "learn_task()": r"\.learn_task\(", "generate()": r"(?:method|\bm)\.generate\("}
+    homes = {"torch.autocast": {"cifc_bench/core/precision.py"},
+             "autocast()": {"cifc_bench/core/precision.py", "cifc_bench/evaluation/context.py", BENCH},
+             "learn_task()": {"cifc_bench/evaluation/context.py", "cifc_bench/testing.py", BENCH},
+             "generate()": {"cifc_bench/evaluation/context.py", "cifc_bench/testing.py", BENCH}}
+    for name, pattern in calls.items():
+        where = set()
+        for path in (ROOT / "cifc_bench").rglob("*.py"):
+            code = "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith(("#", ">>>")))
+            code = re.sub(r'"""[\s\S]*?"""', "", code)  # docstrings may show the call
+            if re.search(pattern, code):
+                where.add(str(path.relative_to(ROOT)))
+        assert where <= homes[name], f"{name} is called in {sorted(where - homes[name])}: go through RunContext"
+        assert where, f"the pattern of {name} matches nothing: the check is stale"

@@ -7,8 +7,8 @@ from cifc_bench.api import TrainBudget
 
 
 def _trained(cls, tiny_protocol, steps=2, tasks=2, **kwargs):
-    from cifc_bench.models import load_bundle
-    from cifc_bench.protocol import load_protocol
+    from cifc_bench.core.protocol import load_protocol
+    from cifc_bench.diffusion.models import load_bundle
 
     seq = load_protocol(str(tiny_protocol)).bind(tiny_protocol.with_name("tiny-data"))
     torch.manual_seed(0)
@@ -119,7 +119,7 @@ def test_c_lora_penalty_is_zero_without_a_past_update():
 def test_c_lora_merges_each_task_into_kv_weights_only(tiny_protocol):
     from cifc_bench.baselines.c_lora import CLoRA
 
-    from cifc_bench.models import load_bundle
+    from cifc_bench.diffusion.models import load_bundle
 
     before = {n: p.detach().clone() for n, p in load_bundle("tiny-random").unet.named_parameters()}
     method = _trained(CLoRA, tiny_protocol)
@@ -169,7 +169,7 @@ def test_custom_diffusion_merge_keeps_each_concept_constraint_on_a_tiny_model(ti
             assert torch.allclose(module.weight.float() @ c.T, method.values[concept][layer], atol=1e-4, rtol=1e-3)
     changed = [not torch.equal(m.weight, method.base[n]) for n, m in method.layers.items()]
     assert all(changed)  # K/V moved off the base model, and nothing else did
-    from cifc_bench.models import load_bundle
+    from cifc_bench.diffusion.models import load_bundle
 
     fresh = dict(load_bundle("tiny-random").unet.named_parameters())
     named = dict(method.bundle.unet.named_parameters())
@@ -255,7 +255,7 @@ def test_custom_diffusion_merge_rows_have_no_bos_or_padding(tiny_protocol):
 
 
 def _tiny_concepts(tiny_protocol):
-    from cifc_bench.protocol import load_protocol
+    from cifc_bench.core.protocol import load_protocol
 
     return load_protocol(str(tiny_protocol)).bind(tiny_protocol.with_name("tiny-data")).concepts
 
@@ -270,7 +270,7 @@ def test_every_baseline_lora_starts_kaiming_uniform_a_and_zero_b(name, tiny_prot
 
     from peft.tuners.lora.layer import LoraLayer
 
-    from cifc_bench.registry import load_method
+    from cifc_bench.core.registry import load_method
 
     seen = []
     original = LoraLayer.reset_lora_parameters

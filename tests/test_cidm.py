@@ -145,7 +145,7 @@ def test_sd15_architecture_gets_16_layerwise_tokens_and_64_lora_modules():
     from diffusers import UNet2DConditionModel
 
     from cifc_bench.api import Concept, Task
-    from cifc_bench.models import ModelBundle, load_bundle
+    from cifc_bench.diffusion.models import ModelBundle, load_bundle
 
     tiny = load_bundle("tiny-random")
     torch.manual_seed(0)
@@ -179,7 +179,7 @@ def _cidm_with_dog_and_cat(**kwargs):
     from cifc_bench.methods.cidm import CIDM
 
     from cifc_bench.api import Box, Concept
-    from cifc_bench.models import load_bundle
+    from cifc_bench.diffusion.models import load_bundle
     from cifc_bench.testing import store_random_cidm_task
 
     torch.manual_seed(0)
@@ -307,7 +307,7 @@ def test_sigmoid_attention_changes_region_features_only():
     import numpy as np
 
     from cifc_bench.api import GenerationRequest, GenerationSettings
-    from cifc_bench.models import load_bundle
+    from cifc_bench.diffusion.models import load_bundle
 
     load_bundle("tiny-random")  # a first use builds the model and reseeds torch: both methods must start alike
     settings = GenerationSettings(resolution=32, num_inference_steps=3, guidance_scale=5.0, batch_size=4)

@@ -5,8 +5,8 @@ import dataclasses
 import pytest
 import yaml
 
-from cifc_bench.cli import _given_settings, _run_config, build_parser
-from cifc_bench.config import FALLBACKS, RUN_ONLY, ConfigError, RunSpec, resolve, setting_names
+from cifc_bench.cli.parser import build_parser, given_settings, run_config
+from cifc_bench.core.config import FALLBACKS, RUN_ONLY, ConfigError, RunSpec, resolve, setting_names
 
 SAMPLE = {
     "method": "base", "protocol": "p.yaml", "data_dir": "d", "model": "m", "scorer": "s", "steps": 3,
@@ -14,7 +14,7 @@ SAMPLE = {
     "num_inference_steps": 3, "guidance_scale": 2.5, "negative_prompt": "neg", "eval_schedule": "final",
     "eval_batch_size": 3, "seed": 3, "device": "meta", "dino": "none", "multi_images_per_prompt": 3,
     "calibration_images": 3, "dtype": "fp16", "method_args": {"rank": 8}, "tracks": ("editing", "style_transfer"),
-    "eval_workers": 1, "log_to": ("tensorboard",),
+    "eval_workers": 1, "log_to": ("tensorboard",), "compile": True,
 }
 
 
@@ -23,7 +23,7 @@ def test_the_sample_covers_every_setting():
 
 
 def _cli(*argv):
-    return _run_config(_given_settings(build_parser().parse_args(["run", *argv])))
+    return run_config(given_settings(build_parser().parse_args(["run", *argv])))
 
 
 @pytest.mark.parametrize("name", [n for n in setting_names() if n != "method_args"])
@@ -31,7 +31,8 @@ def test_each_flag_yaml_key_and_protocol_default_reaches_the_same_field(name, tm
     value = SAMPLE[name]
     flag = f"--{name.replace('_', '-')}"
     typed = ",".join(value) if isinstance(value, tuple) else str(value)  # --tracks a,b
-    assert getattr(_cli(flag, typed, "--protocol", "p.yaml"), name) == value  # the flag --x-y is x_y
+    given = [flag] if isinstance(value, bool) else [flag, typed]  # a switch (--compile) takes no value
+    assert getattr(_cli(*given, "--protocol", "p.yaml"), name) == value  # the flag --x-y is x_y
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({name: list(value) if isinstance(value, tuple) else value, "protocol": "p.yaml"}))
     assert getattr(_cli("--config", str(config)), name) == value  # the YAML key x_y is x_y
@@ -82,7 +83,7 @@ def test_bad_settings_name_the_setting_and_the_fix(tmp_path):
 
 
 def test_protocol_defaults_are_checked_where_they_are_written(tmp_path):
-    from cifc_bench.protocol import ProtocolError, load_protocol
+    from cifc_bench.core.protocol import ProtocolError, load_protocol
     from cifc_bench.testing import make_tiny_protocol
 
     path = make_tiny_protocol(tmp_path, n_concepts=2)

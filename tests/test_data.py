@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from cifc_bench import data
-from cifc_bench.data import DataError, resolve_data_dir
+from cifc_bench.core import data
+from cifc_bench.core.data import DataError, resolve_data_dir
 
 
 def _dataset(root: Path) -> Path:
@@ -89,6 +89,6 @@ def test_unsafe_archive_paths_are_refused(tmp_path):
 
 
 def test_cifc10_checksums_shipped_with_the_protocol_match_the_release(cifc10_dir):
-    from cifc_bench.protocol import load_protocol
+    from cifc_bench.core.protocol import load_protocol
 
     assert data.verify_checksums(cifc10_dir, load_protocol("cifc10").checksum_file) == []

@@ -11,8 +11,8 @@ import json
 
 import pytest
 
-from cifc_bench.config import ConfigError
-from cifc_bench.distributed import SINGLE, Ranks
+from cifc_bench.core.config import ConfigError
+from cifc_bench.core.distributed import SINGLE, Ranks
 from cifc_bench.testing import assert_same_files, assert_same_scores, run_cli, tiny_run_flags
 
 

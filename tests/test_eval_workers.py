@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from cifc_bench.config import ConfigError, RunSpec
-from cifc_bench.harness import run_benchmark
+from cifc_bench.core.config import ConfigError, RunSpec
+from cifc_bench.run.loop import run_benchmark
 from cifc_bench.testing import assert_same_files, assert_same_scores, tiny_run_config
 
 pytestmark = pytest.mark.usefixtures("pinned_one_thread")
@@ -32,7 +32,7 @@ def test_a_worker_gives_the_serial_runs_images_states_and_scores(method, tiny_pr
 
 
 def test_eval_workers_is_0_or_1_and_not_part_of_a_runs_identity(tmp_path, tiny_protocol):
-    from cifc_bench.results import run_identity
+    from cifc_bench.core.results import run_identity
 
     with pytest.raises(ConfigError, match="--eval-workers 2: give 0"):
         RunSpec(eval_workers=2)

@@ -7,13 +7,13 @@ import pytest
 
 from cifc_bench.api import Box
 from cifc_bench.cli import main
-from cifc_bench.generate import GenerateError, expand_prompt, parse_boxes, requests_for
+from cifc_bench.run.generate import GenerateError, expand_prompt, parse_boxes, requests_for
 
 
 @pytest.fixture(scope="module")
 def cidm_run(tiny_protocol, tmp_path_factory):
     """A finished CIDM run of the tiny protocol (three concepts; CIDM reads boxes and region prompts)."""
-    from cifc_bench.harness import run_benchmark
+    from cifc_bench.run.loop import run_benchmark
     from cifc_bench.testing import tiny_run_config
 
     run_dir = tmp_path_factory.mktemp("gen") / "run"
@@ -24,7 +24,7 @@ def cidm_run(tiny_protocol, tmp_path_factory):
 def test_prompt_braces_expand_to_learned_concepts_and_unknown_names_are_listed(tiny_protocol):
     from pathlib import Path
 
-    from cifc_bench.protocol import load_protocol
+    from cifc_bench.core.protocol import load_protocol
 
     learned = {c.name: c for c in load_protocol(str(tiny_protocol)).bind(Path("."), check=False).concepts[:2]}
     text, used = expand_prompt("a {thing1} next to a {thing0} and {thing1}", learned)

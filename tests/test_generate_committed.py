@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifc_bench.generate import GenerateError, image_init, parse_regions, requests_for, restore
+from cifc_bench.run.generate import GenerateError, image_init, parse_regions, requests_for, restore
 
 pytest.importorskip("cifc_bench.synth")
 
@@ -24,7 +24,7 @@ def committed_run(method: str) -> Path:
 @pytest.mark.xfail(strict=True, reason="issue 34: the synth10 3.0 grid is being made (results/regenerate-synth10.sh); "
                    "strict, so this mark must go once every method's seed-0 run is committed")
 def test_every_method_has_a_committed_run_with_its_final_state():
-    from cifc_bench.registry import METHODS, list_plugins
+    from cifc_bench.core.registry import METHODS, list_plugins
 
     missing = [m for m in list_plugins(METHODS)
                if not (RESULTS / m / "s0" / "state" / "after_task_09.safetensors").is_file()]

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from cifc_bench.config import ConfigError
-from cifc_bench.harness import run_benchmark
+from cifc_bench.core.config import ConfigError
+from cifc_bench.run.loop import run_benchmark
 from cifc_bench.testing import tiny_run_config
 
 
@@ -62,7 +62,8 @@ def test_base_method_has_exactly_zero_forgetting(tmp_path, tiny_protocol):
 
 
 def test_rescoring_reuses_cached_images(tmp_path, tiny_protocol):
-    from cifc_bench.harness import evaluate_concept, load_context
+    from cifc_bench.evaluation.evaluate import evaluate_concept
+    from cifc_bench.run.setup import load_context
 
     ctx = load_context(tiny_run_config(tiny_protocol, method="base"), tmp_path / "run")
     concept = ctx.sequence.concepts[0]
@@ -155,15 +156,15 @@ def test_images_returned_while_their_pngs_are_written_equal_the_files(tmp_path):
     from cifc_bench.methods.zero_shot import ZeroShot
 
     from cifc_bench.api import GenerationRequest, GenerationSettings
-    from cifc_bench.harness import generate_cached
-    from cifc_bench.images import load_rgb
-    from cifc_bench.models import load_bundle
+    from cifc_bench.core.images import load_rgb
+    from cifc_bench.diffusion.models import load_bundle
+    from cifc_bench.evaluation.image_cache import generate_cached
 
     settings = GenerationSettings(resolution=32, num_inference_steps=2, guidance_scale=7.5, batch_size=2)
-    import contextlib
 
-    ctx = SimpleNamespace(method=ZeroShot(load_bundle("tiny-random")), settings=settings,
-                          config=SimpleNamespace(method="base"), precision=contextlib.nullcontext)
+    method = ZeroShot(load_bundle("tiny-random"))
+    ctx = SimpleNamespace(method=method, settings=settings, config=SimpleNamespace(method="base"),
+                          generate=lambda requests: method.generate(requests, settings))
     pairs = [(GenerationRequest(prompt=f"a dog {k}", seed=k), f"{k}.png") for k in range(5)]
     images = generate_cached(ctx, pairs, tmp_path, "test")
     on_disk = [np.asarray(load_rgb(tmp_path / name)) for _, name in pairs]

@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 
 from cifc_bench.api import Box, GenerationRequest, GenerationSettings, ImageInit, TrainBudget
-from cifc_bench.models import load_bundle
-from cifc_bench.registry import METHODS, list_plugins, load_method
+from cifc_bench.core.registry import METHODS, list_plugins, load_method
+from cifc_bench.diffusion.models import load_bundle
 from cifc_bench.testing import QUICK_METHOD_ARGS
 
 SETTINGS = GenerationSettings(resolution=32, num_inference_steps=10, guidance_scale=7.5, batch_size=4)
@@ -47,7 +47,7 @@ def test_editing_keeps_every_pixel_outside_the_box_and_redraws_inside(source):
 
 
 def test_style_transfer_at_strength_near_zero_returns_the_input_through_the_codec(source):
-    from cifc_bench.sampling import decode, encode_images
+    from cifc_bench.diffusion.sampling import decode, encode_images
 
     method = base_method()
     image = method.generate([GenerationRequest(prompt="a dog", seed=1, init=ImageInit(source, strength=0.01))],
@@ -60,7 +60,7 @@ def test_style_transfer_at_strength_near_zero_returns_the_input_through_the_code
 
 
 def test_strength_follows_diffusers_img2img_timesteps():
-    from cifc_bench.sampling import Trajectory
+    from cifc_bench.diffusion.sampling import Trajectory
 
     bundle = load_bundle("tiny-random")
     image = Image.new("RGB", (32, 32), (200, 30, 30))
@@ -82,7 +82,7 @@ def test_plain_requests_beside_conditioned_ones_draw_what_they_draw_alone(source
 
 @pytest.mark.parametrize("name", sorted(list_plugins(METHODS)))
 def test_every_method_edits_inside_the_box_only(name, tiny_protocol, source):
-    from cifc_bench.protocol import load_protocol
+    from cifc_bench.core.protocol import load_protocol
 
     seq = load_protocol(str(tiny_protocol)).bind(tiny_protocol.with_name("tiny-data"))
     torch.manual_seed(0)
@@ -100,7 +100,7 @@ def test_every_method_edits_inside_the_box_only(name, tiny_protocol, source):
     expected, out = np.asarray(source.resize((32, 32))), outside(BOX, 32)
     for image in images[:2]:
         assert np.array_equal(np.asarray(image)[out], expected[out]), f"{name} changed pixels outside the box"
-    from cifc_bench.sampling import decode, encode_images
+    from cifc_bench.diffusion.sampling import decode, encode_images
 
     with torch.no_grad():  # strength near 0: the input through the codec, never a new image
         through = decode(method.bundle, encode_images(method.bundle, [source.resize((32, 32))]))[0]
@@ -108,7 +108,7 @@ def test_every_method_edits_inside_the_box_only(name, tiny_protocol, source):
 
 
 def test_image_init_errors_name_the_value_and_the_fix(tmp_path, source):
-    from cifc_bench.generate import GenerateError, image_init
+    from cifc_bench.run.generate import GenerateError, image_init
 
     path = tmp_path / "in.png"
     source.save(path)

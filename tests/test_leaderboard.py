@@ -6,8 +6,8 @@ import json
 import pytest
 
 from cifc_bench.cli import main
-from cifc_bench.harness import run_benchmark
-from cifc_bench.leaderboard import leaderboard_tables, render
+from cifc_bench.reporting.leaderboard import leaderboard_tables, render
+from cifc_bench.run.loop import run_benchmark
 from cifc_bench.testing import tiny_run_config
 
 
@@ -53,7 +53,7 @@ def test_mean_and_std_over_seeds(results_dir, tiny_protocol):
 def test_learning_column_is_the_diagonal_and_is_computed_for_files_that_predate_it(results_dir):
     """``learning`` (mean of the after-own-task scores) comes from the stored summary, or, in a result file
     written before it existed, from the file's matrix."""
-    from cifc_bench.leaderboard import RunRecord, metric_table
+    from cifc_bench.reporting.leaderboard import RunRecord, metric_table
 
     real = json.loads(next(results_dir.rglob("real/result.json")).read_text())
     old = copy.deepcopy(real)
@@ -84,7 +84,7 @@ def test_dirty_and_failed_runs_are_left_out_unless_asked(results_dir, tiny_proto
 def test_runs_on_other_weights_of_the_base_model_are_left_out_with_the_fix(results_dir, tmp_path, tiny_protocol):
     """A re-pretrained base model (same name, new weights) makes older runs incomparable: only the newest
     run's weights count, and the message says to run again (rescoring cannot change the images)."""
-    from cifc_bench.leaderboard import find_runs
+    from cifc_bench.reporting.leaderboard import find_runs
 
     real = json.loads(next(results_dir.rglob("real/result.json")).read_text())
     assert len(real["run_info"]["model_fingerprint"]) == 16  # every run records its base model's weights
@@ -104,7 +104,7 @@ def test_runs_on_other_weights_of_the_base_model_are_left_out_with_the_fix(resul
 def test_runs_of_another_protocol_version_are_left_out_with_the_fix(results_dir, tmp_path, tiny_protocol):
     """A new protocol version asks other questions (synth10 3.0: another identity oracle, more multi-concept
     prompts): the leaderboard shows only the installed version's runs, and --include-old-versions marks the rest."""
-    from cifc_bench.leaderboard import find_runs
+    from cifc_bench.reporting.leaderboard import find_runs
 
     real = json.loads(next(results_dir.rglob("real/result.json")).read_text())
     name, version = real["run_info"]["protocol"]["name"], real["run_info"]["protocol"]["version"]
@@ -144,7 +144,7 @@ def test_neglect_table_and_optional_metrics_appear_when_runs_have_them(results_d
 def test_cost_table_sums_the_runs_timings(results_dir, tiny_protocol):
     import datetime
 
-    from cifc_bench.leaderboard import RunRecord, cost_table
+    from cifc_bench.reporting.leaderboard import RunRecord, cost_table
 
     real = json.loads(next(results_dir.rglob("real/result.json")).read_text())
     runs = []
@@ -236,8 +236,8 @@ def test_html_page_has_every_table_and_the_plots(results_dir, tiny_protocol, tmp
 
 
 def test_sweep_curves_join_runs_that_differ_in_one_numeric_argument():
-    from cifc_bench.leaderboard import RunRecord
-    from cifc_bench.leaderboard_page import sweep_curves
+    from cifc_bench.reporting.leaderboard import RunRecord
+    from cifc_bench.reporting.leaderboard_page import sweep_curves
 
     def run(method, **args):
         return RunRecord(path=None, data={"run_info": {"method": method, "method_args": args, "config": {}}})
@@ -258,7 +258,7 @@ def test_html_page_loads_in_headless_chromium_and_reports_a_missing_image(result
 
     if find_chromium() is None:
         pytest.skip("headless Chromium is not installed (Debian: apt-get install chromium)")
-    from cifc_bench.leaderboard_page import write_leaderboard_page
+    from cifc_bench.reporting.leaderboard_page import write_leaderboard_page
 
     page = write_leaderboard_page(str(tiny_protocol), results_dir, tmp_path / "lb", include_dirty=True)
     assert console_errors(page) == []
@@ -269,7 +269,7 @@ def test_html_page_loads_in_headless_chromium_and_reports_a_missing_image(result
 def test_interval_units_are_images_when_every_run_has_them_else_concepts(results_dir):
     import numpy as np
 
-    from cifc_bench.leaderboard import RunRecord, _interval_columns, has_image_units, unit_table
+    from cifc_bench.reporting.leaderboard import RunRecord, _interval_columns, has_image_units, unit_table
 
     real = json.loads(next(results_dir.rglob("real/result.json")).read_text())
     run = RunRecord(None, real)
@@ -289,7 +289,7 @@ def test_interval_units_are_images_when_every_run_has_them_else_concepts(results
 
 
 def test_neglect_intervals_use_final_images_and_name_the_methods_that_differ(results_dir, tiny_protocol):
-    from cifc_bench.leaderboard import NEGLECT_INTERVALS
+    from cifc_bench.reporting.leaderboard import NEGLECT_INTERVALS
 
     real = json.loads(next(results_dir.rglob("real/result.json")).read_text())
     flags = real["neglect"]["per_image"]["cnr"]
@@ -315,7 +315,7 @@ def test_neglect_intervals_use_final_images_and_name_the_methods_that_differ(res
 def test_effects_table_pairs_a_switch_with_its_reference_and_checks_the_papers_direction(results_dir):
     """An ablation's effect is changed − reference, paired by unit: a known shift of every final score comes
     back with an interval around it, and the paper's direction is called agreed, opposed or unresolved."""
-    from cifc_bench.leaderboard import RunRecord, effects_table
+    from cifc_bench.reporting.leaderboard import RunRecord, effects_table
 
     real = json.loads(next(results_dir.rglob("real/result.json")).read_text())
 
@@ -355,7 +355,7 @@ def test_effects_pair_by_seed_when_both_configurations_ran_the_same_seeds(result
     disjoint seed sets are compared as independent seeds."""
     import numpy as np
 
-    from cifc_bench.leaderboard import RunRecord, effects_table
+    from cifc_bench.reporting.leaderboard import RunRecord, effects_table
 
     real = json.loads(next(results_dir.rglob("real/result.json")).read_text())
     rng = np.random.default_rng(0)
@@ -390,8 +390,8 @@ def test_effects_pair_by_seed_when_both_configurations_ran_the_same_seeds(result
 def test_intervals_are_clipped_to_the_values_a_metric_can_take():
     import numpy as np
 
-    from cifc_bench.leaderboard import interval_cells, summary_bounds
-    from cifc_bench.metrics import value_bounds
+    from cifc_bench.evaluation.metrics import value_bounds
+    from cifc_bench.reporting.leaderboard import interval_cells, summary_bounds
 
     table = {"m": np.array([[100.0, 100.0, 0.0]])}  # one seed, three units: the raw interval leaves [0, 100]
     raw = interval_cells(table, True)["m"]
@@ -407,7 +407,7 @@ def test_intervals_are_clipped_to_the_values_a_metric_can_take():
 def test_a_reference_is_shown_apart_and_never_ranked(results_dir, tmp_path, tiny_protocol):
     """``replay`` breaks the no-replay rule on purpose: its row is labelled and takes no ★, ≈ or win/tie/loss,
     even where it scores best."""
-    from cifc_bench.leaderboard import REFERENCE_MARK, find_runs, interval_table
+    from cifc_bench.reporting.leaderboard import REFERENCE_MARK, find_runs, interval_table
 
     real = json.loads(next(results_dir.rglob("real/result.json")).read_text())
     root = tmp_path / "ref"

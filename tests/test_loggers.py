@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from cifc_bench.harness import run_benchmark
+from cifc_bench.run.loop import run_benchmark
 from cifc_bench.testing import tiny_run_config
 
 
@@ -33,7 +33,7 @@ def test_tensorboard_gets_every_steps_loss_and_each_evaluations_summaries(method
 
 
 def test_an_unknown_logger_is_named(tiny_protocol, tmp_path):
-    from cifc_bench.registry import PluginError
+    from cifc_bench.core.registry import PluginError
 
     with pytest.raises(PluginError, match="tensorbord"):
         run_benchmark(tiny_run_config(tiny_protocol, log_to=("tensorbord",)), tmp_path / "x")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from cifc_bench.registry import METHODS, list_plugins, load_method
+from cifc_bench.core.registry import METHODS, list_plugins, load_method
 from cifc_bench.testing import QUICK_METHOD_ARGS, check_method
 
 

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from cifc_bench import metrics
+from cifc_bench.evaluation import metrics
 
 nan = math.nan
 
@@ -80,7 +80,7 @@ def test_ta_bounds_hold_every_value_text_alignment_can_take():
     nonsense ([165.1, 100.0] on synth10). The declared bounds must contain the extremes."""
     import numpy as np
 
-    from cifc_bench.metrics import TA_SCALE, ta, text_alignment_per_image
+    from cifc_bench.evaluation.metrics import TA_SCALE, ta, text_alignment_per_image
 
     v = np.array([[1.0, 0.0, 0.0]])
     best, worst = text_alignment_per_image(v, v)[0], text_alignment_per_image(v, -v)[0]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from cifc_bench.models import ModelLoadError, load_bundle, save_tiny_random
+from cifc_bench.diffusion.models import ModelLoadError, load_bundle, save_tiny_random
 
 
 def test_tiny_random_is_saved_then_loaded_through_from_pretrained(tmp_path):
@@ -33,7 +33,7 @@ def test_missing_hub_model_offline_says_what_to_do():
 
 
 def test_missing_scorer_weights_offline_says_what_to_do():
-    from cifc_bench.scoring import ScorerLoadError, load_scorer
+    from cifc_bench.diffusion.scoring import ScorerLoadError, load_scorer
 
     with pytest.raises(ScorerLoadError, match="run once with network access"):
         load_scorer("clip-vit-b32")
@@ -45,7 +45,7 @@ def test_tiny_scorer_uses_clip_preprocessing_and_normalised_features():
     import numpy as np
     from PIL import Image
 
-    from cifc_bench.scoring import load_scorer
+    from cifc_bench.diffusion.scoring import load_scorer
 
     scorer = load_scorer("tiny-random")
     steps = [type(t).__name__ for t in scorer.preprocess.transforms]
@@ -63,7 +63,7 @@ def test_sd15_random_has_sd15s_architecture_and_parameter_counts():
 
     import torch
 
-    import cifc_bench.models as models
+    import cifc_bench.diffusion.models as models
 
     built = {}
     with torch.device("meta"), mock.patch.object(models, "save_bundle_folder",

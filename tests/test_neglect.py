@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifc_bench import neglect as ng
 from cifc_bench.api import Box
+from cifc_bench.evaluation import neglect as ng
 
 
 def test_rates_on_hand_made_presence():
@@ -47,7 +47,7 @@ def test_style_concepts_are_scored_on_the_whole_image_and_objects_on_their_box_a
 
 
 def test_calibration_prompt_names_every_concept_by_its_class_word(tiny_protocol):
-    from cifc_bench.protocol import load_protocol
+    from cifc_bench.core.protocol import load_protocol
 
     seq = load_protocol(str(tiny_protocol)).bind(tiny_protocol.with_name("tiny-data"))
     m = seq.multi_concept_prompts[0]
@@ -58,9 +58,9 @@ def test_calibration_prompt_names_every_concept_by_its_class_word(tiny_protocol)
 
 def test_thresholds_are_reproducible_from_their_seed_and_cached(tmp_path, tiny_protocol, monkeypatch):
     from cifc_bench.api import GenerationSettings
-    from cifc_bench.models import load_bundle
-    from cifc_bench.protocol import load_protocol
-    from cifc_bench.scoring import load_scorer
+    from cifc_bench.core.protocol import load_protocol
+    from cifc_bench.diffusion.models import load_bundle
+    from cifc_bench.diffusion.scoring import load_scorer
 
     spec = load_protocol(str(tiny_protocol))
     seq = spec.bind(tiny_protocol.with_name("tiny-data"))
@@ -82,19 +82,19 @@ def test_thresholds_are_reproducible_from_their_seed_and_cached(tmp_path, tiny_p
     with torch.no_grad():
         weight.copy_(saved)
 
-    import cifc_bench.sampling
+    import cifc_bench.diffusion.sampling
 
     def no_generation(*args, **kwargs):
         raise AssertionError("calibration images were generated again although the thresholds are cached")
 
-    monkeypatch.setattr(cifc_bench.sampling, "generate_batched", no_generation)
+    monkeypatch.setattr(cifc_bench.diffusion.sampling, "generate_batched", no_generation)
     again = ng.calibrate_thresholds(bundle, scorer, seq, settings, 6, "tiny-random", tmp_path / "a")
     assert again == first
     assert json.loads((tmp_path / "a" / f"{first['key']}.json").read_text())["thresholds"] == first["thresholds"]
 
 
 def test_run_writes_a_neglect_matrix_and_ia_dino(tmp_path, tiny_protocol):
-    from cifc_bench.harness import run_benchmark
+    from cifc_bench.run.loop import run_benchmark
     from cifc_bench.testing import tiny_run_config
 
     cfg = tiny_run_config(tiny_protocol, dino="tiny-random", calibration_images=4, multi_images_per_prompt=3)
@@ -130,7 +130,7 @@ def _with_presence(tiny_protocol, name: str, checks: list[str]):
 def test_a_presence_check_plugin_gives_its_own_neglect_matrix(tmp_path, tiny_protocol):
     from PIL import Image
 
-    from cifc_bench.harness import run_benchmark
+    from cifc_bench.run.loop import run_benchmark
     from cifc_bench.testing import bright_box_present, tiny_run_config
 
     protocol = _with_presence(tiny_protocol, "tiny-presence", ["cifc_bench.testing:bright_box_present"])
@@ -148,8 +148,8 @@ def test_a_presence_check_plugin_gives_its_own_neglect_matrix(tmp_path, tiny_pro
 
 
 def test_an_unknown_presence_check_is_the_protocols_error(tmp_path, tiny_protocol):
-    from cifc_bench.config import ConfigError
-    from cifc_bench.harness import run_benchmark
+    from cifc_bench.core.config import ConfigError
+    from cifc_bench.run.loop import run_benchmark
     from cifc_bench.testing import tiny_run_config
 
     protocol = _with_presence(tiny_protocol, "tiny-bad-presence", ["no_such_check"])

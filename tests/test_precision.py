@@ -9,16 +9,16 @@ import pytest
 import torch
 
 from cifc_bench.api import GenerationRequest, GenerationSettings, TrainBudget
-from cifc_bench.config import ConfigError, RunSpec
-from cifc_bench.models import load_bundle
-from cifc_bench.precision import autocast, cast_frozen, loss_scaler
-from cifc_bench.registry import METHODS, list_plugins, load_method
+from cifc_bench.core.config import ConfigError, RunSpec
+from cifc_bench.core.precision import autocast, cast_frozen, loss_scaler
+from cifc_bench.core.registry import METHODS, list_plugins, load_method
+from cifc_bench.diffusion.models import load_bundle
 from cifc_bench.testing import QUICK_METHOD_ARGS
 
 
 @pytest.fixture(scope="module")
 def sequence(tiny_protocol):
-    from cifc_bench.protocol import load_protocol
+    from cifc_bench.core.protocol import load_protocol
 
     return load_protocol(str(tiny_protocol)).bind(tiny_protocol.with_name("tiny-data"))
 
@@ -55,8 +55,9 @@ def test_method_trains_fp32_masters_on_a_bf16_bundle_and_samples(name, sequence,
 
 
 def test_bf16_run_records_its_dtype_and_its_images_differ_from_fp32(tiny_protocol, tmp_path):
-    from cifc_bench.harness import image_dir, run_benchmark
-    from cifc_bench.images import load_rgb
+    from cifc_bench.core.images import load_rgb
+    from cifc_bench.evaluation.image_cache import image_dir
+    from cifc_bench.run.loop import run_benchmark
     from cifc_bench.testing import tiny_run_config
 
     runs = {d: run_benchmark(tiny_run_config(tiny_protocol, dtype=d), tmp_path / d) for d in ("fp32", "bf16")}

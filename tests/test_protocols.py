@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from cifc_bench.cli import main
-from cifc_bench.protocol import ProtocolError, load_protocol
-from cifc_bench.registry import load_method
+from cifc_bench.core.protocol import ProtocolError, load_protocol
+from cifc_bench.core.registry import load_method
 from cifc_bench.testing import make_tiny_protocol
 
 
@@ -138,7 +138,7 @@ def test_missing_caption_is_named(tmp_path):
 
 
 def test_unknown_protocol_name_suggests_the_close_one():
-    from cifc_bench.registry import PluginError
+    from cifc_bench.core.registry import PluginError
 
     with pytest.raises(PluginError, match="Did you mean 'cifc10'"):
         load_protocol("cifc-10")
@@ -155,7 +155,7 @@ RELEASE_STEPS = [750, 500, 625, 750, 700, 1050, 750, 1200, 1000, 750]  # train.p
 
 
 def test_cifc10_release_schedule_loads_and_is_cidms_default_only():
-    from cifc_bench.config import RunSpec
+    from cifc_bench.core.config import RunSpec
 
     spec = load_protocol("cifc10")
     budgets = spec.task_budgets("release", 800)
@@ -175,7 +175,7 @@ def test_schedule_steps_and_rates_reach_each_task_and_the_result_file(tmp_path, 
     import torch
     import yaml
 
-    from cifc_bench.harness import run_benchmark
+    from cifc_bench.run.loop import run_benchmark
     from cifc_bench.testing import make_tiny_protocol, tiny_run_config
 
     path = make_tiny_protocol(tmp_path, n_concepts=3)
@@ -230,7 +230,7 @@ def test_schedule_errors_name_the_field_and_the_fix(tmp_path, capsys):
 
 def test_region_prompts_reach_the_requests_and_the_result_file(tmp_path):
     """A protocol's region prompts are carried by every request of their multi-concept prompt, and recorded."""
-    from cifc_bench.harness import multi_requests
+    from cifc_bench.evaluation.eval_requests import multi_requests
 
     regions = ["a <t0a> <t0b> on the grass", "a <t1a> <t1b> on the grass"]
     path = _edit(tmp_path, lambda r: r["multi_concept_prompts"][0].update(region_prompts=regions))

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifc_bench.harness import run_benchmark
-from cifc_bench.registry import load_method
+from cifc_bench.core.registry import load_method
+from cifc_bench.run.loop import run_benchmark
 from cifc_bench.testing import make_tiny_protocol, tiny_run_config
 
 REFERENCE = Path(__file__).parent / "reference" / "tiny-runs.json"

@@ -10,10 +10,10 @@ import torch
 import yaml
 
 from cifc_bench.api import GenerationSettings, TrainBudget
-from cifc_bench.harness import multi_requests
-from cifc_bench.models import load_bundle
-from cifc_bench.protocol import load_protocol
-from cifc_bench.registry import load_method
+from cifc_bench.core.protocol import load_protocol
+from cifc_bench.core.registry import load_method
+from cifc_bench.diffusion.models import load_bundle
+from cifc_bench.evaluation.eval_requests import multi_requests
 from cifc_bench.testing import make_tiny_protocol
 
 REGIONS = ["a <t0a> <t0b> sitting on the grass", "a <t1a> <t1b> sitting on the grass"]

@@ -7,8 +7,8 @@ from importlib.metadata import EntryPoint
 
 import pytest
 
-from cifc_bench import registry
-from cifc_bench.registry import PluginError, list_plugins, load_method
+from cifc_bench.core import registry
+from cifc_bench.core.registry import PluginError, list_plugins, load_method
 
 
 def test_builtins_are_found_through_entry_points(capsys):
@@ -26,11 +26,11 @@ def test_builtins_are_found_through_entry_points(capsys):
 
 
 def test_a_description_is_its_first_sentence_and_survives_missing_sources():
-    from cifc_bench.describe import _first_sentence, describe
+    from cifc_bench.cli.describe import _first_sentence, describe
 
     assert _first_sentence("EWC (Kirkpatrick et al. 2017) on LoRA. More text.") == "EWC (Kirkpatrick et al. 2017) on LoRA."
     assert describe("no_such_module_xyz:Thing").summary == "(source not found)"
-    assert describe("cifc_bench.metrics:ia").summary.startswith("IA of a concept's images")
+    assert describe("cifc_bench.evaluation.metrics:ia").summary.startswith("IA of a concept's images")
 
 
 def test_listing_methods_does_not_import_torch():
@@ -55,7 +55,7 @@ def test_module_class_spec_loads_without_installation():
     cls = load_method("cifc_bench.methods.zero_shot:ZeroShot")
     assert cls.__name__ == "ZeroShot"
     with pytest.raises(PluginError, match="not a subclass"):
-        load_method("cifc_bench.metrics:summarize")
+        load_method("cifc_bench.evaluation.metrics:summarize")
     with pytest.raises(PluginError, match="cannot import module"):
         load_method("no_such_pkg.mod:X")
 
@@ -82,7 +82,7 @@ echo = "echo_plugin:EchoMethod"
 PLUGIN_CODE = '''
 """A third-party method: remembers concepts and prompts the base model with their class words twice."""
 from cifc_bench.api import Method
-from cifc_bench.sampling import generate_batched
+from cifc_bench.diffusion.sampling import generate_batched
 
 
 class EchoMethod(Method):

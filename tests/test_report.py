@@ -34,7 +34,7 @@ def _parse(page: Path) -> _Refs:
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory, tiny_protocol):
-    from cifc_bench.harness import run_benchmark
+    from cifc_bench.run.loop import run_benchmark
     from cifc_bench.testing import tiny_run_config
 
     root = tmp_path_factory.mktemp("report-runs")
@@ -64,7 +64,7 @@ def test_report_of_one_run_has_every_section_and_its_images(two_runs, tmp_path):
 
 
 def test_report_compares_runs_side_by_side(two_runs, tmp_path):
-    from cifc_bench.report import write_report
+    from cifc_bench.reporting.report import write_report
 
     page = write_report(two_runs, tmp_path / "cmp")
     refs = _parse(page)
@@ -87,7 +87,7 @@ def test_report_loads_in_headless_chromium_without_console_errors(two_runs, tmp_
 
     if find_chromium() is None:
         pytest.skip("headless Chromium is not installed (Debian: apt-get install chromium)")
-    from cifc_bench.report import write_report
+    from cifc_bench.reporting.report import write_report
 
     page = write_report(two_runs, tmp_path / "cmp")
     assert console_errors(page) == []

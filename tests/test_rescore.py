@@ -6,17 +6,17 @@ import json
 import pytest
 
 from cifc_bench.cli import main
-from cifc_bench.config import ConfigError
-from cifc_bench.harness import run_benchmark
-from cifc_bench.leaderboard import find_runs
-from cifc_bench.rescore import rescore_run
+from cifc_bench.core.config import ConfigError
+from cifc_bench.reporting.leaderboard import find_runs
+from cifc_bench.run.loop import run_benchmark
+from cifc_bench.run.rescore import rescore_run
 from cifc_bench.testing import tiny_run_config
 
 
 @pytest.fixture(scope="module")
 def other_scorer():
     """A second tiny scorer (other random weights), addressed like any local open_clip weights file."""
-    from cifc_bench.scoring import _TINY_ARCH, _tiny_random_weights
+    from cifc_bench.diffusion.scoring import _TINY_ARCH, _tiny_random_weights
 
     return f"open_clip:{_TINY_ARCH}:{_tiny_random_weights(seed=1)}"
 

@@ -39,7 +39,7 @@ def test_three_levels_of_the_committed_runs():
 
 
 def test_the_leaderboards_numbers_are_its_dataframes():
-    from cifc_bench.leaderboard import leaderboard_tables
+    from cifc_bench.reporting.leaderboard import leaderboard_tables
 
     folders = [RESULTS / "finetune", RESULTS / "base", RESULTS / "lora-m"]
     tables, _, _ = leaderboard_tables("synth10", folders, include_old_versions=True, cost=False, references=False)

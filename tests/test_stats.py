@@ -1,9 +1,9 @@
-"""Paired confidence intervals (cifc_bench.stats), checked on simulated seeds × units data with a known answer."""
+"""Paired confidence intervals (cifc_bench.evaluation.stats), checked on simulated seeds × units data with a known answer."""
 
 import numpy as np
 import pytest
 
-from cifc_bench import stats
+from cifc_bench.evaluation import stats
 
 
 def simulate(rng, delta=0.1, seeds=3, units=200, seed_sd=0.02, unit_sd=1.0, method_unit_sd=0.3, noise_sd=1.0):

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from cifc_bench.cli import main
-from cifc_bench.sweep import SweepError, SweepJob, expand, parse_grid
+from cifc_bench.run.sweep import SweepError, SweepJob, expand, parse_grid
 
 
 def test_grid_values_are_numbers_and_a_method_scope_applies_to_that_method_only():
@@ -31,7 +31,7 @@ def test_every_combination_and_seed_gets_its_own_fixed_run_directory(tmp_path):
 
 
 def test_a_seed_invariant_method_runs_once_per_grid(tmp_path):
-    from cifc_bench.registry import load_method
+    from cifc_bench.core.registry import load_method
 
     assert load_method("base").seed_invariant and not load_method("finetune").seed_invariant
     jobs = expand(["base", "finetune"], [0, 1, 2], {}, tmp_path, "synth10", one_seed=["base"])
@@ -66,7 +66,7 @@ def _results(out: Path) -> dict[str, dict]:
 def test_killed_sweep_run_again_finishes_only_the_missing_work(tiny_protocol, tmp_path, monkeypatch, capsys):
     """Every run is killed (SIGKILL) while saving its second task's state; the sweep again resumes each from
     its first task, whose state is not rewritten; a third time there is nothing to do."""
-    from cifc_bench.models import cache_dir
+    from cifc_bench.core.data import cache_dir
 
     out = tmp_path / "sweep"
     monkeypatch.setenv("CIFC_BENCH_FAULT", "kill:state:2")

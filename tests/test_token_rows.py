@@ -1,9 +1,9 @@
-"""The optimiser sees only the new placeholder rows (:class:`cifc_bench.training.TokenRows`), bitwise what
+"""The optimiser sees only the new placeholder rows (:class:`cifc_bench.diffusion.training.TokenRows`), bitwise what
 AdamW over the whole embedding matrix followed by restoring every other row gave before."""
 
 import torch
 
-from cifc_bench.training import TokenRows
+from cifc_bench.diffusion.training import TokenRows
 
 
 def _steps(whole: bool, n_steps: int = 25):

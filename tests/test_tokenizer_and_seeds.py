@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from cifc_bench.seeding import derive_seed, image_seed, train_seed
+from cifc_bench.core.seeding import derive_seed, image_seed, train_seed
 
 
 @pytest.mark.parametrize("text", [
@@ -12,7 +12,7 @@ from cifc_bench.seeding import derive_seed, image_seed, train_seed
 def test_offline_tokenizer_matches_open_clip_ids(text):
     import open_clip
 
-    from cifc_bench.tokenizer import build_clip_tokenizer
+    from cifc_bench.diffusion.tokenizer import build_clip_tokenizer
 
     ours = build_clip_tokenizer()(text).input_ids
     reference = open_clip.get_tokenizer("ViT-B-32")([text])[0].tolist()
@@ -32,8 +32,8 @@ def test_seeds_are_stable_across_processes_and_distinct():
 
 def test_generation_is_deterministic_and_independent_of_batching():
     from cifc_bench.api import GenerationSettings
-    from cifc_bench.models import load_bundle
-    from cifc_bench.sampling import generate_batched
+    from cifc_bench.diffusion.models import load_bundle
+    from cifc_bench.diffusion.sampling import generate_batched
 
     bundle = load_bundle("tiny-random")
     settings = GenerationSettings(resolution=32, num_inference_steps=2, guidance_scale=7.5, batch_size=3)

@@ -9,7 +9,14 @@ import yaml
 from PIL import Image
 
 from cifc_bench.api import Box, TrackImages
-from cifc_bench.tracks import PSNR_IDENTICAL, box_ia, content_sim, outside_exact, outside_psnr, outside_ssim
+from cifc_bench.evaluation.tracks import (
+    PSNR_IDENTICAL,
+    box_ia,
+    content_sim,
+    outside_exact,
+    outside_psnr,
+    outside_ssim,
+)
 
 CENTRE = Box(0.25, 0.25, 0.75, 0.75)
 
@@ -102,7 +109,7 @@ def test_synthetic_exact_checks_pass_the_worlds_answer_and_fail_broken_outputs()
 
 
 def test_protocol_tracks_are_checked_and_name_the_bad_value(tmp_path):
-    from cifc_bench.protocol import ProtocolError, load_protocol
+    from cifc_bench.core.protocol import ProtocolError, load_protocol
     from cifc_bench.testing import make_tiny_protocol
 
     path = make_tiny_protocol(tmp_path, tracks=True)
@@ -124,7 +131,7 @@ def test_protocol_tracks_are_checked_and_name_the_bad_value(tmp_path):
 @pytest.fixture(scope="module")
 def tracked_run(tmp_path_factory):
     """A finished 3-task finetune run of the tiny protocol with both tracks."""
-    from cifc_bench.harness import run_benchmark
+    from cifc_bench.run.loop import run_benchmark
     from cifc_bench.testing import make_tiny_protocol, tiny_run_config
 
     root = tmp_path_factory.mktemp("tracks")
@@ -155,13 +162,14 @@ def test_a_run_fills_the_track_matrices_for_the_tracks_target_concepts(tracked_r
     files = sorted(p.relative_to(run_dir / "images").as_posix() for p in (run_dir / "images").rglob("_*/*/*.png"))
     assert "after_task_02/_editing/thing1/k001.png" in files and "after_task_02/_style_transfer/thing2/k000.png" in files
     # the style concept redraws the object concepts' images, never its own
-    from cifc_bench.config import RunSpec
-    from cifc_bench.harness import _track_pairs, load_context
+    from cifc_bench.core.config import RunSpec
+    from cifc_bench.evaluation.image_cache import track_pairs
+    from cifc_bench.run.setup import load_context
 
     ctx = load_context(RunSpec.from_dict(result["run_info"]["config"]), run_dir, calibration={"thresholds": []},
                        with_method=False)
     track = ctx.sequence.track("editing")
-    pairs = _track_pairs(ctx, track, ctx.sequence.concept("thing0"))
+    pairs = track_pairs(ctx, track, ctx.sequence.concept("thing0"))
     assert [r.prompt for r, _, _ in pairs] == ["A photo of a <t0a> <t0b>"] * 2
     assert all(r.init.box == Box(0.25, 0.25, 0.75, 0.75) and r.init.strength == 1.0 for r, _, _ in pairs)
     assert [name for name, _ in track.inputs][:3] == ["thing0", "thing1", "thing0"]  # dealt round-robin
@@ -189,8 +197,8 @@ def test_tracks_flag_selects_or_refuses_and_none_skips(tracked_run, tmp_path, ca
 
 
 def test_leaderboard_and_report_show_both_tracks(tracked_run, tmp_path):
-    from cifc_bench.leaderboard import TRACK, leaderboard_tables, render
-    from cifc_bench.report import write_report
+    from cifc_bench.reporting.leaderboard import TRACK, leaderboard_tables, render
+    from cifc_bench.reporting.report import write_report
 
     protocol, run_dir, _ = tracked_run
     tables, _, n = leaderboard_tables(str(protocol), run_dir.parent, include_dirty=True)

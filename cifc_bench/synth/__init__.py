@@ -19,6 +19,6 @@ def pretrain_state_dir() -> Path:
     checkout = Path(__file__).resolve().parents[2]
     if (checkout / "pyproject.toml").is_file():
         return checkout / "synth-pretrain-state"
-    from cifc_bench.models import cache_dir
+    from cifc_bench.core.data import cache_dir
 
     return cache_dir() / "synth-pretrain-state"

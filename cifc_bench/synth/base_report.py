@@ -101,8 +101,8 @@ LEFT, RIGHT = (0.0, 0.0, 1.0, 0.5), (0.0, 0.5, 1.0, 1.0)
 
 def base_model_report(bundle, scorer, n_prompts: int = 200, images_per_class: int = 40, seed: int = 7,
                       settings: GenerationSettings | None = None, n_pairs: int = 100) -> dict:
-    from cifc_bench.sampling import generate_batched
-    from cifc_bench.seeding import derive_seed
+    from cifc_bench.core.seeding import derive_seed
+    from cifc_bench.diffusion.sampling import generate_batched
     from cifc_bench.synth import checks
 
     settings = _settings(settings)
@@ -175,10 +175,10 @@ def perfect_boxed_renders(sequence, per_prompt: int, seed: int = 7) -> list[list
 def oracle_report(bundle, scorer, sequence, per_prompt: int = 40, calibration_images: int = 50, seed: int = 7,
                   settings: GenerationSettings | None = None) -> dict:
     """Soundness of the exact oracles, and the scorer's cnr of perfect renders (see the module docstring)."""
-    from cifc_bench import neglect as ng
-    from cifc_bench.images import list_images, load_rgb
-    from cifc_bench.sampling import generate_batched
-    from cifc_bench.seeding import derive_seed
+    from cifc_bench.core.images import list_images, load_rgb
+    from cifc_bench.core.seeding import derive_seed
+    from cifc_bench.diffusion.sampling import generate_batched
+    from cifc_bench.evaluation import neglect as ng
     from cifc_bench.synth import checks
 
     settings = _settings(settings)
@@ -250,7 +250,7 @@ def generic_box_renders(target: world.Scene, box, prompt: str, n: int, seed: int
     ideal base model draws for the class-word prompt."""
     from PIL import Image
 
-    from cifc_bench import neglect as ng
+    from cifc_bench.evaluation import neglect as ng
 
     rng = np.random.default_rng([seed, 6])
     background = world.prompt_context(prompt).get("background", "gray")

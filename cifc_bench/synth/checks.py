@@ -285,7 +285,7 @@ def identity_acc(images, prompts, target: world.Scene | str) -> float:
 
 def box_region(box) -> np.ndarray:
     """Pixels of a normalised (y0, x0, y1, x1) box, rounded outwards as the scorer's crop is."""
-    from cifc_bench.neglect import box_pixels
+    from cifc_bench.evaluation.neglect import box_pixels
 
     top, left, bottom, right = box_pixels(box, world.SIZE, world.SIZE)
     region = np.zeros((world.SIZE, world.SIZE), dtype=bool)

@@ -80,9 +80,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.synth_command == "neglect":
         return neglect_command(args.runs, args.json)
-    from cifc_bench.models import load_bundle
-    from cifc_bench.protocol import load_protocol
-    from cifc_bench.scoring import load_scorer
+    from cifc_bench.core.protocol import load_protocol
+    from cifc_bench.diffusion.models import load_bundle
+    from cifc_bench.diffusion.scoring import load_scorer
     from cifc_bench.synth.base_report import base_model_report, oracle_report, world_report
     from cifc_bench.synth.protocol import ensure_data
 
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     numbers = {k: v for k, v in report.items() if k not in ("images", "class_images", "pair_images")}
     print(json.dumps(numbers, indent=1))
     if args.json:
-        from cifc_bench.results import write_json_atomic
+        from cifc_bench.core.results import write_json_atomic
 
         write_json_atomic(args.json, numbers)
     if args.grid:
@@ -120,7 +120,7 @@ def neglect_command(runs: list[Path], json_path: Path | None) -> int:
                 for part in next(iter(d["concepts"].values()))}} for d in found]
     print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".1f"))
     if json_path:
-        from cifc_bench.results import write_json_atomic
+        from cifc_bench.core.results import write_json_atomic
 
         write_json_atomic(json_path, found)
     return 0

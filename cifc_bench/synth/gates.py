@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cifc_bench.leaderboard import find_runs
-from cifc_bench.metrics import from_json_matrix
+from cifc_bench.evaluation.metrics import from_json_matrix
+from cifc_bench.reporting.leaderboard import find_runs
 
 
 def _mean_std_se(values: list[float]) -> dict[str, float]:
@@ -27,7 +27,7 @@ def _mean_std_se(values: list[float]) -> dict[str, float]:
 
 def gate_report(results_dir: Path, method: str = "finetune", protocol: str = "synth10", metric: str = "ia",
                 include_dirty: bool = False) -> dict:
-    from cifc_bench.protocol import load_protocol
+    from cifc_bench.core.protocol import load_protocol
 
     runs, _ = find_runs(results_dir, protocol, include_dirty=include_dirty,
                         protocol_version=load_protocol(protocol).version)

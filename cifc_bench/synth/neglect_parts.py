@@ -36,10 +36,11 @@ def diagnose(run_dir: Path) -> dict[str, Any]:
     and per concept the rate of each part."""
     from PIL import Image
 
-    from cifc_bench.config import RunSpec
-    from cifc_bench.harness import multi_dir, resolve_run
-    from cifc_bench.results import read_result
-    from cifc_bench.synth.plugin import _target
+    from cifc_bench.core.config import RunSpec
+    from cifc_bench.core.results import read_result
+    from cifc_bench.evaluation.image_cache import multi_dir
+    from cifc_bench.run.setup import resolve_run
+    from cifc_bench.synth.plugin import exact_target
 
     result = read_result(run_dir)
     neglect = result.get("neglect") or {}
@@ -54,7 +55,7 @@ def diagnose(run_dir: Path) -> dict[str, Any]:
         if not files:
             raise ValueError(f"{folder} has no images of multi-concept prompt {q}: this needs a run directory with "
                              "its images (committed reference runs keep result.json only; re-run the method)")
-        targets = [_target(sequence.concept(c)) for c in prompt["concepts"]]
+        targets = [exact_target(sequence.concept(c)) for c in prompt["concepts"]]
         table = presence_table([Image.open(f) for f in files], targets, [tuple(b) for b in prompt["boxes"]])
         tables.append(table)
         for k, name in enumerate(prompt["concepts"]):

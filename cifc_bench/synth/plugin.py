@@ -17,7 +17,7 @@ def base_model() -> Path:
 
 def scorer(device: str = "cpu"):
     """The world's contrastive open_clip scorer (scorer ``synth``), trained by ``cifc-bench synth pretrain``."""
-    from cifc_bench.scoring import open_clip_scorer
+    from cifc_bench.diffusion.scoring import open_clip_scorer
     from cifc_bench.synth import weights_dir
     from cifc_bench.synth.pretrain import scorer_model
 
@@ -32,7 +32,8 @@ def context_acc(sample) -> float:
     return context_accuracy(sample.images, sample.prompts)
 
 
-def _target(concept):
+def exact_target(concept):
+    """What the exact checks look for in ``concept``: its generator fields as a target (shape and colours, or style)."""
     from cifc_bench.synth.checks import concept_target
 
     if not concept.generator:
@@ -46,7 +47,7 @@ def identity_acc(sample) -> float:
     (silhouette, fill, and second colour with the right fill; a style's palette and texture), by exact checks."""
     from cifc_bench.synth.checks import identity_acc as exact
 
-    return exact(sample.images, sample.prompts, _target(sample.concept))
+    return exact(sample.images, sample.prompts, exact_target(sample.concept))
 
 
 def cnr_exact(image, concept, box) -> bool:
@@ -56,7 +57,7 @@ def cnr_exact(image, concept, box) -> bool:
 
     from cifc_bench.synth.checks import present
 
-    return present(np.asarray(image.convert("RGB")), _target(concept), box)
+    return present(np.asarray(image.convert("RGB")), exact_target(concept), box)
 
 
 def cnr_drawn(image, concept, box) -> bool:
@@ -67,7 +68,7 @@ def cnr_drawn(image, concept, box) -> bool:
 
     from cifc_bench.synth.checks import drawn
 
-    return drawn(np.asarray(image.convert("RGB")), _target(concept), box)
+    return drawn(np.asarray(image.convert("RGB")), exact_target(concept), box)
 
 
 def content_exact(sample) -> float:
@@ -78,7 +79,7 @@ def content_exact(sample) -> float:
 
     from cifc_bench.synth.checks import content_preserved
 
-    style = _target(sample.concept)
+    style = exact_target(sample.concept)
     if not isinstance(style, str):
         raise ValueError(f"content_exact scores style transfer: {sample.concept.name!r} is not a personal style")
     checks = [content_preserved(np.asarray(o.convert("RGB")), np.asarray(i.convert("RGB")), style)
@@ -90,13 +91,13 @@ def content_exact(sample) -> float:
 def box_identity_acc(sample) -> float:
     """Track metric ``box_identity_acc`` (editing): ``identity_acc`` of the edit box alone, everything outside it
     painted in the box edge's median colour, so the input's own object cannot count."""
-    from cifc_bench.neglect import isolate_box
+    from cifc_bench.evaluation.neglect import isolate_box
     from cifc_bench.synth.checks import identity_acc as exact
 
     if sample.box is None:
         raise ValueError(f"box_identity_acc needs a box: track {sample.track!r} has none")
     images = [isolate_box(im, sample.box.as_tuple()) for im in sample.images]
-    return exact(images, sample.prompts, _target(sample.concept))
+    return exact(images, sample.prompts, exact_target(sample.concept))
 
 
 context_acc.bounds = identity_acc.bounds = content_exact.bounds = box_identity_acc.bounds = (0.0, 1.0)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cifc_bench.progress import progress
+from cifc_bench.core.progress import progress
 from cifc_bench.synth import world
 
 TEXT_LENGTH = 32
@@ -142,7 +142,7 @@ def build_base_model(seed: int):
     from diffusers import DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from cifc_bench.tokenizer import build_clip_tokenizer
+    from cifc_bench.diffusion.tokenizer import build_clip_tokenizer
 
     tokenizer = build_clip_tokenizer()
     tokenizer.model_max_length = TEXT_LENGTH
@@ -270,8 +270,8 @@ class UNetTrainer:
         self.step, self.losses, self.seconds = 0, [], 0.0
 
     def train_step(self) -> float:
-        from cifc_bench.sampling import to_pixels
-        from cifc_bench.training import diffusion_target
+        from cifc_bench.diffusion.sampling import to_pixels
+        from cifc_bench.diffusion.training import diffusion_target
 
         cfg, rng = self.cfg, self.rng
         batch = [training_example(rng, cfg, self.exclude) for _ in range(cfg.batch_size)]
@@ -324,7 +324,7 @@ class UNetTrainer:
 
 def scorer_model():
     """The open_clip architecture of the synthetic scorer, registered under :data:`SCORER_ARCH`."""
-    from cifc_bench.scoring import register_open_clip_config
+    from cifc_bench.diffusion.scoring import register_open_clip_config
 
     return register_open_clip_config(SCORER_ARCH, SCORER_CFG)
 
@@ -405,7 +405,7 @@ def _first_chunk(cfg: PretrainConfig, state_dir: Path) -> dict:
     tokenizer, text_encoder, _, _ = build_base_model(cfg.seed)
     text_report = pretrain_text_encoder(cfg, tokenizer, text_encoder)
     text_encoder.half().save_pretrained(state_dir / "text_encoder")
-    from cifc_bench.data import sha256_file
+    from cifc_bench.core.data import sha256_file
 
     digest = hashlib.sha256()
     for f in (state_dir / "scorer.safetensors", state_dir / "text_encoder" / "model.safetensors"):
@@ -418,7 +418,7 @@ def _first_chunk(cfg: PretrainConfig, state_dir: Path) -> dict:
 def _tokenizer():
     """The real CLIP tokenizer, limited to the world's caption length. Built afresh for the export: a fast
     tokenizer that has been called saves its last padding and truncation settings into tokenizer.json."""
-    from cifc_bench.tokenizer import build_clip_tokenizer
+    from cifc_bench.diffusion.tokenizer import build_clip_tokenizer
 
     tokenizer = build_clip_tokenizer()
     tokenizer.model_max_length = TEXT_LENGTH
@@ -448,7 +448,7 @@ def _unet_chunk(cfg: PretrainConfig, state_dir: Path, index: int, trainer: UNetT
     """Train the UNet through chunk ``index``'s step range, saving the whole state every ``save_every``
     steps (a kill loses at most that much) and at the end. Past ``deadline`` (``time.monotonic()``) it saves
     and returns None: the chunk continues on ``--resume``."""
-    from cifc_bench.atomic import fault_point
+    from cifc_bench.core.atomic import fault_point
     from cifc_bench.synth import training_state
 
     first, last = chunk_ranges(cfg)[index - 1]
@@ -486,8 +486,8 @@ def _export(cfg: PretrainConfig, out_dir: Path, state_dir: Path, trainer: UNetTr
 
     from diffusers import DDIMScheduler
 
-    from cifc_bench.data import sha256_file
-    from cifc_bench.models import save_bundle_folder
+    from cifc_bench.core.data import sha256_file
+    from cifc_bench.diffusion.models import save_bundle_folder
 
     out_dir.mkdir(parents=True, exist_ok=True)
     save_bundle_folder(out_dir / "base", _tokenizer(), trainer.text_encoder.half(), trainer.ema_unet().half(),
@@ -537,7 +537,7 @@ def pretrain(cfg: PretrainConfig, out_dir: Path, state_dir: Path | None = None, 
 
 def _pretrain(cfg: PretrainConfig, out_dir: Path, state_dir: Path | None, resume: bool, max_chunks: int | None,
               max_seconds: float | None) -> dict:
-    from cifc_bench.atomic import fault_point
+    from cifc_bench.core.atomic import fault_point
 
     out_dir = Path(out_dir)
     state_dir = Path(state_dir) if state_dir else out_dir / STATE_DIR

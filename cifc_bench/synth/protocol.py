@@ -39,7 +39,7 @@ class PersonalStyle:
 
 def personal_concepts(protocol: str = PROTOCOL) -> list[PersonalObject | PersonalStyle]:
     """The identities declared in the protocol file's ``generator`` fields, in task order."""
-    from cifc_bench.protocol import load_protocol
+    from cifc_bench.core.protocol import load_protocol
 
     out: list[PersonalObject | PersonalStyle] = []
     for c in load_protocol(protocol).raw["concepts"]:
@@ -80,7 +80,7 @@ def reference_examples(concept: PersonalObject | PersonalStyle, seed: int = REFE
 def write_data(root: Path, protocol: str = PROTOCOL) -> None:
     from PIL import Image
 
-    from cifc_bench.progress import progress
+    from cifc_bench.core.progress import progress
 
     for concept in progress(personal_concepts(protocol), desc=f"render the {protocol} data (first use only)"):
         img_dir, cap_dir = root / "images" / concept.name, root / "caption" / concept.name
@@ -93,8 +93,8 @@ def write_data(root: Path, protocol: str = PROTOCOL) -> None:
 
 def ensure_data(data_dir: str | os.PathLike | None = None) -> Path:
     """The rendered dataset: ``data_dir`` if given (rendered there when empty), else the user cache."""
-    from cifc_bench.atomic import atomic_directory
-    from cifc_bench.models import cache_dir
+    from cifc_bench.core.atomic import atomic_directory
+    from cifc_bench.core.data import cache_dir
 
     root = Path(data_dir).expanduser() if data_dir else cache_dir() / "data" / f"{PROTOCOL}-{DATA_VERSION}"
     if (root / "images").is_dir():

@@ -65,7 +65,7 @@ def save(folder: Path, name: str, tensors: dict[str, torch.Tensor], meta: dict) 
     """Write ``name.safetensors`` atomically; returns :func:`tensor_digest` of the tensors (also in the header)."""
     from safetensors.torch import save_file
 
-    from cifc_bench.atomic import fault_point
+    from cifc_bench.core.atomic import fault_point
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.safetensors"

@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from cifc_bench.tokens import add_layer_tokens, layer_token  # noqa: F401  (part of the layer-wise toolkit)
+from cifc_bench.diffusion.tokens import add_layer_tokens, layer_token  # noqa: F401  (part of the layer-wise toolkit)
 
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
@@ -64,7 +64,7 @@ def encode_layerwise(bundle, prompts: list[str], placeholders: list[str], n_laye
 
     A prompt without placeholders (e.g. the negative prompt) is the same in every layer: encoded once, shared.
     """
-    from cifc_bench.sampling import encode_prompts
+    from cifc_bench.diffusion.sampling import encode_prompts
 
     bound = [any(ph in p for ph in placeholders) for p in prompts]
     plain = [p for p, b in zip(prompts, bound, strict=True) if not b]
@@ -86,7 +86,7 @@ def generate_unboxed(bundle, requests, settings, placeholders: list[str], n_laye
     """
     import contextlib
 
-    from cifc_bench.sampling import condition_batches, sample
+    from cifc_bench.diffusion.sampling import condition_batches, sample
 
     images = [None] * len(requests)
     plain = [k for k, r in enumerate(requests) if not r.boxes]

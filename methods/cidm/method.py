@@ -1,7 +1,7 @@
 """``cidm``: CIDM (Dong et al., NeurIPS 2024), layer-wise concept tokens with LoRA, concept consolidation,
 elastic weight aggregation and region synthesis.
 
-Spec: the design notes' cidm-spec.md, §B, §C, §G; what this implementation chose: docs/methods/cidm.md.
+Spec: the design notes' cidm-spec.md, §B, §C, §G; what this implementation chose: docs/reference/methods/cidm.md.
 
 Learning task g (every task starts from the base weights):
 1. each placeholder gets L layer-wise tokens (L = the UNet's cross-attention count, 16 for SD-1.5), initialised
@@ -36,10 +36,10 @@ import torch
 import torch.nn.functional as F
 
 from cifc_bench.api import Method
-from cifc_bench.loggers import logging, report
-from cifc_bench.progress import progress
-from cifc_bench.tokens import PlaceholderTokens, layer_token
-from cifc_bench.training import ConceptBatches, TokenRows, check_loss, default_augment
+from cifc_bench.core.loggers import logging, report
+from cifc_bench.core.progress import progress
+from cifc_bench.diffusion.tokens import PlaceholderTokens, layer_token
+from cifc_bench.diffusion.training import ConceptBatches, TokenRows, check_loss, default_augment
 
 from .consolidation import SharedSubspace, enhance, orthogonality
 from .ewa import ewa_weights, uniform_weights
@@ -145,7 +145,7 @@ class CIDM(Method):
     def learn_task(self, task, budget) -> None:
         from diffusers import DDPMScheduler
 
-        from cifc_bench.precision import fp32_trainable, loss_scaler
+        from cifc_bench.core.precision import fp32_trainable, loss_scaler
 
         bundle = self.bundle
         gen = torch.Generator().manual_seed(budget.seed)
@@ -219,7 +219,7 @@ class CIDM(Method):
         self.task_placeholders.append(placeholders)
 
     def _diffusion_loss(self, noise_scheduler, pixels, masks, cond, gen):
-        from cifc_bench.training import diffusion_loss
+        from cifc_bench.diffusion.training import diffusion_loss
 
         return diffusion_loss(self.bundle, noise_scheduler, pixels, cond, generator=gen,
                               mask=masks if self.extras else None,
@@ -376,7 +376,7 @@ class CIDM(Method):
 
         ``requests`` share prompt, boxes and concepts and differ in their seeds; they are sampled as one batch.
         """
-        from cifc_bench.sampling import Trajectory
+        from cifc_bench.diffusion.sampling import Trajectory
 
         bundle, phs, L = self.bundle, self.placeholders, self.n_layers
         request, n = requests[0], len(requests)

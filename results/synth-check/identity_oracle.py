@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cifc_bench.protocol import load_protocol
+from cifc_bench.core.protocol import load_protocol
 from cifc_bench.synth import checks, world
 from cifc_bench.synth.protocol import PersonalObject, personal_concepts
 
@@ -82,10 +82,10 @@ def rendered_rows(objects: list[PersonalObject]) -> dict[str, list[tuple[np.ndar
 def base_rows(objects: list[PersonalObject]) -> dict[str, list[tuple[np.ndarray, world.Scene, str]]]:
     """The base model's images of every object's evaluation prompts, asked with class words and with words."""
     from cifc_bench.api import GenerationRequest
-    from cifc_bench.config import RunSpec
-    from cifc_bench.harness import concept_requests
-    from cifc_bench.models import load_bundle
-    from cifc_bench.sampling import generate_requests
+    from cifc_bench.core.config import RunSpec
+    from cifc_bench.diffusion.models import load_bundle
+    from cifc_bench.diffusion.sampling import generate_requests
+    from cifc_bench.evaluation.eval_requests import concept_requests
     from cifc_bench.synth.protocol import ensure_data
 
     spec = load_protocol("synth10")

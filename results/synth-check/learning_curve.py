@@ -35,7 +35,7 @@ CONCEPTS = ("ball1", "kite1", "box1", "dome1", "ring1")
 
 
 def setup(protocol: str = "synth10"):
-    from cifc_bench.protocol import load_protocol
+    from cifc_bench.core.protocol import load_protocol
 
     spec = load_protocol(protocol)
     return spec, spec.bind(spec.data_root(None))
@@ -61,7 +61,7 @@ def score_images(images, requests, concept) -> list[dict[str, bool | None]]:
 
 
 def generate(method, concept, settings):
-    from cifc_bench.harness import concept_requests
+    from cifc_bench.evaluation.eval_requests import concept_requests
 
     requests = [r for r, _ in concept_requests("synth10", concept, 20, 1)]
     rng = (torch.get_rng_state(), random.getstate(), np.random.get_state())
@@ -84,11 +84,11 @@ def summarise_scores(per_image) -> dict:
 def run_cell(spec, seq, name: str, lr: float, seed: int, steps: list[int]) -> dict:
     import cifc_bench.methods.finetune as finetune_module
 
-    from cifc_bench.config import RunSpec
-    from cifc_bench.harness import build_method, fresh_bundle
-    from cifc_bench.registry import load_method
-    from cifc_bench.seeding import train_seed
-    from cifc_bench.training import train_lora_and_tokens
+    from cifc_bench.core.config import RunSpec
+    from cifc_bench.core.registry import load_method
+    from cifc_bench.core.seeding import train_seed
+    from cifc_bench.diffusion.training import train_lora_and_tokens
+    from cifc_bench.run.setup import build_method, fresh_bundle
 
     cfg = RunSpec(method="finetune", seed=seed, method_args={"lr": lr}).resolved(dict(spec.defaults), ("finetune",))
     bundle, _ = fresh_bundle(cfg)
@@ -128,9 +128,9 @@ def run_cell(spec, seq, name: str, lr: float, seed: int, steps: list[int]) -> di
 
 
 def base_cell(spec, seq, names) -> dict:
-    from cifc_bench.config import RunSpec
-    from cifc_bench.harness import build_method, fresh_bundle
-    from cifc_bench.registry import load_method
+    from cifc_bench.core.config import RunSpec
+    from cifc_bench.core.registry import load_method
+    from cifc_bench.run.setup import build_method, fresh_bundle
 
     cfg = RunSpec(method="base").resolved(dict(spec.defaults), ("base",))
     bundle, _ = fresh_bundle(cfg)
@@ -154,7 +154,7 @@ def write(path: Path, data) -> None:
 
 
 def summary(names, lrs, seeds, steps) -> str:
-    from cifc_bench.stats import paired_difference
+    from cifc_bench.evaluation.stats import paired_difference
 
     base = json.loads((OUT / "cells" / "base.json").read_text())
     lines = ["| lr | steps | identity_acc | margin over base [95 %] | " + " | ".join(names) +

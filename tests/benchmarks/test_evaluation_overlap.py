@@ -5,10 +5,9 @@ Run with timing: ``pytest tests/benchmarks/test_evaluation_overlap.py --benchmar
 benchmark records ``ratio_to_generation`` (median time over generation alone's median) in ``extra_info`` and
 prints it; so does the synchronous writer, for comparison. At the tiny model's 32 px a PNG is cheap; at
 512 px on a GPU it is not (62 ms at level 6, measured in the GPU review, against 1.45 s per image of fp32
-sampling on an H200, docs/gpu.md), which the writer thread and the fast level hide.
+sampling on an H200, docs/guides/gpu.md), which the writer thread and the fast level hide.
 """
 
-import contextlib
 from types import SimpleNamespace
 
 import pytest
@@ -24,7 +23,7 @@ ROUNDS = 5
 def method():
     from cifc_bench.methods.zero_shot import ZeroShot
 
-    from cifc_bench.models import load_bundle
+    from cifc_bench.diffusion.models import load_bundle
 
     return ZeroShot(load_bundle("tiny-random"))
 
@@ -34,18 +33,18 @@ def _generate_all(method):
 
 
 def _harness(method, root, counter):
-    from cifc_bench.harness import generate_cached
+    from cifc_bench.evaluation.image_cache import generate_cached
 
     counter[0] += 1
     ctx = SimpleNamespace(method=method, settings=SETTINGS, config=SimpleNamespace(method="base"),
-                          precision=contextlib.nullcontext)
+                          generate=lambda requests: method.generate(requests, SETTINGS))
     pairs = [(r, f"{k:03d}.png") for k, r in enumerate(REQUESTS)]
     return generate_cached(ctx, pairs, root / f"round{counter[0]}", "bench")
 
 
 def _synchronous(method, root, counter):
     """The writer before the overlap: PNG at the default level 6, written in line, then every image read back."""
-    from cifc_bench.images import load_rgb
+    from cifc_bench.core.images import load_rgb
 
     counter[0] += 1
     folder = root / f"sync{counter[0]}"

@@ -29,7 +29,7 @@ def _concept(i: int) -> Concept:
 def _cidm(merge: str):
     from cifc_bench.methods.cidm import CIDM
 
-    from cifc_bench.models import load_bundle
+    from cifc_bench.diffusion.models import load_bundle
     from cifc_bench.testing import store_random_cidm_task
 
     torch.manual_seed(0)
@@ -59,8 +59,8 @@ def _record(benchmark, name):
 
 @pytest.mark.benchmark(group="generation-10-tasks")
 def test_base_model_generation(benchmark):
-    from cifc_bench.models import load_bundle
-    from cifc_bench.sampling import generate_batched
+    from cifc_bench.diffusion.models import load_bundle
+    from cifc_bench.diffusion.sampling import generate_batched
 
     bundle = load_bundle("tiny-random")
     prompts = [r.prompt.replace("<", "").replace(">", "") for r in REQUESTS]

@@ -19,7 +19,7 @@ ROUNDS = 15
 
 @pytest.fixture(scope="module")
 def bundle():
-    from cifc_bench.models import load_bundle
+    from cifc_bench.diffusion.models import load_bundle
 
     return load_bundle("tiny-random")
 

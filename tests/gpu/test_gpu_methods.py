@@ -3,7 +3,7 @@
 Each method trains two tasks of a tiny protocol on SD-1.5's architecture with random weights (``sd15-random``)
 at 512 px, is killed (SIGKILL) while it saves its state after the second task, resumes from the first task's
 state loaded onto the GPU, and must finish with finite scores, images that are not flat and its peak GPU
-memory recorded. It is what a GPU machine runs first (``docs/gpu.md``)::
+memory recorded. It is what a GPU machine runs first (``docs/guides/gpu.md``)::
 
     pytest -m gpu tests/gpu -n 4 -p xdist      # pytest-xdist optional; without it drop "-n 4 -p xdist"
 
@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import torch
 
-from cifc_bench.registry import METHODS, list_plugins
+from cifc_bench.core.registry import METHODS, list_plugins
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -41,7 +41,7 @@ def gpu_cache() -> Path:
     """One cache for every worker (the sd15-random folder is 2 GB; its builder locks, so it is built once)."""
     path = Path(os.environ.get("CIFC_BENCH_GPU_CACHE", Path(tempfile.gettempdir()) / "cifc-bench-gpu-cache"))
     os.environ["CIFC_BENCH_CACHE"] = str(path)
-    from cifc_bench.models import sd15_random
+    from cifc_bench.diffusion.models import sd15_random
 
     started = time.perf_counter()
     sd15_random()

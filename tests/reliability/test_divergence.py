@@ -46,7 +46,7 @@ def test_a_huge_learning_rate_fails_the_run_at_its_task_and_step(protocol, tmp_p
     assert result["status"] == "failed" and "DivergenceError: task 1 (thing0) diverged" in result["error"]
     assert result["run_info"]["method_args"] == {"lr": 1e6, "embedding_lr": 1e6}  # numbers, not '1e6'
     assert not (out / "state" / "after_task_00.safetensors").exists()  # a diverged state is never saved
-    from cifc_bench.leaderboard import leaderboard_tables
+    from cifc_bench.reporting.leaderboard import leaderboard_tables
 
     tables, skipped, n = leaderboard_tables(str(protocol), tmp_path / "results", include_dirty=True)
     assert n == 0 and any("status 'failed'" in s for s in skipped)
@@ -70,7 +70,7 @@ def test_flat_images_fail_the_evaluation(tmp_path):
     from PIL import Image
 
     from cifc_bench.api import DivergenceError
-    from cifc_bench.harness import check_images
+    from cifc_bench.evaluation.evaluate import check_images
 
     concept = type("C", (), {"name": "dog"})()
     black = [Image.fromarray(np.zeros((8, 8, 3), np.uint8))] * 3

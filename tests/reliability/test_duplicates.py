@@ -3,9 +3,9 @@ the committed reference runs by default."""
 
 import pytest
 
-from cifc_bench.harness import run_benchmark
-from cifc_bench.leaderboard import leaderboard_tables
-from cifc_bench.results import run_identity
+from cifc_bench.core.results import run_identity
+from cifc_bench.reporting.leaderboard import leaderboard_tables
+from cifc_bench.run.loop import run_benchmark
 from cifc_bench.testing import make_tiny_protocol, tiny_run_config
 
 

@@ -48,7 +48,7 @@ def test_an_unknown_method_argument_lists_the_accepted_ones(protocol, tmp_path, 
 
 
 def test_a_protocol_typo_suggests_protocol_forms(capsys):
-    from cifc_bench.registry import PROTOCOLS, list_plugins
+    from cifc_bench.core.registry import PROTOCOLS, list_plugins
 
     known = ", ".join(list_plugins(PROTOCOLS))  # cifc10, and synth10 where the synthetic tier is installed
     assert main(["validate", "--protocol", "cifc1O"]) == 2
@@ -58,8 +58,8 @@ def test_a_protocol_typo_suggests_protocol_forms(capsys):
 
 
 def test_a_metric_undefined_for_some_concepts_is_summarised_over_the_others_and_says_so(capsys):
-    from cifc_bench.cli import _summary_lines
-    from cifc_bench.metrics import summarize_result
+    from cifc_bench.cli.run import summary_lines
+    from cifc_bench.evaluation.metrics import summarize_result
 
     nan = None
     result = {"concepts": ["ball", "neon", "box"], "tasks": [{}, {}, {}],
@@ -67,7 +67,7 @@ def test_a_metric_undefined_for_some_concepts_is_summarised_over_the_others_and_
     summary = summarize_result(result)["context_acc"]
     assert summary["undefined_for"] == ["neon"]
     assert summary["learning"] == pytest.approx(0.75) and summary["forgetting"] == pytest.approx(0.2)
-    assert _summary_lines({"context_acc": summary}) == (
+    assert summary_lines({"context_acc": summary}) == (
         "  context_acc (x100): final 65.0, avg_incremental 78.3, learning 75.0, forgetting 20.0, forgetting_max "
         "20.0, bwt -20.0 (over the other concepts: undefined for neon)")
     json.dumps(summary)  # still JSON

@@ -9,8 +9,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cifc_bench.protocol import ProtocolError, load_protocol
-from cifc_bench.results import read_result
+from cifc_bench.core.protocol import ProtocolError, load_protocol
+from cifc_bench.core.results import read_result
 from cifc_bench.testing import make_tiny_protocol
 
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-5, 2000), st.floats(allow_nan=False, width=32),
@@ -78,7 +78,7 @@ def test_any_text_as_a_protocol_file_fails_cleanly(tmp_path, text):
 
 @pytest.fixture(scope="module")
 def result_file(tmp_path_factory, base):
-    from cifc_bench.harness import run_benchmark
+    from cifc_bench.run.loop import run_benchmark
     from cifc_bench.testing import tiny_run_config
 
     path, _ = base

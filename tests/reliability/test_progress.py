@@ -2,7 +2,7 @@
 
 import re
 
-from cifc_bench.harness import run_benchmark
+from cifc_bench.run.loop import run_benchmark
 from cifc_bench.testing import make_tiny_protocol, tiny_run_config
 
 
@@ -21,7 +21,7 @@ def test_output_to_a_file_gets_lines_for_every_phase(tmp_path, monkeypatch, caps
 
 
 def test_quiet_when_asked(tmp_path, monkeypatch, capsys):
-    from cifc_bench.progress import progress
+    from cifc_bench.core.progress import progress
 
     monkeypatch.setenv("CIFC_BENCH_PROGRESS", "0")
     bar = progress(range(3), desc="x")

@@ -9,9 +9,10 @@ import time
 
 import pytest
 
-from cifc_bench import scoring
-from cifc_bench.config import ConfigError
-from cifc_bench.harness import run_benchmark, run_lock
+from cifc_bench.core.config import ConfigError
+from cifc_bench.diffusion import scoring
+from cifc_bench.run.loop import run_benchmark
+from cifc_bench.run.rundir import run_lock
 from cifc_bench.testing import assert_same_scores, make_tiny_protocol, tiny_run_config
 
 
@@ -97,7 +98,7 @@ def test_a_full_disk_is_a_clear_error_and_resume_gives_the_same_numbers(protocol
 
 _REGISTER_LOOP = """
 import open_clip
-from cifc_bench import scoring
+from cifc_bench.diffusion import scoring
 for _ in range(300):  # as each new run of a sweep does, in its own process
     open_clip.factory._MODEL_CONFIGS.pop(scoring._TINY_ARCH, None)
     scoring.register_open_clip_config(scoring._TINY_ARCH, scoring._TINY_CFG)

@@ -175,7 +175,7 @@ def test_metric_and_presence_plugins_read_the_protocols_generator_field(tmp_path
     from PIL import Image
 
     from cifc_bench.api import ConceptImages
-    from cifc_bench.protocol import load_protocol
+    from cifc_bench.core.protocol import load_protocol
     from cifc_bench.synth.plugin import cnr_exact, identity_acc
     from cifc_bench.synth.protocol import ensure_data
 

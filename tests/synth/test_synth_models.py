@@ -14,8 +14,8 @@ from cifc_bench.synth.pretrain import PretrainConfig, PretrainError, pretrain
 
 
 def test_committed_weights_load_offline_through_the_bundle_code():
-    from cifc_bench.models import load_bundle
-    from cifc_bench.scoring import load_scorer
+    from cifc_bench.diffusion.models import load_bundle
+    from cifc_bench.diffusion.scoring import load_scorer
 
     bundle = load_bundle("synth")
     assert bundle.vae is None and bundle.unet.config.in_channels == 3  # pixel space, 32x32
@@ -121,8 +121,8 @@ def test_scorer_hard_negatives_differ_only_in_the_object_class():
 
 def test_gate_measurement_runs_and_is_bounded():
     from cifc_bench.api import GenerationSettings
-    from cifc_bench.models import load_bundle
-    from cifc_bench.scoring import load_scorer
+    from cifc_bench.diffusion.models import load_bundle
+    from cifc_bench.diffusion.scoring import load_scorer
     from cifc_bench.synth.base_report import base_model_report
 
     report = base_model_report(load_bundle("synth"), load_scorer("synth"), n_prompts=6, images_per_class=2,
@@ -138,7 +138,7 @@ def test_gate_measurement_runs_and_is_bounded():
 
 
 def load_protocol_raw():
-    from cifc_bench.protocol import load_protocol
+    from cifc_bench.core.protocol import load_protocol
 
     return load_protocol("synth10").raw
 
@@ -147,9 +147,9 @@ def load_protocol_raw():
 def oracle_figures(tmp_path_factory):
     """``oracle_report`` on the committed weights, small: perfect renders, class-word images, siblings."""
     from cifc_bench.api import GenerationSettings
-    from cifc_bench.models import load_bundle
-    from cifc_bench.protocol import load_protocol
-    from cifc_bench.scoring import load_scorer
+    from cifc_bench.core.protocol import load_protocol
+    from cifc_bench.diffusion.models import load_bundle
+    from cifc_bench.diffusion.scoring import load_scorer
     from cifc_bench.synth.base_report import oracle_report
     from cifc_bench.synth.protocol import ensure_data
 
@@ -183,7 +183,7 @@ def test_committed_scorer_names_the_class_of_clean_renders():
     (94 % on 300 renders when committed; the previous, 32-pixel-input scorer managed 70 %)."""
     from PIL import Image
 
-    from cifc_bench.scoring import load_scorer
+    from cifc_bench.diffusion.scoring import load_scorer
     from cifc_bench.synth.base_report import class_predictions, class_word_renders
     from cifc_bench.synth.pretrain import _grain
 
@@ -205,7 +205,7 @@ def test_shortened_synth10_run_is_the_default_protocol(tmp_path, method):
     assert result["run_info"]["protocol"]["name"] == "synth10"
     assert result["run_info"]["model"] == "synth" and result["run_info"]["scorer"] == "synth"
     assert set(result["matrices"]) == {"ia", "ta", "context_acc", "identity_acc"}
-    kinds = [c["kind"] for c in __import__("cifc_bench.protocol", fromlist=["x"]).load_protocol("synth10").raw["concepts"]]
+    kinds = [c["kind"] for c in __import__("cifc_bench.core.protocol", fromlist=["x"]).load_protocol("synth10").raw["concepts"]]
     final = result["matrices"]["context_acc"][-1]
     # object prompts ask for backgrounds/positions; the first style prompts ask for nothing checkable (null)
     assert all(v is not None for v, k in zip(final, kinds, strict=True) if k == "object")

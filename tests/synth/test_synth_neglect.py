@@ -3,8 +3,8 @@
 import numpy as np
 from PIL import Image
 
-from cifc_bench import neglect as ng
 from cifc_bench.api import Box
+from cifc_bench.evaluation import neglect as ng
 
 
 def _synth_scene_images(scenes, seed0=0):
@@ -19,7 +19,7 @@ def test_a_box_showing_the_reference_scores_far_above_a_blank_box_under_the_isol
     absent under a threshold calibrated on the same geometry (generic balls in the same box). Whether the
     reference box also clears that threshold is the scorer-cnr gate of issue 22, a strict xfail in
     ``test_synth_models.py``: this scorer reads it at 0.66 against a threshold of 0.73."""
-    from cifc_bench.scoring import load_scorer
+    from cifc_bench.diffusion.scoring import load_scorer
     from cifc_bench.synth import world
 
     scorer = load_scorer("synth")
@@ -86,7 +86,7 @@ def test_cnr_drawn_passes_the_worlds_perfect_renders_and_fails_a_wrong_silhouett
     """``cnr_drawn``: the concept's silhouette inside its box, whatever its colours. On every multi-concept
     prompt's perfect renders it holds for every concept; for the same renders with the concept's shape swapped
     for any other, and for an empty box, it never does."""
-    from cifc_bench.protocol import load_protocol
+    from cifc_bench.core.protocol import load_protocol
     from cifc_bench.synth import checks, world
     from cifc_bench.synth.base_report import perfect_boxed_renders
     from cifc_bench.synth.plugin import cnr_drawn

@@ -98,8 +98,8 @@ def test_exact_checks_agree_with_ground_truth_on_rendered_scenes():
 
 
 def test_synth10_data_matches_its_published_checksums(tmp_path):
-    from cifc_bench.data import verify_checksums
-    from cifc_bench.protocol import load_protocol
+    from cifc_bench.core.data import verify_checksums
+    from cifc_bench.core.protocol import load_protocol
     from cifc_bench.synth.protocol import ensure_data
 
     spec = load_protocol("synth10")

@@ -1,0 +1,176 @@
+"""Resolving and building a run: the protocol, the method class and the per-task budgets from one
+:class:`~cifc_bench.core.config.RunSpec`, then the model, the scorer, the metrics and the method, bound into a
+:class:`~cifc_bench.evaluation.context.RunContext`. A typo fails in :func:`resolve_run`, before any data or
+model is touched."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from cifc_bench.core.config import ConfigError, RunSpec
+from cifc_bench.core.distributed import SINGLE, Ranks
+from cifc_bench.core.seeding import derive_seed
+from cifc_bench.evaluation.context import DINO_METRIC, METRICS, RunContext
+
+
+def resolve_run(config: RunSpec):
+    """(resolved config, protocol spec, method class, per-task budgets) of ``config``: everything a run is
+    before any data or model is touched (a typo in the method or schedule fails here, at once)."""
+    from cifc_bench.core.protocol import load_protocol, protocol_or_default
+    from cifc_bench.core.registry import load_method
+
+    method_cls = load_method(config.method)
+    config = dataclasses.replace(config, protocol=protocol_or_default(config.protocol))
+    spec = load_protocol(config.protocol)
+    config = config.resolved(dict(spec.defaults), registered_names(method_cls))
+    if config.tracks is None:
+        config = dataclasses.replace(config, tracks=spec.track_names)
+    unknown = [t for t in config.tracks if t not in spec.track_names]
+    if unknown:
+        raise ConfigError(f"--tracks {','.join(config.tracks)}: protocol {spec.name!r} has no track {unknown[0]!r}; it "
+                          f"defines {list(spec.track_names) or 'none'} (--tracks none evaluates no track)")
+    budgets = tuple(spec.task_budgets(config.schedule, config.steps))
+    return config, spec, method_cls, budgets
+
+
+def load_context(config: RunSpec, run_dir: Path, calibration: dict[str, Any] | None = None,
+                 with_method: bool = True, ranks: Ranks = SINGLE) -> RunContext:
+    """Bind the protocol to its data and load model, scorer and method for ``config``.
+
+    The neglect rate's presence thresholds are calibrated here (or taken from ``calibration``, a resumed run's
+    own), on the base model before the method can touch it. Without ``with_method`` (rescoring saved images)
+    no method is built and nothing can be generated. Under a launcher (``ranks``), each process takes its own
+    device and the calibration images are dealt out among the processes.
+    """
+    from cifc_bench.diffusion.scoring import load_scorer
+
+    config, spec, method_cls, budgets = resolve_run(config)
+    config = dataclasses.replace(config, device=ranks.device(config.device))
+    sequence = spec.bind(spec.data_root(config.data_dir))
+    if config.prompts_per_concept > min(len(c.eval_prompts) for c in sequence.concepts):
+        raise ConfigError(
+            f"--prompts-per-concept {config.prompts_per_concept} exceeds the smallest prompt set of "
+            f"{spec.name!r} ({min(len(c.eval_prompts) for c in sequence.concepts)} prompts)"
+        )
+    bundle, fingerprint = fresh_bundle(config)
+    scorer = load_scorer(config.scorer, config.device)
+    dino = None
+    if config.dino and config.dino != "none":
+        from cifc_bench.diffusion.dino import load_dino
+
+        dino = load_dino(config.dino, config.device)
+    metrics = tuple(spec.defaults.get("metrics", METRICS))
+    if dino is not None:
+        metrics = (*metrics, DINO_METRIC)
+    track_metrics = [m for t in sequence.tracks if t.name in config.tracks for m in t.metrics]
+    metric_fns = load_metrics(dict.fromkeys([*metrics, *track_metrics]), spec.path)
+    presence_fns = load_metrics(spec.defaults.get("presence", ()), spec.path, key="presence")
+    ctx = RunContext(config=config, sequence=sequence, method=None, scorer=scorer, run_dir=Path(run_dir),
+                     metrics=metrics, dino=dino, calibration=calibration, model_fingerprint=fingerprint,
+                     budgets=budgets, metric_fns=metric_fns, presence_fns=presence_fns, ranks=ranks)
+    if calibration is None and sequence.multi_concept_prompts:
+        from cifc_bench.core.data import cache_dir
+        from cifc_bench.evaluation.neglect import calibrate_thresholds
+
+        with ctx.precision():
+            calibration = calibrate_thresholds(bundle, scorer, sequence, config.generation(),
+                                               config.calibration_images, config.model, cache_dir() / "cnr-thresholds",
+                                               ranks=ranks)
+    method = build_method(method_cls, bundle, config) if with_method else None
+    return dataclasses.replace(ctx, method=method, calibration=calibration)
+
+
+def fresh_bundle(config: RunSpec):
+    """The base model as published, at the run's precision, and the fingerprint of its published weights."""
+    from cifc_bench.core.precision import cast_frozen
+    from cifc_bench.diffusion.models import load_bundle
+
+    fast_fp32_matmuls(config.device)
+    bundle = load_bundle(config.model, config.device)
+    fingerprint = model_fingerprint(bundle)  # of the weights as published, whatever precision the run uses
+    cast_frozen(bundle, config.dtype)
+    if config.compile:
+        from cifc_bench.diffusion.models import compile_bundle
+
+        compile_bundle(bundle)
+    return bundle, fingerprint
+
+
+def build_method(method_cls, bundle, config: RunSpec):
+    """A new method on ``bundle`` with the run's arguments; its adapters are initialised from the run seed."""
+    import torch
+
+    accepted = method_arguments(method_cls)
+    unknown = sorted(set(config.method_args) - set(accepted)) if accepted is not None else []
+    if unknown:
+        raise ConfigError(f"method {config.method!r} has no argument(s) {unknown}; it accepts: "
+                          f"{', '.join(accepted) or 'none'} (--method-args KEY=VALUE)")
+    torch.manual_seed(derive_seed("method-init", config.seed))  # adapters initialised at construction
+    try:
+        return method_cls(bundle, **config.method_args)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"method {config.method!r} rejected its arguments {config.method_args}: {err}") from err
+
+
+def fast_fp32_matmuls(device: str | None) -> bool:
+    """On CUDA, fp32 matrix products and convolutions run on TF32 tensor cores (10 mantissa bits in the
+    products, fp32 accumulation), as diffusers' own training scripts allow; a CPU run is left as it is.
+    Returns whether TF32 is on (recorded in ``run_info.tf32``)."""
+    import torch
+
+    if not str(device or "").startswith("cuda"):
+        return False
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return True
+
+
+def load_metrics(names, source, key: str = "metrics") -> dict[str, Any]:
+    """The metric functions (or, ``key="presence"``, the presence checks) named by a protocol's
+    ``defaults.<key>`` (entry-point groups ``cifc_bench.metrics`` / ``cifc_bench.presence``, or
+    ``package.module:function``); an unknown name is the protocol's error and lists the registered ones."""
+    from cifc_bench.core.registry import METRICS, PRESENCE, PluginError, list_plugins, load_component
+
+    group, kind = (PRESENCE, "presence check") if key == "presence" else (METRICS, "metric")
+    fns = {}
+    for name in names:
+        try:
+            fns[name] = load_component(group, name, kind)
+        except PluginError as err:
+            raise ConfigError(f"{source}: defaults.{key} names {kind} {name!r}, which does not load: {err} "
+                              f"(registered: {list(list_plugins(group))})") from err
+    return fns
+
+
+def method_arguments(method_cls) -> list[str] | None:
+    """The keyword arguments a method's constructor takes (None when it takes ``**kwargs``: anything goes)."""
+    import inspect
+
+    params = list(inspect.signature(method_cls.__init__).parameters.values())[2:]  # self, bundle
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def registered_names(method_cls) -> tuple[str, ...]:
+    """The names under which ``method_cls`` is registered (protocol arguments follow the class, not the name)."""
+    from cifc_bench.core.registry import METHODS, list_plugins
+
+    path = f"{method_cls.__module__}:{method_cls.__qualname__}"
+    return tuple(n for n, ep in list_plugins(METHODS).items() if ep.value == path)
+
+
+def scorer_fingerprint(scorer) -> str:
+    """A digest of the scorer's weights: scores made with different weights under one name must not be mixed."""
+    from cifc_bench.evaluation.neglect import weights_fingerprint
+
+    return weights_fingerprint(scorer.model)
+
+
+def model_fingerprint(bundle) -> str:
+    """A digest of the base model's weights: runs on different weights under one model name are not comparable."""
+    from cifc_bench.evaluation.neglect import weights_fingerprint
+
+    return weights_fingerprint(*(m for m in (bundle.unet, bundle.text_encoder, bundle.vae) if m is not None))
