@@ -190,22 +190,25 @@ class LayerwiseAttnProcessor:
 
 
     def _group_regional(self, attn, query: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """:meth:`_regional` with one region per batch group: a regional pass of CCS for each box in one call."""
+        """:meth:`_regional` with one region per batch group: a regional pass of CCS for each box in one call.
+        Only the queries inside a box attend to its prompt (each query's attention is its own: the others'
+        would be thrown away)."""
         n = query.shape[1]
         side = int(math.isqrt(n))
-        out = out.clone()
+        if torch.is_grad_enabled():
+            out = out.clone()
         projections = [m for m in (attn.to_k, attn.to_v) if isinstance(m, TaskLoRALinear)]
         for rows, context, box in self.group_regions:
-            inside = box_mask(box, side, side, out.device).view(1, n, 1) > 0
+            inside = box_mask(box, side, side, out.device).view(n).nonzero().squeeze(1)
             for m in projections:  # the region's K and V with its group's merged weights
                 m.rows = rows
             try:
-                region = self._attend(attn, query[rows], context, keep_probs=False, dtype=query.dtype,
+                region = self._attend(attn, query[rows][:, inside], context, keep_probs=False, dtype=query.dtype,
                                       sigmoid=self.sigmoid)
             finally:
                 for m in projections:
                     m.rows = None
-            out[rows] = torch.where(inside, region, out[rows])
+            out[rows, inside] = region
         return out
 
 
