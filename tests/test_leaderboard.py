@@ -53,7 +53,8 @@ def test_mean_and_std_over_seeds(results_dir, tiny_protocol):
 def test_learning_column_is_the_diagonal_and_is_computed_for_files_that_predate_it(results_dir):
     """``learning`` (mean of the after-own-task scores) comes from the stored summary, or, in a result file
     written before it existed, from the file's matrix."""
-    from cifc_bench.reporting.leaderboard import RunRecord, metric_table
+    from cifc_bench.reporting.leaderboard import metric_table
+    from cifc_bench.reporting.runs import RunRecord
 
     real = json.loads(next(results_dir.rglob("real/result.json")).read_text())
     old = copy.deepcopy(real)
@@ -84,7 +85,7 @@ def test_dirty_and_failed_runs_are_left_out_unless_asked(results_dir, tiny_proto
 def test_runs_on_other_weights_of_the_base_model_are_left_out_with_the_fix(results_dir, tmp_path, tiny_protocol):
     """A re-pretrained base model (same name, new weights) makes older runs incomparable: only the newest
     run's weights count, and the message says to run again (rescoring cannot change the images)."""
-    from cifc_bench.reporting.leaderboard import find_runs
+    from cifc_bench.reporting.runs import find_runs
 
     real = json.loads(next(results_dir.rglob("real/result.json")).read_text())
     assert len(real["run_info"]["model_fingerprint"]) == 16  # every run records its base model's weights
@@ -104,7 +105,7 @@ def test_runs_on_other_weights_of_the_base_model_are_left_out_with_the_fix(resul
 def test_runs_of_another_protocol_version_are_left_out_with_the_fix(results_dir, tmp_path, tiny_protocol):
     """A new protocol version asks other questions (synth10 3.0: another identity oracle, more multi-concept
     prompts): the leaderboard shows only the installed version's runs, and --include-old-versions marks the rest."""
-    from cifc_bench.reporting.leaderboard import find_runs
+    from cifc_bench.reporting.runs import find_runs
 
     real = json.loads(next(results_dir.rglob("real/result.json")).read_text())
     name, version = real["run_info"]["protocol"]["name"], real["run_info"]["protocol"]["version"]
@@ -144,7 +145,8 @@ def test_neglect_table_and_optional_metrics_appear_when_runs_have_them(results_d
 def test_cost_table_sums_the_runs_timings(results_dir, tiny_protocol):
     import datetime
 
-    from cifc_bench.reporting.leaderboard import RunRecord, cost_table
+    from cifc_bench.reporting.leaderboard import cost_table
+    from cifc_bench.reporting.runs import RunRecord
 
     real = json.loads(next(results_dir.rglob("real/result.json")).read_text())
     runs = []
@@ -236,8 +238,8 @@ def test_html_page_has_every_table_and_the_plots(results_dir, tiny_protocol, tmp
 
 
 def test_sweep_curves_join_runs_that_differ_in_one_numeric_argument():
-    from cifc_bench.reporting.leaderboard import RunRecord
     from cifc_bench.reporting.leaderboard_page import sweep_curves
+    from cifc_bench.reporting.runs import RunRecord
 
     def run(method, **args):
         return RunRecord(path=None, data={"run_info": {"method": method, "method_args": args, "config": {}}})
@@ -269,7 +271,8 @@ def test_html_page_loads_in_headless_chromium_and_reports_a_missing_image(result
 def test_interval_units_are_images_when_every_run_has_them_else_concepts(results_dir):
     import numpy as np
 
-    from cifc_bench.reporting.leaderboard import RunRecord, _interval_columns, has_image_units, unit_table
+    from cifc_bench.reporting.intervals import has_image_units, interval_columns, unit_table
+    from cifc_bench.reporting.runs import RunRecord
 
     real = json.loads(next(results_dir.rglob("real/result.json")).read_text())
     run = RunRecord(None, real)
@@ -283,13 +286,13 @@ def test_interval_units_are_images_when_every_run_has_them_else_concepts(results
     old = copy.deepcopy(real)
     del old["per_image"]
     assert has_image_units([run], "ia") and not has_image_units([run, RunRecord(None, old)], "ia")
-    with_images, _ = _interval_columns("ia", {"a": [run], "b": [RunRecord(None, real)]})
-    mixed, _ = _interval_columns("ia", {"a": [run], "b": [RunRecord(None, old)]})
+    with_images, _ = interval_columns("ia", {"a": [run], "b": [RunRecord(None, real)]})
+    mixed, _ = interval_columns("ia", {"a": [run], "b": [RunRecord(None, old)]})
     assert with_images["final"]["a"] != mixed["final"]["a"]  # 6 image units against 3 concept units
 
 
 def test_neglect_intervals_use_final_images_and_name_the_methods_that_differ(results_dir, tiny_protocol):
-    from cifc_bench.reporting.leaderboard import NEGLECT_INTERVALS
+    from cifc_bench.reporting.intervals import NEGLECT_INTERVALS
 
     real = json.loads(next(results_dir.rglob("real/result.json")).read_text())
     flags = real["neglect"]["per_image"]["cnr"]
@@ -315,7 +318,8 @@ def test_neglect_intervals_use_final_images_and_name_the_methods_that_differ(res
 def test_effects_table_pairs_a_switch_with_its_reference_and_checks_the_papers_direction(results_dir):
     """An ablation's effect is changed − reference, paired by unit: a known shift of every final score comes
     back with an interval around it, and the paper's direction is called agreed, opposed or unresolved."""
-    from cifc_bench.reporting.leaderboard import RunRecord, effects_table
+    from cifc_bench.reporting.intervals import effects_table
+    from cifc_bench.reporting.runs import RunRecord
 
     real = json.loads(next(results_dir.rglob("real/result.json")).read_text())
 
@@ -355,7 +359,8 @@ def test_effects_pair_by_seed_when_both_configurations_ran_the_same_seeds(result
     disjoint seed sets are compared as independent seeds."""
     import numpy as np
 
-    from cifc_bench.reporting.leaderboard import RunRecord, effects_table
+    from cifc_bench.reporting.intervals import effects_table
+    from cifc_bench.reporting.runs import RunRecord
 
     real = json.loads(next(results_dir.rglob("real/result.json")).read_text())
     rng = np.random.default_rng(0)
@@ -391,7 +396,7 @@ def test_intervals_are_clipped_to_the_values_a_metric_can_take():
     import numpy as np
 
     from cifc_bench.evaluation.metrics import value_bounds
-    from cifc_bench.reporting.leaderboard import interval_cells, summary_bounds
+    from cifc_bench.reporting.intervals import interval_cells, summary_bounds
 
     table = {"m": np.array([[100.0, 100.0, 0.0]])}  # one seed, three units: the raw interval leaves [0, 100]
     raw = interval_cells(table, True)["m"]
@@ -407,7 +412,8 @@ def test_intervals_are_clipped_to_the_values_a_metric_can_take():
 def test_a_reference_is_shown_apart_and_never_ranked(results_dir, tmp_path, tiny_protocol):
     """``replay`` breaks the no-replay rule on purpose: its row is labelled and takes no ★, ≈ or win/tie/loss,
     even where it scores best."""
-    from cifc_bench.reporting.leaderboard import REFERENCE_MARK, find_runs, interval_table
+    from cifc_bench.reporting.intervals import interval_table
+    from cifc_bench.reporting.runs import REFERENCE_MARK, find_runs
 
     real = json.loads(next(results_dir.rglob("real/result.json")).read_text())
     root = tmp_path / "ref"

@@ -7,7 +7,7 @@ import pytest
 
 from cifc_bench.cli import main
 from cifc_bench.core.config import ConfigError
-from cifc_bench.reporting.leaderboard import find_runs
+from cifc_bench.reporting.runs import find_runs
 from cifc_bench.run.loop import run_benchmark
 from cifc_bench.run.rescore import rescore_run
 from cifc_bench.testing import tiny_run_config

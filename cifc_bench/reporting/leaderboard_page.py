@@ -20,18 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from cifc_bench.reporting.leaderboard import (
-    RunRecord,
-    find_runs,
-    has_image_units,
-    leaderboard_tables,
-    neglect_units,
-    paired_units,
-    run_matrix,
-    runs_by_label,
-    table_title,
-    unit_table,
-)
+from cifc_bench.reporting.intervals import has_image_units, neglect_units, paired_units, unit_table
+from cifc_bench.reporting.leaderboard import leaderboard_tables, table_title
+from cifc_bench.reporting.runs import RunRecord, find_runs, run_matrix, runs_by_label
 
 PLASTICITY_METRICS = ("identity_acc", "ia")  # the first one the runs measured is plotted
 

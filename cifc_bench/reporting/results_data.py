@@ -30,7 +30,7 @@ def load_results(paths: Iterable[str | Path] | str | Path, level: str = "summary
     """A tidy DataFrame of every ``result.json`` under ``paths`` (folders or files) at ``level``. With
     ``protocol``, the runs are exactly those its leaderboard counts (completed, clean, this protocol version and
     method version, newest weights, each identity once; ``include_failed=True`` and the other flags of
-    :func:`cifc_bench.reporting.leaderboard.find_runs` bring the rest back)."""
+    :func:`cifc_bench.reporting.runs.find_runs` bring the rest back)."""
     import pandas as pd
 
     if level not in LEVELS:
@@ -39,7 +39,7 @@ def load_results(paths: Iterable[str | Path] | str | Path, level: str = "summary
     files = _result_files(paths)
     if protocol is not None:
         from cifc_bench.core.protocol import load_protocol
-        from cifc_bench.reporting.leaderboard import find_runs
+        from cifc_bench.reporting.runs import find_runs
 
         spec = load_protocol(protocol)
         kept, _ = find_runs(paths, spec.name, protocol_version=spec.version, **leaderboard_filters)

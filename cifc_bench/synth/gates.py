@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cifc_bench.evaluation.metrics import from_json_matrix
-from cifc_bench.reporting.leaderboard import find_runs
+from cifc_bench.reporting.runs import find_runs
 
 
 def _mean_std_se(values: list[float]) -> dict[str, float]:

@@ -1,5 +1,5 @@
 """Measured wall time of the committed synth10 grid runs (issue 24's cost target): the runs the leaderboard
-counts (`cifc_bench.reporting.leaderboard.find_runs`), each from its run_info started/finished. Two runs that started
+counts (`cifc_bench.reporting.runs.find_runs`), each from its run_info started/finished. Two runs that started
 within a minute of each other ran side by side (`sweep --jobs 2`, one thread each): their pair wall is the last
 finish minus the first start. A run or pair whose wall is more than twice its runs' own training plus
 evaluation time was paused or resumed (its tracks added later, a session's end): it is shown but not summed.
@@ -11,7 +11,7 @@ Other work on the machine at the same time (a test suite) is not seen here and m
 import sys
 from pathlib import Path
 
-from cifc_bench.reporting.leaderboard import find_runs, run_span
+from cifc_bench.reporting.runs import find_runs, run_span
 
 
 def runs(root: Path):
