@@ -83,7 +83,8 @@ def test_bad_settings_name_the_setting_and_the_fix(tmp_path):
 
 
 def test_protocol_defaults_are_checked_where_they_are_written(tmp_path):
-    from cifc_bench.core.protocol import ProtocolError, load_protocol
+    from cifc_bench.core.protocol import load_protocol
+    from cifc_bench.core.protocol_schema import ProtocolError
     from cifc_bench.testing import make_tiny_protocol
 
     path = make_tiny_protocol(tmp_path, n_concepts=2)

@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 from cifc_bench.cli import main
-from cifc_bench.core.protocol import ProtocolError, load_protocol
+from cifc_bench.core.protocol import load_protocol
+from cifc_bench.core.protocol_schema import ProtocolError
 from cifc_bench.core.registry import load_method
 from cifc_bench.testing import make_tiny_protocol
 

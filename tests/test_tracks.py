@@ -109,7 +109,8 @@ def test_synthetic_exact_checks_pass_the_worlds_answer_and_fail_broken_outputs()
 
 
 def test_protocol_tracks_are_checked_and_name_the_bad_value(tmp_path):
-    from cifc_bench.core.protocol import ProtocolError, load_protocol
+    from cifc_bench.core.protocol import load_protocol
+    from cifc_bench.core.protocol_schema import ProtocolError
     from cifc_bench.testing import make_tiny_protocol
 
     path = make_tiny_protocol(tmp_path, tracks=True)

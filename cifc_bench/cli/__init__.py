@@ -37,7 +37,7 @@ from cifc_bench.cli.run import cmd_generate, cmd_run, cmd_sweep
 def _user_errors() -> tuple[type[BaseException], ...]:
     from cifc_bench.core.config import ConfigError
     from cifc_bench.core.data import DataError
-    from cifc_bench.core.protocol import ProtocolError
+    from cifc_bench.core.protocol_schema import ProtocolError
     from cifc_bench.core.registry import PluginError
     from cifc_bench.diffusion.dino import DinoLoadError
     from cifc_bench.diffusion.models import ModelLoadError

@@ -12,7 +12,8 @@ from cifc_bench.cli.run import summary_lines
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from cifc_bench.core.protocol import ProtocolError, load_protocol
+    from cifc_bench.core.protocol import load_protocol
+    from cifc_bench.core.protocol_schema import ProtocolError
 
     spec = load_protocol(args.protocol)
     root = spec.data_root(args.data_dir)

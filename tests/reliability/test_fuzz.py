@@ -9,7 +9,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cifc_bench.core.protocol import ProtocolError, load_protocol
+from cifc_bench.core.protocol import load_protocol
+from cifc_bench.core.protocol_schema import ProtocolError
 from cifc_bench.core.results import read_result
 from cifc_bench.testing import make_tiny_protocol
 
