@@ -25,7 +25,7 @@ import numpy as np
 
 from cifc_bench.api import GenerationSettings
 from cifc_bench.synth import world
-from cifc_bench.synth.pretrain import held_out
+from cifc_bench.synth.pretrain_data import held_out
 
 
 def context_accuracy(images, prompts) -> float:

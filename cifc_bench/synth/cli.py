@@ -50,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.synth_command == "pretrain":
         from cifc_bench.synth import pretrain_state_dir, weights_dir
-        from cifc_bench.synth.pretrain import PretrainConfig, PretrainError, chunk_ranges, pretrain
+        from cifc_bench.synth.pretrain import PretrainError, chunk_ranges, pretrain
+        from cifc_bench.synth.pretrain_data import PretrainConfig
 
         overrides = {k: v for k, v in (("unet_steps", args.unet_steps), ("scorer_steps", args.scorer_steps)) if v}
         cfg = dataclasses.replace(PretrainConfig(seed=args.seed), **overrides)

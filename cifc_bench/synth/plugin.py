@@ -19,7 +19,7 @@ def scorer(device: str = "cpu"):
     """The world's contrastive open_clip scorer (scorer ``synth``), trained by ``cifc-bench synth pretrain``."""
     from cifc_bench.diffusion.scoring import open_clip_scorer
     from cifc_bench.synth import weights_dir
-    from cifc_bench.synth.pretrain import scorer_model
+    from cifc_bench.synth.pretrain_models import scorer_model
 
     return open_clip_scorer("synth", scorer_model(), str(weights_dir() / "scorer.safetensors"), device)
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from cifc_bench.synth import weights_dir
-from cifc_bench.synth.pretrain import PretrainConfig, PretrainError, pretrain
+from cifc_bench.synth.pretrain import PretrainError, pretrain
+from cifc_bench.synth.pretrain_data import PretrainConfig
 
 
 def test_committed_weights_load_offline_through_the_bundle_code():
@@ -92,7 +93,7 @@ def test_a_damaged_state_file_is_refused_with_the_way_out(tmp_path):
 
 def test_caption_parser_reads_every_attribute_the_grammar_can_state():
     from cifc_bench.synth import world
-    from cifc_bench.synth.pretrain import caption_attributes, caption_targets
+    from cifc_bench.synth.pretrain_data import caption_attributes, caption_targets
 
     scene = world.Scene("kite", "red", "stripes", "blue", "small", "left", "grass", "mosaic")
     assert caption_attributes(world.caption(scene)) == {
@@ -108,7 +109,7 @@ def test_caption_parser_reads_every_attribute_the_grammar_can_state():
 
 def test_scorer_hard_negatives_differ_only_in_the_object_class():
     from cifc_bench.synth import world
-    from cifc_bench.synth.pretrain import personal_identities, shape_contrast_pair
+    from cifc_bench.synth.pretrain_data import personal_identities, shape_contrast_pair
 
     rng = np.random.default_rng(0)
     for _ in range(20):
@@ -185,7 +186,7 @@ def test_committed_scorer_names_the_class_of_clean_renders():
 
     from cifc_bench.diffusion.scoring import load_scorer
     from cifc_bench.synth.base_report import class_predictions, class_word_renders
-    from cifc_bench.synth.pretrain import _grain
+    from cifc_bench.synth.pretrain_models import _grain
 
     renders, truth = class_word_renders(30, seed=123)
     rng = np.random.default_rng(123)
