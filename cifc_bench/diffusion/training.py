@@ -184,6 +184,21 @@ class TokenRows:
         self.embedding.grad = None
 
 
+def optimizer_step(loss: torch.Tensor, optimizer, scaler, tokens: TokenRows, push: bool = True) -> None:
+    """One step on ``loss``: reported to the loggers, back-propagated (scaled for fp16), the new token rows'
+    gradients pulled into their own tensor, the optimiser stepped, and the rows pushed back into the embedding
+    (``push`` False: rows frozen, as CIDM's release freezes them)."""
+    if logging():
+        report("train/loss", loss.detach())
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    tokens.pull_grad()
+    scaler.step(optimizer)
+    scaler.update()
+    if push:
+        tokens.push()
+
+
 def check_loss(loss: torch.Tensor, task, step: int, rates: dict[str, float]) -> None:
     """Stop a task whose loss is no longer finite: a diverged run must fail, never be scored."""
     if not bool(torch.isfinite(loss.detach()).all()):
@@ -236,14 +251,7 @@ def train_lora_and_tokens(bundle, task, budget, lora_params, new_ids, lr: float,
             loss = loss + extra_loss(pixels, embeds, noise_scheduler, generator)
         check_loss(loss, task, step, {"lr": lr * budget.lr_scale, "embedding_lr": embedding_lr,
                                       **{f"lr[{k + 1}]": g_lr * budget.lr_scale for k, (_, g_lr) in enumerate(groups)}})
-        if logging():
-            report("train/loss", loss.detach())
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        tokens.pull_grad()
-        scaler.step(optimizer)
-        scaler.update()
-        tokens.push()
+        optimizer_step(loss, optimizer, scaler, tokens)
         if after_step is not None:
             after_step(step + 1)
     bundle.unet.eval()

@@ -120,26 +120,25 @@ def learning_accuracy(R: np.ndarray) -> float:
     return math.nan if np.isnan(diagonal).any() else float(diagonal.mean())
 
 
-def forgetting(R: np.ndarray) -> float:
-    """Mean over i < T of R[i][i] - R[T][i]: the drop from just-learned to final (= -BWT)."""
+def final_drops(R: np.ndarray, before) -> float:
+    """Mean over i < T of ``before(R, i)`` - R[T][i], over the concepts the metric defines (NaN when none)."""
     R = _check_square(R)
     T = len(R)
     if T < 2:
         return math.nan
     defined = defined_concepts(R)
-    drops = [R[i, i] - R[-1, i] for i in range(T - 1) if defined[i]]
+    drops = [before(R, i) - R[-1, i] for i in range(T - 1) if defined[i]]
     return math.nan if not drops or any(math.isnan(d) for d in drops) else float(np.mean(drops))
+
+
+def forgetting(R: np.ndarray) -> float:
+    """Mean over i < T of R[i][i] - R[T][i]: the drop from just-learned to final (= -BWT)."""
+    return final_drops(R, lambda M, i: M[i, i])
 
 
 def forgetting_max(R: np.ndarray) -> float:
     """Chaudhry et al.: mean over i < T of max_{i <= l < T} R[l][i] - R[T][i]."""
-    R = _check_square(R)
-    T = len(R)
-    if T < 2:
-        return math.nan
-    defined = defined_concepts(R)
-    drops = [np.max(R[i : T - 1, i]) - R[-1, i] for i in range(T - 1) if defined[i]]
-    return math.nan if not drops or any(math.isnan(d) for d in drops) else float(np.mean(drops))
+    return final_drops(R, lambda M, i: np.max(M[i : len(M) - 1, i]))
 
 
 def backward_transfer(R: np.ndarray) -> float:

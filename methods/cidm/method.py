@@ -36,10 +36,15 @@ import torch
 import torch.nn.functional as F
 
 from cifc_bench.api import Method
-from cifc_bench.core.loggers import logging, report
 from cifc_bench.core.progress import progress
 from cifc_bench.diffusion.tokens import PlaceholderTokens, layer_token
-from cifc_bench.diffusion.training import ConceptBatches, TokenRows, check_loss, default_augment
+from cifc_bench.diffusion.training import (
+    ConceptBatches,
+    TokenRows,
+    check_loss,
+    default_augment,
+    optimizer_step,
+)
 
 from .consolidation import SharedSubspace, enhance, orthogonality
 from .ewa import ewa_weights, uniform_weights
@@ -191,16 +196,8 @@ class CIDM(Method):
                 loss = loss + self.attn_reg_weight * self._attention_reg(prompts, placeholders, first_ids, masks)
             loss = loss + self._consolidation(old)
             check_loss(loss, task, step, {"lr": lora_lr, "embedding_lr": self.embedding_lr})
-            if logging():
-                report("train/loss", loss.detach())
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            tokens.pull_grad()
-            scaler.step(optimizer)
-            scaler.update()
+            optimizer_step(loss, optimizer, scaler, tokens, push=not frozen_embeddings)  # frozen rows keep their values
             schedule.step()
-            if not frozen_embeddings:  # once frozen, the rows keep the values they had then
-                tokens.push()
             if self.extras and not frozen_embeddings and emb[new_ids].norm(dim=-1).mean() >= self.emb_norm_threshold:
                 frozen_embeddings = True  # the release's embedding-norm freeze
             if self.shared is not None and self.tsh and old > 0:
