@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from cifc_bench.api import Method
+from cifc_bench.diffusion.adapter_method import AdapterMethod
 from cifc_bench.diffusion.sampling import generate_requests
 from cifc_bench.diffusion.tokens import PlaceholderTokens
 from cifc_bench.diffusion.training import lora_config, train_lora_and_tokens
@@ -27,7 +27,7 @@ def self_regularization(past: list[torch.Tensor | None], current: list[torch.Ten
     return torch.stack(terms).sum() if terms else current[0].new_zeros(())
 
 
-class CLoRA(Method):
+class CLoRA(AdapterMethod):
     storage = "single-model"
     version = 2  # v2: Kaiming-uniform LoRA A (was peft "gaussian"), the release's style templates
 
@@ -41,7 +41,6 @@ class CLoRA(Method):
         self.past: dict[str, torch.Tensor] = {}
         self.tokens = PlaceholderTokens(bundle, transform=self._concept)
         self._tasks = 0
-        self._trainable = 0
 
     def _concept(self, concept):
         if self.class_word_init:
@@ -52,13 +51,10 @@ class CLoRA(Method):
 
     def learn_task(self, task, budget) -> None:
         unet = self.bundle.unet
-        gen = torch.Generator().manual_seed(budget.seed)
+        gen, new_ids = self.task_tokens(task, budget)
         name = f"task{self._tasks}"
         unet.add_adapter(lora_config(self.rank, KV), adapter_name=name)
         unet.set_adapters([name])
-        new_ids = []
-        for c in task.concepts:
-            new_ids += self.tokens.add(c, gen)
         layers = [dict(unet.named_modules())[n] for n in self.layers]
         lora = [p for m in layers for p in (m.lora_A[name].weight, m.lora_B[name].weight)]
         past = [self.past.get(n) for n in self.layers]
@@ -67,7 +63,7 @@ class CLoRA(Method):
             current = [m.lora_B[name].weight @ m.lora_A[name].weight * m.scaling[name] for m in layers]
             return self.reg_lambda * self_regularization(past, current)
 
-        self._trainable, _, _ = train_lora_and_tokens(self.bundle, task, budget, lora, new_ids, self.lr,
+        self.trained, _, _ = train_lora_and_tokens(self.bundle, task, budget, lora, new_ids, self.lr,
                                                       self.embedding_lr, gen, extra_loss=penalty)
         with torch.no_grad():  # merge ΔW_t into the weights and the accumulated update, then drop the adapter
             for n, m in zip(self.layers, layers, strict=True):
@@ -80,27 +76,23 @@ class CLoRA(Method):
     def generate(self, requests, settings):
         return generate_requests(self.bundle, requests, settings)
 
-    def trainable_parameters(self) -> int:
-        return self._trainable
-
     def stored_parameters(self) -> int:
         """Beyond the base model: the accumulated K/V update (the merged weights are the model itself)."""
         return sum(int(v.numel()) for v in self.past.values()) + self.tokens.count
 
-    def state_dict(self):
+    def adapter_state(self):
         """The accumulated update (the regulariser's reference) and, for a bit-exact resume, the merged K/V
         weights themselves (adding the sum back would round differently from the task-by-task merges)."""
         modules = dict(self.bundle.unet.named_modules())
         state = {f"past.{n}": v for n, v in self.past.items()}
         state.update({f"weight.{n}": modules[n].weight.detach().clone() for n in self.past})
-        return {**state, **self.tokens.state_dict()}
+        return state
 
-    def load_state_dict(self, state, tasks_done) -> None:
+    def load_adapter_state(self, state, tasks_done) -> None:
         modules = dict(self.bundle.unet.named_modules())
         with torch.no_grad():
             for n in self.layers:
                 if f"past.{n}" in state:
                     modules[n].weight.copy_(state[f"weight.{n}"])
                     self.past[n] = state[f"past.{n}"].to(modules[n].weight.device, copy=True)
-        self.tokens.load_state_dict(state, tasks_done)
         self._tasks = len(tasks_done)

@@ -29,9 +29,8 @@ from __future__ import annotations
 
 import torch
 
-from cifc_bench.api import Method
+from cifc_bench.diffusion.adapter_method import AdapterMethod
 from cifc_bench.diffusion.sampling import encode_prompts, generate_batched, generate_requests, to_pixels
-from cifc_bench.diffusion.tokens import PlaceholderTokens
 from cifc_bench.diffusion.training import diffusion_loss, train_lora_and_tokens
 
 VARIANTS = ("sequential", "merge")
@@ -70,7 +69,7 @@ def unique_rows(rows: torch.Tensor) -> torch.Tensor:
     return rows[keep]
 
 
-class CustomDiffusion(Method):
+class CustomDiffusion(AdapterMethod):
     storage = "single-model"
     version = 2  # v2: the official merge inputs (unpadded non-BOS rows), --scale_lr and 200 class images
 
@@ -87,22 +86,17 @@ class CustomDiffusion(Method):
         self.reg_images, self.prior_weight, self.scale_lr = int(reg_images), float(prior_weight), bool(scale_lr)
         self.layers = {n: m for n, m in bundle.unet.named_modules() if n.endswith(("attn2.to_k", "attn2.to_v"))}
         self.base = {n: m.weight.detach().clone() for n, m in self.layers.items()}  # W₀: part of the base model
-        self.tokens = PlaceholderTokens(bundle)
         self.targets: dict[str, torch.Tensor] = {}  # concept -> C_τ
         self.values: dict[str, dict[str, torch.Tensor]] = {}  # concept -> layer -> V_τ
         self.reg_gram: torch.Tensor | None = None
-        self._trainable = 0
 
     # -- learning ------------------------------------------------------------------------------------------
     def learn_task(self, task, budget) -> None:
-        gen = torch.Generator().manual_seed(budget.seed)
         class_prompts = [self._class_prompt(c) for c in task.concepts]
         reg = self._regularisation_batches(class_prompts, budget) if self.reg_images else None
         if self.variant == "merge":
             self._set_weights(self.base)
-        new_ids = []
-        for concept in task.concepts:
-            new_ids += self.tokens.add(concept, gen)
+        gen, new_ids = self.task_tokens(task, budget)
         weights = [m.weight for m in self.layers.values()]
 
         def prior_loss(pixels, embeds, noise_scheduler, generator):
@@ -114,7 +108,7 @@ class CustomDiffusion(Method):
                                                       generator=generator)
 
         lr = self.lr * budget.batch_size if self.scale_lr else self.lr  # --scale_lr: × batch × accumulation × GPUs
-        self._trainable, streams, _ = train_lora_and_tokens(self.bundle, task, budget, weights, new_ids, lr,
+        self.trained, streams, _ = train_lora_and_tokens(self.bundle, task, budget, weights, new_ids, lr,
                                                             self.embedding_lr, gen, extra_loss=prior_loss)
         for w in weights:
             w.requires_grad_(False)
@@ -183,9 +177,6 @@ class CustomDiffusion(Method):
     def generate(self, requests, settings):
         return generate_requests(self.bundle, requests, settings)
 
-    def trainable_parameters(self) -> int:
-        return self._trainable
-
     def stored_parameters(self) -> int:
         """Beyond the base model: token rows, plus (merge) every concept's C and V; (sequential) the K/V weights."""
         tokens = self.tokens.count
@@ -194,9 +185,8 @@ class CustomDiffusion(Method):
         return tokens + sum(int(c.numel()) + sum(int(v.numel()) for v in self.values[n].values())
                             for n, c in self.targets.items())
 
-    def state_dict(self):
+    def adapter_state(self):
         state = {f"weight.{n}": m.weight.detach().clone() for n, m in self.layers.items()}
-        state.update(self.tokens.state_dict())
         for c, target in self.targets.items():
             state[f"target.{c}"] = target
             state.update({f"value.{c}.{n}": v for n, v in self.values[c].items()})
@@ -204,10 +194,9 @@ class CustomDiffusion(Method):
             state["reg_gram"] = self.reg_gram
         return state
 
-    def load_state_dict(self, state, tasks_done) -> None:
+    def load_adapter_state(self, state, tasks_done) -> None:
         device = self.bundle.device  # states load on the CPU
         self._set_weights({n: state[f"weight.{n}"] for n in self.layers})
-        self.tokens.load_state_dict(state, tasks_done)
         for task in tasks_done:
             for c in task.concepts:
                 if f"target.{c.name}" in state:

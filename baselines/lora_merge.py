@@ -9,18 +9,15 @@ or ``weights=sum`` for w_i = 1. Storage: one adapter per task (``per-task-adapte
 
 from __future__ import annotations
 
-import torch
-
-from cifc_bench.api import Method
+from cifc_bench.diffusion.adapter_method import AdapterMethod
 from cifc_bench.diffusion.adapters import merged_adapters
 from cifc_bench.diffusion.sampling import generate_requests
-from cifc_bench.diffusion.tokens import PlaceholderTokens
 from cifc_bench.diffusion.training import lora_config, train_lora_and_tokens
 
 CROSS_ATTN = r".*attn2\.(to_q|to_k|to_v|to_out\.0)"
 
 
-class LoRAMerge(Method):
+class LoRAMerge(AdapterMethod):
     storage = "per-task-adapters"
     version = 3  # v2: Kaiming-uniform LoRA A (was peft "gaussian"), the release's style templates; v3: samples from
     # the merged weights (float rounding changes the images slightly)
@@ -32,8 +29,6 @@ class LoRAMerge(Method):
             raise ValueError(f"weights={weights!r}: use 'uniform' (1/t each) or 'sum' (1 each)")
         self.rank, self.lr, self.embedding_lr, self.weights = int(rank), float(lr), float(embedding_lr), weights
         self.adapters: list[str] = []
-        self.tokens = PlaceholderTokens(bundle)
-        self._trainable = 0
 
     def _new_adapter(self) -> str:
         name = f"task{len(self.adapters)}"
@@ -41,14 +36,11 @@ class LoRAMerge(Method):
         return name
 
     def learn_task(self, task, budget) -> None:
-        gen = torch.Generator().manual_seed(budget.seed)
+        gen, new_ids = self.task_tokens(task, budget)
         name = self._new_adapter()
         self.bundle.unet.set_adapters([name])  # every task trains from the base weights
-        new_ids = []
-        for c in task.concepts:
-            new_ids += self.tokens.add(c, gen)
         lora = [p for n, p in self.bundle.unet.named_parameters() if f"lora_A.{name}." in n or f"lora_B.{name}." in n]
-        self._trainable, _, _ = train_lora_and_tokens(self.bundle, task, budget, lora, new_ids, self.lr,
+        self.trained, _, _ = train_lora_and_tokens(self.bundle, task, budget, lora, new_ids, self.lr,
                                                       self.embedding_lr, gen)
         for p in lora:
             p.requires_grad_(False)
@@ -65,19 +57,16 @@ class LoRAMerge(Method):
         with merged_adapters(self.bundle.unet):  # one merged weight: a forward costs the base model's
             return generate_requests(self.bundle, requests, settings)
 
-    def trainable_parameters(self) -> int:
-        return self._trainable
-
-    def state_dict(self):
+    def adapter_state(self):
         from peft.utils import get_peft_model_state_dict
 
         state = {}
         for name in self.adapters:
             for k, v in get_peft_model_state_dict(self.bundle.unet, adapter_name=name).items():
                 state[f"{name}.{k}"] = v.detach().clone()
-        return {**state, **self.tokens.state_dict()}
+        return state
 
-    def load_state_dict(self, state, tasks_done) -> None:
+    def load_adapter_state(self, state, tasks_done) -> None:
         from peft.utils import set_peft_model_state_dict
 
         for _ in tasks_done[len(self.adapters):]:
@@ -86,6 +75,5 @@ class LoRAMerge(Method):
             set_peft_model_state_dict(self.bundle.unet, {k[len(prefix):]: v for k, v in state.items()
                                                          if k.startswith(prefix)}, adapter_name=name)
             self.adapters.append(name)
-        self.tokens.load_state_dict(state, tasks_done)
         for p in self.bundle.unet.parameters():
             p.requires_grad_(False)

@@ -40,7 +40,7 @@ from cifc_bench.methods.cidm.layerwise import (
     install_processors,
 )
 
-from cifc_bench.api import Method
+from cifc_bench.diffusion.adapter_method import AdapterMethod
 from cifc_bench.diffusion.tokens import PlaceholderTokens
 from cifc_bench.diffusion.training import lora_config, train_lora_and_tokens
 
@@ -63,7 +63,7 @@ def fuse(weighted_grams: torch.Tensor, grams: torch.Tensor, base: torch.Tensor, 
     return torch.linalg.solve(g, rhs.T).T  # g is symmetric: (A g⁻¹)ᵀ = g⁻¹ Aᵀ
 
 
-class MixOfShow(Method):
+class MixOfShow(AdapterMethod):
     storage = "per-task-features"
     version = 2  # v2: fusion toward W₀, the official fusion inputs, text-encoder lr lr/10, Kaiming-uniform LoRA A
 
@@ -81,7 +81,6 @@ class MixOfShow(Method):
         self.sums: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> (Σ W_i G_i, Σ G_i)
         self.tokens = PlaceholderTokens(bundle, layers=self.n_layers)
         self.concepts: list = []
-        self._trainable = 0
 
     def _target_layers(self) -> dict[str, torch.nn.Module]:
         """Every LoRA'd projection: a plain ``nn.Linear``, or peft's wrapper of one while an adapter is on."""
@@ -106,18 +105,15 @@ class MixOfShow(Method):
     def learn_task(self, task, budget) -> None:
         from peft import inject_adapter_in_model
 
-        gen = torch.Generator().manual_seed(budget.seed)
         self._set_weights(self.base)  # every ED-LoRA trains from the pretrained model
-        new_ids = []
-        for concept in task.concepts:
-            new_ids += self.tokens.add(concept, gen)
-            self.concepts.append(concept)
+        gen, new_ids = self.task_tokens(task, budget)
+        self.concepts += task.concepts
         unet, text = self.bundle.unet, self.bundle.text_encoder
         unet.add_adapter(lora_config(self.rank, UNET_TARGETS), adapter_name=ADAPTER)
         inject_adapter_in_model(lora_config(self.rank, TEXT_TARGETS), text, adapter_name=ADAPTER)
         unet_lora = [p for n, p in unet.named_parameters() if "lora_" in n]
         text_lora = [p for n, p in text.named_parameters() if "lora_" in n]
-        self._trainable, _, _ = train_lora_and_tokens(self.bundle, task, budget, unet_lora, new_ids, self.lr,
+        self.trained, _, _ = train_lora_and_tokens(self.bundle, task, budget, unet_lora, new_ids, self.lr,
                                                       self.embedding_lr, gen, encode=self._encode,
                                                       groups=[(text_lora, self.text_lr)])
         for p in unet_lora + text_lora:
@@ -238,21 +234,17 @@ class MixOfShow(Method):
                 proc.regions = None
 
     # -- state ---------------------------------------------------------------------------------------------
-    def trainable_parameters(self) -> int:
-        return self._trainable
-
     def stored_parameters(self) -> int:
         return sum(int(a.numel() + b.numel()) for a, b in self.sums.values()) + self.tokens.count
 
-    def state_dict(self):
+    def adapter_state(self):
         state = {f"weight.{n}": (m.base_layer if hasattr(m, "base_layer") else m).weight.detach().clone()
                  for n, m in self.layers.items()}
         for n, (wg, g) in self.sums.items():
             state[f"wg.{n}"], state[f"g.{n}"] = wg, g
-        return {**state, **self.tokens.state_dict()}
+        return state
 
-    def load_state_dict(self, state, tasks_done) -> None:
-        self.tokens.load_state_dict(state, tasks_done)
+    def load_adapter_state(self, state, tasks_done) -> None:
         self.concepts = [c for task in tasks_done for c in task.concepts]
         self._set_weights({n: state[f"weight.{n}"] for n in self.layers})
         device = self.bundle.device  # states load on the CPU

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from cifc_bench.api import Method
+from cifc_bench.diffusion.adapter_method import AdapterMethod
 from cifc_bench.diffusion.adapters import merged_adapters
 from cifc_bench.diffusion.sampling import generate_requests
-from cifc_bench.diffusion.tokens import PlaceholderTokens
 from cifc_bench.diffusion.training import lora_config, train_lora_and_tokens
 
 TARGETS = {
@@ -25,7 +24,7 @@ TARGETS = {
 ADAPTER = "continual"
 
 
-class SequentialFinetune(Method):
+class SequentialFinetune(AdapterMethod):
     storage = "single-model"
     version = 3  # v2: Kaiming-uniform LoRA A (was peft "gaussian"), the release's style templates; v3: samples from
     # the merged LoRA (float rounding changes the images slightly); EWC and LwF inherit it
@@ -37,20 +36,15 @@ class SequentialFinetune(Method):
             raise ValueError(f"targets={targets!r} is not one of {sorted(TARGETS)}")
         self.rank, self.lr, self.embedding_lr = int(rank), float(lr), float(embedding_lr)
         self.bundle.unet.add_adapter(lora_config(self.rank, TARGETS[targets]), adapter_name=ADAPTER)
-        self.tokens = PlaceholderTokens(bundle)
-        self._trainable = 0
 
     def _lora_params(self):
         return [p for n, p in self.bundle.unet.named_parameters() if "lora_" in n and f".{ADAPTER}." in n]
 
     def learn_task(self, task, budget) -> None:
-        gen = torch.Generator().manual_seed(budget.seed)
-        new_ids = []
-        for concept in task.concepts:
-            new_ids += self.tokens.add(concept, gen)
+        gen, new_ids = self.task_tokens(task, budget)
         self.before_task()
         lora = self._lora_params()
-        self._trainable, streams, noise_scheduler = train_lora_and_tokens(
+        self.trained, streams, noise_scheduler = train_lora_and_tokens(
             self.bundle, task, budget, lora, new_ids, self.lr, self.embedding_lr, gen, extra_loss=self.regularizer)
         self.after_task(task, budget, streams, noise_scheduler)
         for p in lora:
@@ -70,19 +64,14 @@ class SequentialFinetune(Method):
         with merged_adapters(self.bundle.unet):  # a forward costs the base model's (cifc_bench.diffusion.adapters)
             return generate_requests(self.bundle, requests, settings)
 
-    def trainable_parameters(self) -> int:
-        return self._trainable
-
-    def state_dict(self):
+    def adapter_state(self):
         from peft.utils import get_peft_model_state_dict
 
-        state = {f"unet.{k}": v.detach().clone() for k, v in
-                 get_peft_model_state_dict(self.bundle.unet, adapter_name=ADAPTER).items()}
-        return {**state, **self.tokens.state_dict()}
+        return {f"unet.{k}": v.detach().clone() for k, v in
+                get_peft_model_state_dict(self.bundle.unet, adapter_name=ADAPTER).items()}
 
-    def load_state_dict(self, state, tasks_done) -> None:
+    def load_adapter_state(self, state, tasks_done) -> None:
         from peft.utils import set_peft_model_state_dict
 
-        self.tokens.load_state_dict(state, tasks_done)
         lora = {k.removeprefix("unet."): v for k, v in state.items() if k.startswith("unet.")}
         set_peft_model_state_dict(self.bundle.unet, lora, adapter_name=ADAPTER)

@@ -10,8 +10,6 @@ Hyper-parameters as ``finetune``'s.
 
 from __future__ import annotations
 
-import torch
-
 from cifc_bench.api import Task
 from cifc_bench.diffusion.training import train_lora_and_tokens
 
@@ -29,14 +27,12 @@ class Replay(SequentialFinetune):
         self.seen: list = []  # every concept learned so far: their images are replayed
 
     def learn_task(self, task, budget) -> None:
-        gen = torch.Generator().manual_seed(budget.seed)
-        for concept in task.concepts:
-            self.tokens.add(concept, gen)
+        gen, _ = self.task_tokens(task, budget)
         self.seen += list(task.concepts)
         joint = Task(index=task.index, concepts=tuple(self.seen))
         ids = [i for c in self.seen for i in self.tokens.ids[c.name]]
         lora = self._lora_params()
-        self._trainable, _, _ = train_lora_and_tokens(self.bundle, joint, budget, lora, ids, self.lr,
+        self.trained, _, _ = train_lora_and_tokens(self.bundle, joint, budget, lora, ids, self.lr,
                                                       self.embedding_lr, gen)
         for p in lora:
             p.requires_grad_(False)
