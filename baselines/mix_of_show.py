@@ -32,15 +32,15 @@ sums and the layer-wise tokens ("per-task-features"); no data replay.
 from __future__ import annotations
 
 import torch
-from cifc_bench.methods.cidm.layerwise import (
+
+from cifc_bench.diffusion.adapter_method import AdapterMethod
+from cifc_bench.diffusion.layerwise import (
     bind_layerwise,
     cross_attention_layers,
     encode_layerwise,
     generate_unboxed,
     install_processors,
 )
-
-from cifc_bench.diffusion.adapter_method import AdapterMethod
 from cifc_bench.diffusion.tokens import PlaceholderTokens
 from cifc_bench.diffusion.training import lora_config, train_lora_and_tokens
 

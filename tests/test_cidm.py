@@ -6,14 +6,15 @@ import pytest
 import torch
 from cifc_bench.methods.cidm.consolidation import SharedSubspace, enhance, orthogonality
 from cifc_bench.methods.cidm.ewa import ewa_weights
-from cifc_bench.methods.cidm.layerwise import (
+from cifc_bench.methods.cidm.method import combine_region_noise
+
+from cifc_bench.diffusion.layerwise import (
     LayerwiseAttnProcessor,
     TaskLoRALinear,
     bind_layerwise,
     box_mask,
     layer_token,
 )
-from cifc_bench.methods.cidm.method import combine_region_noise
 
 
 def test_r1_on_constructed_matrices():
@@ -255,7 +256,7 @@ def test_kv_cache_computes_each_contexts_keys_once_and_changes_no_image(monkeypa
         assert np.array_equal(a, b)
 
     # a second context of the same shape gets its own K/V, never the cached one
-    from cifc_bench.methods.cidm.layerwise import cross_attention_layers
+    from cifc_bench.diffusion.layerwise import cross_attention_layers
 
     attn = cross_attention_layers(method.bundle.unet)[0][1]
     proc = method.processors[0]
@@ -277,8 +278,9 @@ def test_kv_cache_computes_each_contexts_keys_once_and_changes_no_image(monkeypa
 @pytest.mark.parametrize("only_cross", [False, True])
 def test_layerwise_context_reaches_attn1_when_it_reads_the_prompt(only_cross):
     """An attn1 that reads the prompt (only_cross_attention) must get its layer's 3-D slice, not the 4-D whole."""
-    from cifc_bench.methods.cidm.layerwise import install
     from diffusers import UNet2DConditionModel
+
+    from cifc_bench.diffusion.layerwise import install
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from cifc_bench.api import Method
 from cifc_bench.core.progress import progress
+from cifc_bench.diffusion.layerwise import box_mask, encode_layerwise, generate_unboxed, install
 from cifc_bench.diffusion.tokens import PlaceholderTokens, layer_token
 from cifc_bench.diffusion.training import (
     ConceptBatches,
@@ -48,7 +49,6 @@ from cifc_bench.diffusion.training import (
 
 from .consolidation import SharedSubspace, enhance, orthogonality
 from .ewa import ewa_weights, uniform_weights
-from .layerwise import box_mask, encode_layerwise, generate_unboxed, install
 
 VARIANTS = ("paper", "release")
 

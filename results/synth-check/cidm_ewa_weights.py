@@ -18,8 +18,7 @@ import torch
 
 
 def own_task_weights(run_dir: Path) -> dict:
-    from cifc_bench.methods.cidm.layerwise import encode_layerwise
-
+    from cifc_bench.diffusion.layerwise import encode_layerwise
     from cifc_bench.run.generate import restore
 
     ctx, done = restore(run_dir)

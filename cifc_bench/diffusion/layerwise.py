@@ -213,13 +213,12 @@ class LayerwiseAttnProcessor:
 
 
 def box_mask(box, height: int, width: int, device=None) -> torch.Tensor:
-    """A ``[height, width]`` 0/1 mask of a normalised (y0, x0, y1, x1) box, at least one cell large."""
-    y0, x0, y1, x1 = box
-    r0, r1 = int(math.floor(y0 * height)), max(int(math.ceil(y1 * height)), int(math.floor(y0 * height)) + 1)
-    c0, c1 = int(math.floor(x0 * width)), max(int(math.ceil(x1 * width)), int(math.floor(x0 * width)) + 1)
-    mask = torch.zeros(height, width, device=device)
-    mask[r0:r1, c0:c1] = 1.0
-    return mask
+    """A ``[height, width]`` 0/1 mask of a normalised (y0, x0, y1, x1) box or :class:`~cifc_bench.api.Box`,
+    rounded as every box of the suite is (:meth:`~cifc_bench.api.Box.pixels`)."""
+    from cifc_bench.api import Box
+    from cifc_bench.diffusion.sampling import box_mask as box_mask_4d
+
+    return box_mask_4d(box if isinstance(box, Box) else Box(*box), height, width, device)[0, 0]
 
 
 class TaskLoRALinear(nn.Module):
