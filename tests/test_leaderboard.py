@@ -433,3 +433,28 @@ def test_a_reference_is_shown_apart_and_never_ranked(results_dir, tmp_path, tiny
     ref = f"replay {REFERENCE_MARK}"
     assert ref in table.index and "★" not in table.loc[ref, "final"] and "≈" not in table.loc[ref, "final"]
     assert table.loc["high", "final"].endswith("★")
+
+
+def test_every_method_is_placed_between_base_and_the_replay_reference(results_dir, tmp_path):
+    """With ``base`` and ``replay`` both run, each metric table reads every method's final as a fraction of the
+    way from base (0) to replay (1); without replay there is no such column."""
+    from cifc_bench.reporting.leaderboard import BETWEEN, metric_table
+    from cifc_bench.reporting.runs import REFERENCE_MARK, find_runs
+
+    real = json.loads(next(results_dir.rglob("real/result.json")).read_text())
+    root = tmp_path / "between"
+    for seed, (method, final, reference) in enumerate((("base", 0.2, False), ("replay", 0.8, True),
+                                                        ("mid", 0.5, False), ("worse", 0.1, False))):
+        r = copy.deepcopy(real)
+        r["run_info"].update(method=method, seed=seed, reference=reference)
+        r["run_info"]["config"] = {**r["run_info"]["config"], "method": method, "seed": seed}
+        r["run_info"]["git"]["dirty"] = False
+        r["summary"]["ia"]["final"] = final
+        (root / method).mkdir(parents=True)
+        (root / method / "result.json").write_text(json.dumps(r))
+    runs, _ = find_runs(root, real["run_info"]["protocol"]["name"])
+    table = metric_table("ia", runs, real["concepts"], None).set_index("method")
+    assert table.loc["mid", BETWEEN] == "0.50" and table.loc["worse", BETWEEN] == "-0.17"
+    assert table.loc["base", BETWEEN] == "0.00" and table.loc[f"replay {REFERENCE_MARK}", BETWEEN] == "1.00"
+    without = metric_table("ia", [r for r in runs if r.data["run_info"]["method"] != "replay"], real["concepts"], None)
+    assert BETWEEN not in without.columns

@@ -27,6 +27,7 @@ from cifc_bench.reporting.intervals import (
     neglect_interval_table,
 )
 from cifc_bench.reporting.runs import (
+    REFERENCE_MARK,
     SUMMARY_COLUMNS,
     RunRecord,
     find_runs,
@@ -58,6 +59,9 @@ def metric_table(metric: str, runs: list[RunRecord], concepts: list[str], refere
         finals = [f for f in finals if f is not None]
         sort_keys.append(sum(finals) / len(finals) if finals else -math.inf)
         rows.append(row)
+    between = base_to_reference(dict(zip((r["method"] for r in rows), sort_keys, strict=True)))
+    for row in rows if between else ():
+        row[BETWEEN] = between.get(row["method"], "–")
     sign = -1 if DIRECTIONS["final"] == "higher" else 1
     rows = [row for _, row in sorted(zip(sort_keys, rows, strict=True), key=lambda kv: sign * kv[0])]
     for label, values in (reference or {}).items():
@@ -65,8 +69,22 @@ def metric_table(metric: str, runs: list[RunRecord], concepts: list[str], refere
         row.update({name: f"{v:.1f}" for name, v in zip(concepts, values[: len(concepts)], strict=False)})
         row["final"] = f"{values[len(concepts)]:.1f}" if len(values) > len(concepts) else "–"
         rows.append(row)
-    columns = ["method", "seeds", "storage", *concepts, *SUMMARY_COLUMNS]
+    columns = ["method", "seeds", "storage", *concepts, *SUMMARY_COLUMNS, *([BETWEEN] if between else [])]
     return pd.DataFrame(rows, columns=columns, dtype=object).fillna("–")
+
+
+BETWEEN = "base→replay"  # each method's final as a fraction of the way from base (0) to the replay reference (1)
+
+
+def base_to_reference(finals: dict[str, float]) -> dict[str, str]:
+    """Each method's mean final score placed between ``base`` (0) and the ``replay`` reference (1), as
+    continual-learning suites read a method between the lower and the upper bound; empty unless both ran and
+    differ."""
+    low = finals.get("base")
+    high = next((v for label, v in finals.items() if label.startswith("replay") and REFERENCE_MARK in label), None)
+    if low is None or high is None or not math.isfinite(low) or not math.isfinite(high) or abs(high - low) < 1e-9:
+        return {}
+    return {label: f"{(v - low) / (high - low):.2f}" for label, v in finals.items() if math.isfinite(v)}
 
 
 TRACK = "track:"  # prefix of a track's table in leaderboard_tables
