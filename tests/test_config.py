@@ -98,3 +98,26 @@ def test_protocol_defaults_are_checked_where_they_are_written(tmp_path):
         with pytest.raises(ProtocolError, match=message) as info:
             load_protocol(str(bad_path))
         assert str(bad_path) in str(info.value)  # the file is named
+
+
+def test_eval_batch_size_auto_is_the_cuda_default_and_is_fixed_when_the_run_starts(tmp_path):
+    """``--eval-batch-size auto`` picks the largest batch whose guided step fits, halved for what methods add;
+    it is the default on CUDA unless the protocol gives a batch, and the number chosen is what the run records
+    (so a resumed run keeps its batches). Off CUDA it is the fallback batch."""
+    from cifc_bench.run.loop import run_benchmark
+    from cifc_bench.run.setup import fitting_batch_size
+    from cifc_bench.testing import make_tiny_protocol, tiny_run_config
+
+    assert RunSpec(device="cuda").resolved({}).eval_batch_size == "auto"
+    assert RunSpec(device="cuda").resolved({"eval_batch_size": 40}).eval_batch_size == 40
+    assert RunSpec(device="cpu").resolved({}).eval_batch_size == FALLBACKS["eval_batch_size"]
+    assert fitting_batch_size(None, RunSpec(), fits=lambda n: n <= 20) == 8  # 16 fits, halved
+    with pytest.raises(ConfigError, match="not even one image"):
+        fitting_batch_size(None, RunSpec(), fits=lambda n: False)
+    with pytest.raises(ConfigError, match=r"--eval-batch-size 'big'.* or 'auto'"):
+        RunSpec(eval_batch_size="big")
+    assert _cli("--eval-batch-size", "auto", "--protocol", "p.yaml").eval_batch_size == "auto"
+    config = dataclasses.replace(tiny_run_config(make_tiny_protocol(tmp_path / "p", n_concepts=2), method="base"),
+                                 eval_batch_size="auto")
+    result = run_benchmark(config, tmp_path / "run")
+    assert result["run_info"]["config"]["eval_batch_size"] == FALLBACKS["eval_batch_size"]  # a CPU: the fallback

@@ -36,6 +36,11 @@ def track_names(text: str) -> tuple[str, ...]:
     return () if names == ("none",) else names
 
 
+def batch_size(text: str) -> int | str:
+    """``--eval-batch-size``: a whole number, or ``auto``."""
+    return text if text == "auto" else int(text)
+
+
 def add_setting_flags(r: argparse.ArgumentParser) -> None:
     """The run settings every run of a command shares (``run``, ``sweep``): one flag per setting."""
     from cifc_bench.core.config import DTYPES
@@ -59,7 +64,9 @@ def add_setting_flags(r: argparse.ArgumentParser) -> None:
     r.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale")
     r.add_argument("--negative-prompt", help="the unconditional prompt of guidance (default: the protocol's)")
     r.add_argument("--eval-schedule", choices=("each-task", "final"), help="evaluate after each task (default) or once")
-    r.add_argument("--eval-batch-size", type=int, help="images generated per batch")
+    r.add_argument("--eval-batch-size", type=batch_size, metavar="N|auto",
+                   help="images generated per batch; auto: the largest the device fits, chosen at the start "
+                        "(the default on CUDA unless the protocol gives one)")
     r.add_argument("--log-to", type=track_names, metavar="LOGGER[,LOGGER]",
                    help="experiment loggers: training losses and each evaluation's summaries (tensorboard; "
                         "cifc-bench ls loggers)")

@@ -39,6 +39,7 @@ RUN_ONLY = ("method", "protocol", "data_dir", "eval_schedule", "seed", "device",
             "compile")
 _WHOLE = ("steps", "batch_size", "prompts_per_concept", "images_per_prompt", "resolution", "num_inference_steps",
           "eval_batch_size", "multi_images_per_prompt", "calibration_images")
+AUTO = "auto"  # eval_batch_size: the largest batch the device fits, chosen when the run starts (the CUDA default)
 
 
 class ConfigError(ValueError):
@@ -65,7 +66,7 @@ class RunSpec:
     guidance_scale: float | None = None
     negative_prompt: str | None = None
     eval_schedule: str = "each-task"
-    eval_batch_size: int | None = None  # images generated per batch
+    eval_batch_size: int | str | None = None  # images generated per batch; "auto": the largest the device fits
     seed: int = 0
     device: str = "cpu"
     dtype: str | None = None  # frozen weights in fp32, bf16 or fp16 under autocast (None: bf16 on CUDA, else fp32)
@@ -104,6 +105,8 @@ class RunSpec:
         for key, fallback in FALLBACKS.items():
             if getattr(self, key) is None:
                 updates[key] = defaults.get(key, fallback)
+        if self.eval_batch_size is None and "eval_batch_size" not in defaults and str(self.device).startswith("cuda"):
+            updates["eval_batch_size"] = AUTO  # on a GPU the largest batch that fits, unless the protocol fixes one
         for key in ("model", "scorer"):
             if getattr(self, key) is None:
                 updates[key] = defaults.get(key)
@@ -188,8 +191,11 @@ def check_values(values: Mapping[str, Any], where: str = "") -> list[str]:
 
     for key in _WHOLE:
         v = values.get(key)
+        if key == "eval_batch_size" and v == AUTO:
+            continue
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < (0 if key == "steps" else 1)):
-            problems.append(f"{name(key)} {v!r}: give a whole number {'>= 0' if key == 'steps' else '>= 1'}")
+            problems.append(f"{name(key)} {v!r}: give a whole number {'>= 0' if key == 'steps' else '>= 1'}"
+                            + (f" or {AUTO!r}" if key == "eval_batch_size" else ""))
     v = values.get("eval_workers")
     if v is not None and (isinstance(v, bool) or v not in (0, 1)):
         problems.append(f"{name('eval_workers')} {v!r}: give 0 (evaluate in the run's process) or 1 (a second "

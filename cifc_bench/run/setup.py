@@ -9,7 +9,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from cifc_bench.core.config import ConfigError, RunSpec
+from cifc_bench.core.config import AUTO, FALLBACKS, ConfigError, RunSpec
 from cifc_bench.core.distributed import SINGLE, Ranks
 from cifc_bench.core.seeding import derive_seed
 from cifc_bench.evaluation.context import DINO_METRIC, METRICS, RunContext
@@ -70,6 +70,10 @@ def load_context(config: RunSpec, run_dir: Path, calibration: dict[str, Any] | N
     ctx = RunContext(config=config, sequence=sequence, method=None, scorer=scorer, run_dir=Path(run_dir),
                      metrics=metrics, dino=dino, calibration=calibration, model_fingerprint=fingerprint,
                      budgets=budgets, metric_fns=metric_fns, presence_fns=presence_fns, ranks=ranks)
+    if config.eval_batch_size == AUTO:  # fixed now, and recorded: a resumed run keeps the same batches
+        with ctx.precision():
+            config = dataclasses.replace(config, eval_batch_size=fitting_batch_size(bundle, config))
+        ctx = dataclasses.replace(ctx, config=config)
     if calibration is None and sequence.multi_concept_prompts:
         from cifc_bench.core.data import cache_dir
         from cifc_bench.evaluation.neglect import calibrate_thresholds
@@ -80,6 +84,49 @@ def load_context(config: RunSpec, run_dir: Path, calibration: dict[str, Any] | N
                                                ranks=ranks)
     method = build_method(method_cls, bundle, config) if with_method else None
     return dataclasses.replace(ctx, method=method, calibration=calibration)
+
+
+#: batch sizes ``--eval-batch-size auto`` tries, largest first
+AUTO_CANDIDATES = (64, 48, 32, 24, 16, 12, 8, 6, 4, 3, 2, 1)
+
+
+def fitting_batch_size(bundle, config: RunSpec, fits=None) -> int:
+    """``--eval-batch-size auto``: the largest batch whose guided sampling step fits the device's memory, halved
+    for what methods add (CCS's U + 2 evaluations per step with two boxes, per-sample merged weights). Off CUDA
+    there is nothing to measure: the fallback batch (8). ``fits(n)`` tells whether n images fit (default: one
+    guided step of the base model at the run's resolution, out of memory or not)."""
+    import torch
+
+    if fits is None:
+        if torch.device(config.device).type != "cuda":
+            return int(FALLBACKS["eval_batch_size"])
+        fits = _one_step_fits(bundle, config)
+    for n in AUTO_CANDIDATES:
+        if fits(n):
+            return max(1, n // 2)
+    raise ConfigError(f"--eval-batch-size auto: not even one image of {config.resolution} px fits on {config.device}; "
+                      "free the device's memory, or lower --resolution")
+
+
+def _one_step_fits(bundle, config: RunSpec):
+    import dataclasses as dc
+
+    import torch
+
+    from cifc_bench.diffusion.sampling import generate_batched
+
+    def fits(n: int) -> bool:
+        settings = dc.replace(config.generation(), num_inference_steps=1, batch_size=n)
+        try:
+            with torch.no_grad():  # at the run's precision: the caller enters it
+                generate_batched(bundle, ["a photo"] * n, list(range(n)), settings)
+            return True
+        except torch.cuda.OutOfMemoryError:
+            return False
+        finally:
+            torch.cuda.empty_cache()
+
+    return fits
 
 
 def fresh_bundle(config: RunSpec):
