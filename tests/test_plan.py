@@ -1,5 +1,6 @@
 """``run --dry-run``: the counted work equals what a run does, and the warm-up gives an estimate."""
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -176,3 +177,37 @@ def test_the_eta_after_task_1_comes_within_25_percent_of_a_measured_default_run(
     assert abs(printed / actual - 1) <= 0.25
     linear = first["train_seconds"] * len(plan.train_steps)
     assert abs(linear / actual - 1) > 0.25  # the check can fail: the old estimate does
+
+
+def test_dry_run_estimates_from_this_devices_bench_figures(tmp_path, monkeypatch, capsys, tiny_protocol):
+    """With a ``cifc-bench bench`` JSON of this device in results/gpu-check, ``--dry-run`` estimates the run from
+    its figures, without a warm-up: the method's training step scaled to the run's batch, CIDM's two-box images
+    at U + 2 = 4 UNet passes a step against the shared sampler's 2, images scaled to the run's sampler steps."""
+    import json
+
+    from cifc_bench.cli.run import device_name
+    from cifc_bench.core.config import RunSpec
+    from cifc_bench.core.registry import load_method
+    from cifc_bench.run.plan import latest_bench, warmup_from_bench
+    from cifc_bench.testing import tiny_run_flags
+
+    bench = {"device": {"kind": "cpu", "name": device_name("cpu")},
+             "settings": {"resolution": 32, "steps": 4, "train_batch": 1, "train_steps": 3},
+             "precisions": {"fp32": {"concept_image_s": 0.5, "ccs_image_s": 1.0}},
+             "training": {"cidm": {"step_s": 0.2, "per_task_s": 1.0}}}
+    folder = tmp_path / "results" / "gpu-check"
+    folder.mkdir(parents=True)
+    (folder / "2026-12-07-this-cpu-bench.json").write_text(json.dumps(bench))
+    (folder / "2026-12-08-this-cpu-bench-smoke.json").write_text(json.dumps(bench))  # a smoke run is no figure
+    monkeypatch.chdir(tmp_path)
+    found = latest_bench(device_name("cpu"))
+    assert found is not None and found[0].name == "2026-12-07-this-cpu-bench.json"
+    assert latest_bench("another device") is None
+    config = resolve_run(RunSpec(method="cidm", protocol=str(tiny_protocol), resolution=32, num_inference_steps=2,
+                                 batch_size=2, steps=2, model="tiny-random", scorer="tiny-random"))[0]
+    warm = warmup_from_bench(bench, config, load_method("cidm"))
+    assert warm.concept_image == pytest.approx(0.25) and warm.multi_image == pytest.approx(0.5)  # 2 of 4 steps
+    assert warm.step == pytest.approx(0.4) and warm.per_task == pytest.approx(0.6)  # batch 2 against 1
+    assert warmup_from_bench(bench, dataclasses.replace(config, resolution=64), load_method("cidm")) is None
+    assert main(["run", *tiny_run_flags(tiny_protocol, method="cidm"), "--dry-run", "--warmup-steps", "0"]) == 0
+    assert "from results/gpu-check/2026-12-07-this-cpu-bench.json" in capsys.readouterr().out

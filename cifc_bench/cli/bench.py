@@ -47,9 +47,11 @@ class BenchSettings:
     precisions: tuple[str, ...] = PRECISIONS
     methods: tuple[str, ...] | None = None  # None: every registered method
     train_steps: int = 3  # timed after one warm-up step
+    train_batch: int = 2  # the real tier's training batch (cifc10)
 
 
-SMOKE = BenchSettings(model="tiny-random", resolution=32, steps=2, batch=2, precisions=("fp32", "bf16"), train_steps=1)
+SMOKE = BenchSettings(model="tiny-random", resolution=32, steps=2, batch=2, precisions=("fp32", "bf16"), train_steps=1,
+                      train_batch=1)
 
 
 def _sync(device) -> None:
@@ -206,7 +208,7 @@ def time_training(settings: BenchSettings, device: str, methods, echo=print) -> 
                 for steps in (1, 1 + settings.train_steps):
                     torch.manual_seed(0)
                     method = cls(_bundle(settings, device, dtype), **QUICK_ARGS.get(name, {}))
-                    budget = TrainBudget(steps=steps, batch_size=1, resolution=settings.resolution, seed=0)
+                    budget = TrainBudget(steps=steps, batch_size=settings.train_batch, resolution=settings.resolution, seed=0)
                     with autocast(device, dtype):
                         seconds.append(_timed(lambda m=method, b=budget: m.learn_task(task, b), device)[0])
             except Exception as err:  # a method that cannot train here is reported, not fatal to the bench

@@ -57,6 +57,12 @@ def dry_run(config, warmup_steps: int) -> int:
     for s, p in plans.items():
         which = "this run" if s == config.eval_schedule else f"with --eval-schedule {s}"
         print(f"eval schedule {s} ({which}):" + "".join(f"\n  {line}" for line in plan.describe(p)))
+    bench = plan.latest_bench(device_name(config.device))
+    warm = plan.warmup_from_bench(bench[1], config, method_cls) if bench else None
+    if warm is not None:
+        for s, p in plans.items():
+            print(f"  estimated wall time ({s}), from {bench[0]}: "
+                  f"{plan.format_duration(plan.estimate_seconds(p, warm))} (this device's cifc-bench bench figures)")
     if warmup_steps == 0:
         return 0
     print(f"warm-up: {warmup_steps + 2} training steps and 3 image batches of task 1 on {config.device} ...", flush=True)
@@ -70,6 +76,17 @@ def dry_run(config, warmup_steps: int) -> int:
         print(f"  estimated wall time ({s}): {plan.format_duration(plan.estimate_seconds(p, warm))} "
               "(an estimate: work that grows with the number of stored tasks is timed at task 1)")
     return 0
+
+
+def device_name(device: str) -> str:
+    """The name ``cifc-bench bench`` records for ``device`` (a GPU's model; on a CPU, its processor)."""
+    import platform
+
+    import torch
+
+    if torch.device(device).type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_properties(device).name
+    return platform.processor() or platform.machine()
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

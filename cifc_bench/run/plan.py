@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from cifc_bench.api import TaskSequence
 from cifc_bench.core.config import RunSpec
@@ -216,6 +217,42 @@ def _timed(fn) -> float:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return time.perf_counter() - started
+
+
+def warmup_from_bench(bench: dict, config: RunSpec, method_cls) -> Warmup | None:
+    """The rates of ``cifc-bench bench``'s figures (one device's JSON) for ``config``, instead of a warm-up: the
+    concept image of the run's precision (compiled or not), scaled to its sampler steps; a multi-concept image at
+    the method's UNet passes for two boxes against the shared sampler's; the method's training step, scaled to
+    the run's batch. None when the bench does not fit the run (another resolution, precision or method)."""
+    from cifc_bench.api import Box, GenerationRequest
+
+    settings = bench.get("settings") or {}
+    figures = (bench.get("precisions") or {}).get(f"{config.dtype}{'-compiled' if config.compile else ''}")
+    training = (bench.get("training") or {}).get(config.method) or {}
+    if settings.get("resolution") != config.resolution or not figures or "step_s" not in training:
+        return None
+    guided = (config.guidance_scale or 0) > 1
+    scale = config.num_inference_steps / max(int(settings.get("steps") or 1), 1)
+    concept = figures["concept_image_s"] * scale
+    boxed = GenerationRequest(prompt="", seed=0, boxes=(Box(0.0, 0.0, 1.0, 0.5), Box(0.0, 0.5, 1.0, 1.0)))
+    passes = method_cls.unet_passes_per_step(boxed, guided, 1, config.method_args) / (2 if guided else 1)
+    step = training["step_s"] * config.batch_size / max(int(settings.get("train_batch") or 1), 1)
+    return Warmup(step=step, per_task=max(training.get("per_task_s", 0.0) - step, 0.0), concept_image=concept,
+                  multi_image=concept * passes, base_image=concept, steps_measured=int(settings.get("train_steps") or 0))
+
+
+def latest_bench(device_name: str, folder: Path = Path("results") / "gpu-check") -> tuple[Path, dict] | None:
+    """The newest ``cifc-bench bench`` JSON (not a smoke run's) measured on a device of this name, if any."""
+    import json
+
+    for path in sorted(folder.glob("*-bench.json"), reverse=True):
+        try:
+            bench = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if (bench.get("device") or {}).get("name") == device_name:
+            return path, bench
+    return None
 
 
 def estimate_seconds(plan: WorkPlan, warm: Warmup) -> float:
