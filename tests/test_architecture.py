@@ -302,3 +302,22 @@ def test_autocast_is_entered_in_one_place():
                 where.add(str(path.relative_to(ROOT)))
         assert where <= homes[name], f"{name} is called in {sorted(where - homes[name])}: go through RunContext"
         assert where, f"the pattern of {name} matches nothing: the check is stale"
+
+
+def _unlisted_packages(listed: set[str]) -> list[str]:
+    """Package folders (an ``__init__.py``) that ``pyproject.toml``'s explicit package list leaves out of the wheel."""
+    found = []
+    for folder, package in PACKAGES.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            parts = init.parent.relative_to(ROOT / folder).parts
+            found.append(".".join([package, *parts]))
+    return sorted(set(found) - listed)
+
+
+def test_every_package_folder_is_in_the_wheel():
+    """The wheel lists its packages by name: a new folder left out installs in editable mode (CI) and is missing
+    from a wheel (a user's pip install), as cifc_bench.cli was for one commit."""
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads pyproject.toml with tomllib")
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    assert _unlisted_packages(listed) == []
+    assert "cifc_bench.cli" in _unlisted_packages(listed - {"cifc_bench.cli"})  # the check can fail
