@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import platform
 import tempfile
 import time
 from dataclasses import dataclass
@@ -70,13 +69,16 @@ def _timed(fn, device) -> tuple[float, Any]:
 
 
 def describe_device(device: str) -> dict[str, Any]:
+    """The device as the bench records it; its name is what --dry-run looks a bench up by."""
     import torch
+
+    from cifc_bench.cli.run import device_name
 
     if torch.device(device).type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        return {"kind": "cuda", "name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
+        return {"kind": "cuda", "name": device_name(device), "memory_gib": round(props.total_memory / 2**30, 1),
                 "capability": f"{props.major}.{props.minor}", "torch": torch.__version__, "cuda": torch.version.cuda}
-    return {"kind": "cpu", "name": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+    return {"kind": "cpu", "name": device_name(device), "threads": torch.get_num_threads(),
             "torch": torch.__version__}
 
 

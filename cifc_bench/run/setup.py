@@ -109,14 +109,12 @@ def fitting_batch_size(bundle, config: RunSpec, fits=None) -> int:
 
 
 def _one_step_fits(bundle, config: RunSpec):
-    import dataclasses as dc
-
     import torch
 
     from cifc_bench.diffusion.sampling import generate_batched
 
     def fits(n: int) -> bool:
-        settings = dc.replace(config.generation(), num_inference_steps=1, batch_size=n)
+        settings = dataclasses.replace(config.generation(), num_inference_steps=1, batch_size=n)
         try:
             with torch.no_grad():  # at the run's precision: the caller enters it
                 generate_batched(bundle, ["a photo"] * n, list(range(n)), settings)
