@@ -7,6 +7,8 @@ update: λ Σ_m ‖(Σ_{τ<t} ΔW_τ^m) ⊙ ΔW_t^m‖², which discourages rewr
 already changed. After the task its ΔW_t is merged into the (otherwise frozen) weights and added to the
 accumulated update. Custom tokens are randomly initialised (the paper's setting; ``class_word_init=true``
 uses the protocol's initialisers instead). Storage: one model plus the accumulated update; no replay.
+
+Versions: v2: Kaiming-uniform LoRA A (was peft "gaussian"), the release's style templates.
 """
 
 from __future__ import annotations
@@ -29,13 +31,12 @@ def self_regularization(past: list[torch.Tensor | None], current: list[torch.Ten
 
 class CLoRA(AdapterMethod):
     storage = "single-model"
-    version = 2  # v2: Kaiming-uniform LoRA A (was peft "gaussian"), the release's style templates
+    version = 2  # its history: the module's docstring
 
     def __init__(self, bundle, rank: int = 4, lr: float = 1e-4, embedding_lr: float = 1e-3, reg_lambda: float = 1e6,
                  class_word_init: bool = False) -> None:
         super().__init__(bundle, rank=rank, lr=lr, embedding_lr=embedding_lr, reg_lambda=reg_lambda,
                          class_word_init=class_word_init)
-        self.rank, self.lr, self.embedding_lr = int(rank), float(lr), float(embedding_lr)
         self.reg_lambda, self.class_word_init = float(reg_lambda), bool(class_word_init)
         self.layers = {n: m for n, m in bundle.unet.named_modules() if n.endswith(("attn2.to_k", "attn2.to_v"))}
         self.past: dict[str, torch.Tensor] = {}

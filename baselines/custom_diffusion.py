@@ -23,13 +23,15 @@ Training as the official README's recipe: lr 1e-5 scaled by the batch size (``sc
 
 Storage: ``merge`` keeps, per task, its C (rank × d) and its V per layer; ``sequential`` keeps one model. Neither
 replays data; the regularisation images come from the base model, as in the paper.
+
+Versions: v2: the official merge inputs (unpadded non-BOS rows), --scale_lr and 200 class images.
 """
 
 from __future__ import annotations
 
 import torch
 
-from cifc_bench.diffusion.adapter_method import AdapterMethod
+from cifc_bench.diffusion.adapter_method import AdapterMethod, one_of
 from cifc_bench.diffusion.sampling import encode_prompts, generate_batched, generate_requests, to_pixels
 from cifc_bench.diffusion.training import diffusion_loss, train_lora_and_tokens
 
@@ -71,17 +73,16 @@ def unique_rows(rows: torch.Tensor) -> torch.Tensor:
 
 class CustomDiffusion(AdapterMethod):
     storage = "single-model"
-    version = 2  # v2: the official merge inputs (unpadded non-BOS rows), --scale_lr and 200 class images
+    version = 2  # its history: the module's docstring
 
     def __init__(self, bundle, variant: str = "merge", lr: float = 1e-5, embedding_lr: float = 1e-3,
                  reg_images: int = 200, prior_weight: float = 1.0, scale_lr: bool = True) -> None:
-        super().__init__(bundle, variant=variant, lr=lr, embedding_lr=embedding_lr, reg_images=reg_images,
-                         prior_weight=prior_weight, scale_lr=scale_lr)
-        if variant not in VARIANTS:
-            raise ValueError(f"variant={variant!r} is not one of {list(VARIANTS)}")
+        one_of("variant", variant, VARIANTS)
         if reg_images < 0:
             raise ValueError(f"reg_images={reg_images} must be >= 0 (0 switches prior preservation off)")
-        self.variant, self.lr, self.embedding_lr = variant, float(lr), float(embedding_lr)
+        super().__init__(bundle, variant=variant, lr=lr, embedding_lr=embedding_lr, reg_images=reg_images,
+                         prior_weight=prior_weight, scale_lr=scale_lr)
+        self.variant = variant
         self.storage = "single-model" if variant == "sequential" else "per-task-features"
         self.reg_images, self.prior_weight, self.scale_lr = int(reg_images), float(prior_weight), bool(scale_lr)
         self.layers = {n: m for n, m in bundle.unet.named_modules() if n.endswith(("attn2.to_k", "attn2.to_v"))}

@@ -5,6 +5,9 @@ Adaptation to the concept stream: the per-task LoRAs are trained exactly as in `
 denoising step the classifier-free-guided noise prediction is computed with each task's LoRA alone and the
 predictions are averaged, so a step costs t UNet passes. (CIDM's released "composer" averages identical
 passes, spec §B.3.6; this is the real composite.) Storage: one adapter per task; no replay.
+
+Versions: v2: Kaiming-uniform LoRA A, the release's style templates; v3: its t predictions in one UNet call (a
+batch per LoRA through peft's mixed-adapter forward; float rounding changes the images slightly).
 """
 
 from __future__ import annotations
@@ -16,8 +19,7 @@ from .lora_merge import LoRAMerge
 
 
 class LoRAComposite(LoRAMerge):
-    version = 3  # v2: Kaiming-uniform LoRA A, the release's style templates; v3: its t predictions in one UNet call
-    # (a batch per LoRA through peft's mixed-adapter forward; float rounding changes the images slightly)
+    version = 3  # its history: the module's docstring
     def __init__(self, bundle, rank: int = 4, lr: float = 1e-4, embedding_lr: float = 1e-3) -> None:
         super().__init__(bundle, rank=rank, lr=lr, embedding_lr=embedding_lr)
 

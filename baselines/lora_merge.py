@@ -5,34 +5,33 @@ cross-attention q/k/v/out, like CIDM) from the base weights, plus the concept's 
 earlier tasks changes, so training itself cannot forget. Generation merges all adapters learned so far in
 weight space, ΔW = Σ_i w_i ΔW_i (peft/diffusers ``set_adapters`` with weights), uniform w_i = 1/t by default
 or ``weights=sum`` for w_i = 1. Storage: one adapter per task (``per-task-adapters``); no replay.
+
+Versions: v2: Kaiming-uniform LoRA A (was peft "gaussian"), the release's style templates; v3: samples from the
+merged weights (float rounding changes the images slightly).
 """
 
 from __future__ import annotations
 
-from cifc_bench.diffusion.adapter_method import AdapterMethod
+from cifc_bench.diffusion.adapter_method import AdapterMethod, one_of
 from cifc_bench.diffusion.adapters import merged_adapters
 from cifc_bench.diffusion.sampling import generate_requests
-from cifc_bench.diffusion.training import lora_config, train_lora_and_tokens
-
-CROSS_ATTN = r".*attn2\.(to_q|to_k|to_v|to_out\.0)"
+from cifc_bench.diffusion.training import CROSS_ATTENTION, lora_config, train_lora_and_tokens
 
 
 class LoRAMerge(AdapterMethod):
     storage = "per-task-adapters"
-    version = 3  # v2: Kaiming-uniform LoRA A (was peft "gaussian"), the release's style templates; v3: samples from
-    # the merged weights (float rounding changes the images slightly)
+    version = 3  # its history: the module's docstring
 
     def __init__(self, bundle, rank: int = 4, lr: float = 1e-4, embedding_lr: float = 1e-3,
                  weights: str = "uniform") -> None:
+        one_of("weights", weights, {"uniform": "1/t each", "sum": "1 each"})
         super().__init__(bundle, rank=rank, lr=lr, embedding_lr=embedding_lr, weights=weights)
-        if weights not in ("uniform", "sum"):
-            raise ValueError(f"weights={weights!r}: use 'uniform' (1/t each) or 'sum' (1 each)")
-        self.rank, self.lr, self.embedding_lr, self.weights = int(rank), float(lr), float(embedding_lr), weights
+        self.weights = weights
         self.adapters: list[str] = []
 
     def _new_adapter(self) -> str:
         name = f"task{len(self.adapters)}"
-        self.bundle.unet.add_adapter(lora_config(self.rank, CROSS_ATTN), adapter_name=name)
+        self.bundle.unet.add_adapter(lora_config(self.rank, CROSS_ATTENTION), adapter_name=name)
         return name
 
     def learn_task(self, task, budget) -> None:

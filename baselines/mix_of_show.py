@@ -27,6 +27,8 @@ Only the two running sums per layer are kept, so the cost of re-fusing does not 
 Generation uses the fused model; a multi-concept request with boxes uses regionally controllable sampling:
 queries inside a box attend to that concept's own (layer-wise) region prompt. Storage: the running fusion
 sums and the layer-wise tokens ("per-task-features"); no data replay.
+
+Versions: v2: fusion toward W₀, the official fusion inputs, text-encoder lr lr/10, Kaiming-uniform LoRA A.
 """
 
 from __future__ import annotations
@@ -65,14 +67,14 @@ def fuse(weighted_grams: torch.Tensor, grams: torch.Tensor, base: torch.Tensor, 
 
 class MixOfShow(AdapterMethod):
     storage = "per-task-features"
-    version = 2  # v2: fusion toward W₀, the official fusion inputs, text-encoder lr lr/10, Kaiming-uniform LoRA A
+    version = 2  # its history: the module's docstring
 
     def __init__(self, bundle, rank: int = 4, lr: float = 1e-4, embedding_lr: float = 1e-3,
                  text_lr: float | None = None, fusion_steps: int = 20, eps: float = 1e-4) -> None:
         text_lr = float(lr) / 10 if text_lr is None else float(text_lr)
         super().__init__(bundle, rank=rank, lr=lr, embedding_lr=embedding_lr, text_lr=text_lr,
                          fusion_steps=fusion_steps, eps=eps)
-        self.rank, self.lr, self.embedding_lr, self.text_lr = int(rank), float(lr), float(embedding_lr), text_lr
+        self.text_lr = text_lr
         self.fusion_steps, self.eps = int(fusion_steps), float(eps)
         self.processors = install_processors(bundle.unet)
         self.n_layers = len(self.processors)

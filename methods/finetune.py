@@ -6,19 +6,22 @@ every earlier row (old concepts, the base vocabulary) stays frozen. Hyper-parame
 
 - ``rank`` (4), ``lr`` (1e-4 for the LoRA), ``embedding_lr`` (1e-3 for the new token rows)
 - ``targets``: ``cross-attn`` (q/k/v/out of every cross-attention layer, CIDM's placement) or ``all-attn``
+
+Versions: v2: Kaiming-uniform LoRA A (was peft "gaussian"), the release's style templates; v3: samples from the
+merged LoRA (float rounding changes the images slightly); EWC and LwF inherit it.
 """
 
 from __future__ import annotations
 
 import torch
 
-from cifc_bench.diffusion.adapter_method import AdapterMethod
+from cifc_bench.diffusion.adapter_method import AdapterMethod, one_of
 from cifc_bench.diffusion.adapters import merged_adapters
 from cifc_bench.diffusion.sampling import generate_requests
-from cifc_bench.diffusion.training import lora_config, train_lora_and_tokens
+from cifc_bench.diffusion.training import CROSS_ATTENTION, lora_config, train_lora_and_tokens
 
 TARGETS = {
-    "cross-attn": r".*attn2\.(to_q|to_k|to_v|to_out\.0)",
+    "cross-attn": CROSS_ATTENTION,
     "all-attn": r".*attn[12]\.(to_q|to_k|to_v|to_out\.0)",
 }
 ADAPTER = "continual"
@@ -26,15 +29,12 @@ ADAPTER = "continual"
 
 class SequentialFinetune(AdapterMethod):
     storage = "single-model"
-    version = 3  # v2: Kaiming-uniform LoRA A (was peft "gaussian"), the release's style templates; v3: samples from
-    # the merged LoRA (float rounding changes the images slightly); EWC and LwF inherit it
+    version = 3  # its history: the module's docstring
 
     def __init__(self, bundle, rank: int = 4, lr: float = 1e-4, embedding_lr: float = 1e-3,
                  targets: str = "cross-attn") -> None:
+        one_of("targets", targets, TARGETS)
         super().__init__(bundle, rank=rank, lr=lr, embedding_lr=embedding_lr, targets=targets)
-        if targets not in TARGETS:
-            raise ValueError(f"targets={targets!r} is not one of {sorted(TARGETS)}")
-        self.rank, self.lr, self.embedding_lr = int(rank), float(lr), float(embedding_lr)
         self.bundle.unet.add_adapter(lora_config(self.rank, TARGETS[targets]), adapter_name=ADAPTER)
 
     def _lora_params(self):

@@ -24,3 +24,15 @@ def test_check_method_fails_a_method_that_breaks_the_contract(tmp_path):
         check_method(Forgetful, root=tmp_path)
     with pytest.raises(AssertionError, match="not a subclass of cifc_bench.api.Method"):
         check_method(dict)
+
+
+@pytest.mark.parametrize("name,arg,good", [("finetune", "targets", "cross-attn"), ("lora-m", "weights", "uniform"),
+                                           ("cidm", "merge", "prompt"), ("custom-diffusion", "variant", "merge")])
+def test_a_bad_choice_names_the_value_and_every_choice_before_touching_the_model(name, arg, good):
+    class Untouchable:
+        def __getattr__(self, attr):
+            raise AssertionError(f"the model was touched ({attr}) before the arguments were checked")
+
+    with pytest.raises(ValueError) as err:
+        load_method(name)(Untouchable(), **{arg: "no-such-choice"})
+    assert f"{arg}='no-such-choice'" in str(err.value) and repr(good) in str(err.value)

@@ -80,7 +80,7 @@ echo = "echo_plugin:EchoMethod"
 """
 
 PLUGIN_CODE = '''
-"""A third-party method: remembers concepts and prompts the base model with their class words twice."""
+"""A third-party method: counts its tasks and prompts the base model with each prompt twice."""
 from cifc_bench.api import Method
 from cifc_bench.diffusion.sampling import generate_batched
 
@@ -92,12 +92,7 @@ class EchoMethod(Method):
         self.seen = getattr(self, "seen", 0) + 1
 
     def generate(self, requests, settings):
-        prompts = []
-        for r in requests:
-            text = r.prompt
-            for c in r.concepts:
-                text = c.to_class_words(text)
-            prompts.append(text + ", " + text)
+        prompts = [f"{r.prompt}, {r.prompt}" for r in requests]
         return generate_batched(self.bundle, prompts, [r.seed for r in requests], settings)
 '''
 

@@ -35,6 +35,10 @@ STYLE_TEMPLATES = (
 )
 
 
+#: q/k/v/out of every cross-attention layer: CIDM's LoRA placement, which the LoRA baselines share
+CROSS_ATTENTION = r".*attn2\.(to_q|to_k|to_v|to_out\.0)"
+
+
 def lora_config(rank: int, targets: str):
     """The peft LoRA config every LoRA baseline uses: rank ``rank`` at scale 1 (alpha = r) on the modules matching
     ``targets``, with peft's default init, Kaiming-uniform A (a = √5, |A| ≤ 1/√fan_in) and zero B. That is the

@@ -73,9 +73,9 @@ def _pattern(pattern: str, cy: int, cx: int) -> np.ndarray:
     return mask
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Fit:
-    """The silhouette template that best matches an object mask."""
+    """The silhouette template that best matches an object mask (slots: the search builds one per better match)."""
 
     shape: str
     size: str

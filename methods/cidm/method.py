@@ -25,6 +25,9 @@ form would scale everything outside the boxes by α; we treat that as a typo, as
 Release-only training extras (``extras``, on by default for ``variant=release``): noise offset 0.01, the
 valid-region-masked loss with the release's resize-and-paste augmentation, the cross-attention regulariser
 (weight 0.01, first two placeholders) and the embedding-norm freeze (threshold 0.55).
+
+Versions: v2: release attention regulariser (batch mean, skipped without outside), exact R2 step 2, sigmoid on
+region features only, the release's style templates; v3: R2 step 2 solved in float64.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import torch.nn.functional as F
 
 from cifc_bench.api import Method
 from cifc_bench.core.progress import progress
+from cifc_bench.diffusion.adapter_method import one_of
 from cifc_bench.diffusion.layerwise import box_mask, encode_layerwise, generate_unboxed, install
 from cifc_bench.diffusion.tokens import PlaceholderTokens, layer_token
 from cifc_bench.diffusion.training import (
@@ -84,8 +88,7 @@ def paste_augment(image, resolution: int):
 class CIDM(Method):
     storage = "per-task-adapters"
 
-    version = 3  # v2: release attention regulariser (batch mean, skipped without outside), exact R2 step 2,
-    # sigmoid on region features only, the release's style templates; v3: R2 step 2 solved in float64
+    version = 3  # its history: the module's docstring
 
     # Table 3 (IA %, SD-1.5, mean over the 10 concepts of the final model): turning a switch off. The paper has
     # no "CIDM w/o EWA"; its EWA effect is the baseline without against with EWA (74.6 vs 77.3).
@@ -107,17 +110,15 @@ class CIDM(Method):
                  sigmoid_attention: bool = False, extras: bool | None = None, noise_offset: float = 0.01,
                  attn_reg_weight: float = 0.01, emb_norm_threshold: float = 0.55, merge: str = "prompt",
                  ccs: bool = True) -> None:
-        if variant not in VARIANTS:
-            raise ValueError(f"variant={variant!r}: use one of {VARIANTS}")
+        one_of("variant", variant, VARIANTS)
         extras = (variant == "release") if extras is None else bool(extras)
         gamma2 = (1.0 if variant == "paper" else 0.1) if gamma2 is None else float(gamma2)
         super().__init__(bundle, variant=variant, rank=rank, lr=lr, embedding_lr=embedding_lr,
                          gamma1=gamma1, gamma2=gamma2, tsp=tsp, tsh=tsh, ewa=ewa, alpha=alpha, ccs_alpha=ccs_alpha,
                          sigmoid_attention=sigmoid_attention, extras=extras, noise_offset=noise_offset,
                          attn_reg_weight=attn_reg_weight, emb_norm_threshold=emb_norm_threshold, merge=merge, ccs=ccs)
-        if merge not in ("prompt", "call"):
-            raise ValueError(f"merge={merge!r}: use 'prompt' (merged once per prompt) or 'call' (the release's "
-                             "per-call mixture of task branches, slower)")
+        one_of("merge", merge, {"prompt": "merged once per prompt",
+                                "call": "the release's per-call mixture of task branches, slower"})
         self.merge = merge
         self.variant, self.rank = variant, int(rank)
         self.lr, self.embedding_lr = float(lr), float(embedding_lr)

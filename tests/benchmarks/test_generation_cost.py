@@ -70,19 +70,13 @@ def test_base_model_generation(benchmark):
 
 
 @pytest.mark.benchmark(group="generation-10-tasks")
-def test_cidm_merged_per_prompt(benchmark):
-    method = _cidm("prompt")
+@pytest.mark.parametrize("merge,name", [("prompt", "cidm-merged"), ("call", "per-call-mixture")],
+                         ids=["merged_per_prompt", "naive_per_call_mixture_of_10_branches"])
+def test_cidm(benchmark, merge, name):
+    method = _cidm(merge)
     images = _timed(benchmark, method.generate, REQUESTS, SETTINGS)
     assert len(images) == 8
-    _record(benchmark, "cidm-merged")
-
-
-@pytest.mark.benchmark(group="generation-10-tasks")
-def test_naive_per_call_mixture_of_10_branches(benchmark):
-    method = _cidm("call")
-    images = _timed(benchmark, method.generate, REQUESTS, SETTINGS)
-    assert len(images) == 8
-    _record(benchmark, "per-call-mixture")
+    _record(benchmark, name)
 
 
 @pytest.mark.benchmark(group="generation-10-tasks")
