@@ -14,7 +14,7 @@ SAMPLE = {
     "num_inference_steps": 3, "guidance_scale": 2.5, "negative_prompt": "neg", "eval_schedule": "final",
     "eval_batch_size": 3, "seed": 3, "device": "meta", "dino": "none", "multi_images_per_prompt": 3,
     "calibration_images": 3, "dtype": "fp16", "method_args": {"rank": 8}, "tracks": ("editing", "style_transfer"),
-    "eval_workers": 1, "log_to": ("tensorboard",), "compile": True,
+    "eval_workers": 1, "log_to": ("tensorboard",), "compile": True, "task_order": "random:3",
 }
 
 

@@ -81,6 +81,9 @@ def add_setting_flags(r: argparse.ArgumentParser) -> None:
     r.add_argument("--tracks", type=track_names, metavar="TRACK[,TRACK]|none",
                    help="the protocol's image-conditioned tracks to evaluate, e.g. style_transfer,editing "
                         "(default: all it defines), evaluated whenever the schedule evaluates")
+    r.add_argument("--task-order", metavar="protocol|reversed|random:SEED",
+                   help="the order the concepts are learned in (default: the protocol's); each concept keeps its "
+                        "prompts, image seeds and budget, so runs in two orders pair concept by concept")
     r.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     r.add_argument("--compile", action="store_true", default=None,
                    help="compile the UNet and the VAE decoder with torch.compile (channels_last on CUDA); images "
@@ -115,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="SEED")
     sw.add_argument("--grid", nargs="*", default=[], metavar="[METHOD.]KEY=V1,V2",
                     help="method arguments to sweep: every combination, for every method or for the one named")
+    sw.add_argument("--orders", nargs="+", metavar="ORDER",
+                    help="task orders to cross with the seeds: protocol, reversed, random:SEED (default: --task-order)")
     add_setting_flags(sw)
     sw.add_argument("--out", type=Path, default=Path("runs"),
                     help="root of the run directories, <out>/<protocol>/<method>/<args>s<seed> (default: runs)")

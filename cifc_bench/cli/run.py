@@ -44,12 +44,12 @@ def dry_run(config, warmup_steps: int) -> int:
 
     from cifc_bench.core.config import EVAL_SCHEDULES
     from cifc_bench.run import plan
-    from cifc_bench.run.setup import load_context, resolve_run
+    from cifc_bench.run.setup import load_context, resolve_run, run_sequence
 
     if warmup_steps < 0:
         raise CLIError(f"--warmup-steps {warmup_steps}: give a whole number >= 0 (0: counts only)")
     config, spec, method_cls, budgets = resolve_run(config)
-    sequence = spec.bind(Path(config.data_dir or "."), check=False)  # counts need the protocol, not its data
+    sequence = run_sequence(spec, config, Path(config.data_dir or "."), check=False)  # counts need the protocol, not its data
     schedules = (config.eval_schedule, *(s for s in EVAL_SCHEDULES if s != config.eval_schedule))
     plans = {s: plan.work_plan(config, sequence, budgets, s, method_cls) for s in schedules}
     print(f"dry run: {config.method} on {spec.name} (schedule {config.schedule}), model {config.model}, "
@@ -114,12 +114,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     given["protocol"] = protocol_or_default(given.get("protocol"))
 
     classes = {method: load_method(method) for method in args.methods}  # a typo should fail before anything starts
-    one_seed = [m for m, cls in classes.items() if getattr(cls, "seed_invariant", False) and len(args.seeds) > 1]
+    one_seed = [m for m, cls in classes.items()
+                if getattr(cls, "seed_invariant", False) and len(args.seeds) * len(args.orders or [0]) > 1]
     for method in one_seed:
         print(f"sweep: {method!r} cannot depend on the seed (it learns nothing): one run, seed {args.seeds[0]}, "
               f"serves every seed", flush=True)
     grid = sweep.parse_grid(args.grid, args.methods)
-    jobs = sweep.expand(args.methods, args.seeds, grid, args.out, given["protocol"], fixed, given, one_seed)
+    jobs = sweep.expand(args.methods, args.seeds, grid, args.out, given["protocol"], fixed, given, one_seed,
+                        args.orders)
     states = {j.run_dir: j.status() for j in jobs}
     todo = [j for j in jobs if states[j.run_dir] in ("missing", "partial")]
     counts = {s: sum(v == s for v in states.values()) for s in ("completed", "failed", "partial", "missing")}

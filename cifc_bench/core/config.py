@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cifc_bench.core.task_order import order_problem
+
 EVAL_SCHEDULES = ("each-task", "final")
 DTYPES = ("fp32", "bf16", "fp16")  # the frozen weights' precision; trainable parameters stay fp32
 SHARED = "shared"  # the training schedule that gives every task ``steps`` steps at the method's own rates
@@ -36,7 +38,7 @@ FALLBACKS: dict[str, Any] = {
 PROTOCOL_ONLY = ("metrics", "presence", "method_args", "schedule")
 #: Settings that only the run gives: they say what to run, not how.
 RUN_ONLY = ("method", "protocol", "data_dir", "eval_schedule", "seed", "device", "dtype", "tracks", "log_to",
-            "compile")
+            "compile", "task_order")
 _WHOLE = ("steps", "batch_size", "prompts_per_concept", "images_per_prompt", "resolution", "num_inference_steps",
           "eval_batch_size", "multi_images_per_prompt", "calibration_images")
 AUTO = "auto"  # eval_batch_size: the largest batch the device fits, chosen when the run starts (the CUDA default)
@@ -84,6 +86,8 @@ class RunSpec:
     #: compile the UNet and the VAE decoder (``torch.compile``, in place: names and states unchanged; channels_last
     #: on CUDA); images equal eager's within float tolerance, not bit for bit, so it is part of the run's identity
     compile: bool = False
+    #: the order the run learns the protocol's concepts in: protocol, reversed or random:SEED (core/task_order)
+    task_order: str = "protocol"
 
     def __post_init__(self) -> None:
         problems = check_values(dataclasses.asdict(self))
@@ -225,6 +229,9 @@ def check_values(values: Mapping[str, Any], where: str = "") -> list[str]:
     v = values.get("compile")
     if v is not None and not isinstance(v, bool):
         problems.append(f"{name('compile')} {v!r}: give true or false")
+    v = values.get("task_order")
+    if v is not None and (problem := order_problem(v)):
+        problems.append(f"{name('task_order')} {problem}")
     v = values.get("method_args")
     if v is not None and not isinstance(v, Mapping):
         problems.append(f"{name('method_args')} {v!r}: give a mapping of argument names to values")

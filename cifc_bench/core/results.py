@@ -102,6 +102,8 @@ def run_identity(result: dict[str, Any]) -> str:
         del config["dtype"]
     if not config.get("compile", True):  # likewise eager, as every run before --compile
         del config["compile"]
+    if config.get("task_order") == "protocol":  # and the protocol's order, as every run before --task-order
+        del config["task_order"]
     scorer = info.get("scorer_fingerprint")  # rescoring updates it: a rescored run is scored like a new one
     key = {
         "protocol": [info["protocol"]["name"], str(info["protocol"].get("version"))],

@@ -24,11 +24,13 @@ INTERVALS = ":intervals"  # suffix of a metric's interval table in leaderboard_t
 
 def unit_table(run: RunRecord, metric: str, summary: str, images: bool = False):
     """One run's values behind a summary, the units the intervals resample: ``final`` the last row,
-    ``learning`` the diagonal, ``forgetting`` diagonal − last row over all but the last concept. Units are
+    ``learning`` the diagonal, ``forgetting`` diagonal − last row (none for the concept learned last). Units are
     concepts, or with ``images`` every (concept, prompt, image seed) of those concepts (``result.json``'s
-    ``per_image``). NaN marks a unit the metric cannot score; None: the run did not measure the summary (a
-    final-only run has no diagonal). Concepts a metric does not score at all (no final value: a track's
-    non-targets, ``context_acc`` on styles) are left out, as in the summaries."""
+    ``per_image``), in the protocol's concept order whatever order the run learned in, so that runs of two task
+    orders pair concept by concept. NaN marks a unit the run cannot score, which :func:`paired_units` leaves out
+    for every run; None: the run did not measure the summary (a final-only run has no diagonal). Concepts a metric
+    does not score at all (no final value: a track's non-targets, ``context_acc`` on styles) are NaN throughout,
+    so they are left out, as in the summaries."""
     import numpy as np
 
     R = np.array([[np.nan if v is None else v for v in row] for row in run_matrix(run, metric)], dtype=float)
@@ -37,9 +39,13 @@ def unit_table(run: RunRecord, metric: str, summary: str, images: bool = False):
     kept = np.flatnonzero(~np.isnan(last)) if not np.isnan(last).all() else np.arange(T)
     if summary != "final" and np.isnan(diag[kept]).any() and not images:
         return None
+    in_protocol_order = np.argsort(run.protocol_positions)  # the run's concept index at each protocol position
     if not images:
-        values = {"final": last[kept], "learning": diag[kept], "forgetting": (diag - last)[kept[kept < T - 1]]}[summary]
-        return None if values.size == 0 else values
+        values = {"final": last, "learning": diag, "forgetting": diag - last}[summary].copy()
+        values[np.setdiff1d(np.arange(T), kept)] = np.nan
+        if summary == "forgetting":
+            values[T - 1] = np.nan
+        return None if np.isnan(values).all() else values[in_protocol_order]
     cells = per_image_cells(run, metric) or {}
 
     def row(j, i):
@@ -47,13 +53,17 @@ def unit_table(run: RunRecord, metric: str, summary: str, images: bool = False):
         return None if v is None else np.array([np.nan if x is None else x for x in v], dtype=float)
 
     parts = []
-    for i in (kept if summary != "forgetting" else kept[kept < T - 1]):
-        a = row(i, i) if summary != "final" else row(T - 1, i)
-        b = row(T - 1, i) if summary == "forgetting" else None
-        if a is None or (summary == "forgetting" and b is None):
+    for i in in_protocol_order:
+        final = row(T - 1, i)
+        if i not in kept or (summary == "forgetting" and i == T - 1):
+            parts.append(None if final is None else np.full(len(final), np.nan))
+            continue
+        a = row(i, i) if summary != "final" else final
+        if a is None or (summary == "forgetting" and final is None):
             return None
-        parts.append(a - b if b is not None else a)
-    return np.concatenate(parts) if parts else None
+        parts.append(a - final if summary == "forgetting" else a)
+    parts = [p for p in parts if p is not None]
+    return np.concatenate(parts) if parts and not all(np.isnan(p).all() for p in parts) else None
 
 
 def has_image_units(runs, metric: str) -> bool:

@@ -26,6 +26,7 @@ from cifc_bench.reporting.intervals import (
     interval_table,
     neglect_interval_table,
 )
+from cifc_bench.reporting.orders import ORDERS, order_table
 from cifc_bench.reporting.runs import (
     REFERENCE_MARK,
     SUMMARY_COLUMNS,
@@ -50,8 +51,8 @@ def metric_table(metric: str, runs: list[RunRecord], concepts: list[str], refere
     rows, sort_keys = [], []
     for label, group in by_label.items():
         row: dict[str, Any] = {"method": label, "seeds": len(group), "storage": group[0].data["run_info"].get("storage")}
-        for i, name in enumerate(concepts):
-            row[name] = format_values([scaled_value(r.data["matrices"][metric][-1][i]) for r in group])
+        for name in concepts:  # by name: a run in another task order holds its columns in that order
+            row[name] = format_values([scaled_value(r.final_score(metric, name)) for r in group])
         summaries = [run_summary(r, metric) for r in group]
         for key in SUMMARY_COLUMNS:
             row[key] = format_values([scaled_value(s.get(key)) for s in summaries])
@@ -222,6 +223,9 @@ def leaderboard_tables(protocol: str, results_dir: Path, include_failed: bool = 
             effects = effects_table(m, runs)
             if len(effects):
                 tables[EFFECTS + m] = effects
+            orders = order_table(m, runs)
+            if orders is not None:
+                tables[ORDERS + m] = orders
     for track in dict.fromkeys(t for r in runs for t in (r.data.get("tracks") or {})):
         tables[TRACK + track] = track_table(track, runs)
     if cost and runs:
@@ -243,6 +247,11 @@ def table_title(metric: str) -> str:
         return ("NEGLECT on the final model: mean [95 % interval] (x100, lower is better; units: the final "
                 "multi-concept images where every run has them, else the prompts; ★ lowest, ≈ not distinguishable "
                 "from it)")
+    if metric.startswith(ORDERS):
+        return (f"{metric.removeprefix(ORDERS).upper()} BY TASK ORDER: the final score in each order the method was "
+                "run in (x100, mean over seeds and units), its spread over orders (largest - smallest) beside its "
+                "spread over seeds (pooled std), and each order against the protocol's, paired by concept: the "
+                "largest difference with its 95 % interval, and the orders whose difference excludes 0")
     if metric.startswith(EFFECTS):
         return (f"{metric.removeprefix(EFFECTS).upper()}: the change one argument makes, changed − reference, mean "
                 "[95 % interval] (x100; paired by unit, and by seed where both have runs at the same seeds, 'N paired'; "

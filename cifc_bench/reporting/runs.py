@@ -12,6 +12,7 @@ from typing import Any
 
 from cifc_bench.core.config import SHARED
 from cifc_bench.core.results import RESULT_FILE, SCHEMA_VERSION
+from cifc_bench.core.task_order import PROTOCOL, permutation
 
 REFERENCE_MARK = "[reference, not ranked]"  # a method that breaks the rules on purpose (replay)
 
@@ -37,8 +38,25 @@ class RunRecord:
         label = info["method"] + (f" ({', '.join(f'{k}={v}' for k, v in sorted(args.items()))})" if args else "")
         schedule = info.get("config", {}).get("schedule") or SHARED
         label = label if schedule == SHARED else f"{label} [schedule {schedule}]"
+        order = self.task_order
+        label = label if order == PROTOCOL else f"{label} [order {order}]"
         label = f"{label} {REFERENCE_MARK}" if info.get("reference") else label
         return f"{label} {self.note}" if self.note else label
+
+    @property
+    def task_order(self) -> str:
+        return self.data["run_info"].get("config", {}).get("task_order") or PROTOCOL  # runs before --task-order
+
+    @property
+    def protocol_positions(self) -> tuple[int, ...]:
+        """Where each of the run's concepts, in the order it learned them, stands in its protocol."""
+        return permutation(self.task_order, len(self.data["concepts"]))
+
+    def final_score(self, metric: str, name: str) -> float | None:
+        """The final model's score of concept ``name`` (found by name: the matrices' columns are in the order the
+        run learned); None when the run has no such concept."""
+        concepts = self.data["concepts"]
+        return self.data["matrices"][metric][-1][concepts.index(name)] if name in concepts else None
 
     @property
     def method_version(self) -> int:

@@ -148,7 +148,7 @@ def restore(run_dir: Path, after_task: int | None = None, device: str | None = N
     from cifc_bench.core.results import read_result
     from cifc_bench.evaluation.context import RunContext
     from cifc_bench.run.rundir import state_path
-    from cifc_bench.run.setup import build_method, fresh_bundle, resolve_run
+    from cifc_bench.run.setup import build_method, fresh_bundle, resolve_run, run_sequence
 
     result = read_result(run_dir)
     done = len(result["tasks"])
@@ -167,7 +167,7 @@ def restore(run_dir: Path, after_task: int | None = None, device: str | None = N
                             f"{', '.join(map(str, kept)) or 'none'} only ({state} is missing; committed reference runs "
                             "keep just the final state). Pick a kept task, or re-run the method to have them all")
     config, spec, method_cls, _ = resolve_run(config)
-    sequence = spec.bind(spec.data_root(config.data_dir))
+    sequence = run_sequence(spec, config)
     method = build_method(method_cls, fresh_bundle(config)[0], config)  # no scorer: nothing is scored here
     method.load_state_dict(load_state(state), sequence.tasks[:j])
     return RunContext(config=config, sequence=sequence, method=method, scorer=None, run_dir=run_dir), j

@@ -12,6 +12,7 @@ from typing import Any
 from cifc_bench.core.config import AUTO, FALLBACKS, ConfigError, RunSpec
 from cifc_bench.core.distributed import SINGLE, Ranks
 from cifc_bench.core.seeding import derive_seed
+from cifc_bench.core.task_order import in_order, reordered
 from cifc_bench.evaluation.context import DINO_METRIC, METRICS, RunContext
 
 
@@ -31,8 +32,14 @@ def resolve_run(config: RunSpec):
     if unknown:
         raise ConfigError(f"--tracks {','.join(config.tracks)}: protocol {spec.name!r} has no track {unknown[0]!r}; it "
                           f"defines {list(spec.track_names) or 'none'} (--tracks none evaluates no track)")
-    budgets = tuple(spec.task_budgets(config.schedule, config.steps))
+    budgets = in_order(spec.task_budgets(config.schedule, config.steps), config.task_order)  # a budget stays with its concept
     return config, spec, method_cls, budgets
+
+
+def run_sequence(spec, config: RunSpec, root: Path | None = None, check: bool = True):
+    """The protocol's task stream over its data (``root``, else the run's data folder), in the run's task order."""
+    return reordered(spec.bind(spec.data_root(config.data_dir) if root is None else root, check=check),
+                     config.task_order)
 
 
 def load_context(config: RunSpec, run_dir: Path, calibration: dict[str, Any] | None = None,
@@ -48,7 +55,7 @@ def load_context(config: RunSpec, run_dir: Path, calibration: dict[str, Any] | N
 
     config, spec, method_cls, budgets = resolve_run(config)
     config = dataclasses.replace(config, device=ranks.device(config.device))
-    sequence = spec.bind(spec.data_root(config.data_dir))
+    sequence = run_sequence(spec, config)
     if config.prompts_per_concept > min(len(c.eval_prompts) for c in sequence.concepts):
         raise ConfigError(
             f"--prompts-per-concept {config.prompts_per_concept} exceeds the smallest prompt set of "

@@ -93,13 +93,22 @@ def parse_grid(items: Sequence[str], methods: Sequence[str]) -> dict[str, dict[s
 
 def expand(methods: Sequence[str], seeds: Sequence[int], grid: Mapping[str, Mapping[str, list]], out: Path,
            protocol: str, fixed_args: Mapping[str, Any] | None = None,
-           settings: Mapping[str, Any] | None = None, one_seed: Sequence[str] = ()) -> list[SweepJob]:
-    """Every (method, argument combination, seed), in that order, with its run directory; the methods in
-    ``one_seed`` (seed-invariant ones, such as ``base``) for the first seed only."""
+           settings: Mapping[str, Any] | None = None, one_seed: Sequence[str] = (),
+           orders: Sequence[str] | None = None) -> list[SweepJob]:
+    """Every (method, argument combination, task order, seed), in that order, with its run directory; the
+    methods in ``one_seed`` (seed-invariant ones, such as ``base``) for the first seed and order only. ``orders``
+    None: the settings' task order alone. A run in another order than the protocol's gets ``order=<order>_`` in
+    its folder name, so the protocol order's folders stay where they were."""
+    from cifc_bench.core.task_order import PROTOCOL, order_problem
+
     if not methods:
         raise SweepError("a sweep needs at least one method (--methods finetune cidm ...)")
     if not seeds:
         raise SweepError("a sweep needs at least one seed (--seeds 0 1 2)")
+    orders = list(orders or [(settings or {}).get("task_order") or PROTOCOL])
+    for order in orders:
+        if problem := order_problem(order):
+            raise SweepError(f"--orders {problem}")
     jobs = []
     for method in methods:
         axes = dict(grid.get(method, {}))
@@ -107,10 +116,13 @@ def expand(methods: Sequence[str], seeds: Sequence[int], grid: Mapping[str, Mapp
         for values in itertools.product(*(axes[k] for k in keys)) if keys else [()]:
             swept = dict(zip(keys, values, strict=True))
             slug = "".join(f"{k}={_text(v)}_" for k, v in swept.items()).replace("/", "-")
-            for seed in seeds[:1] if method in one_seed else seeds:
-                run_dir = Path(out) / Path(protocol).stem / method.replace(":", "_") / f"{slug}s{seed}"
-                jobs.append(SweepJob(method=method, seed=int(seed), method_args={**(fixed_args or {}), **swept},
-                                     run_dir=run_dir, settings=dict(settings or {})))
+            for order in orders[:1] if method in one_seed else orders:
+                prefix = "" if order == PROTOCOL else f"order={order.replace(':', '-')}_"
+                for seed in seeds[:1] if method in one_seed else seeds:
+                    run_dir = Path(out) / Path(protocol).stem / method.replace(":", "_") / f"{slug}{prefix}s{seed}"
+                    job_settings = {**(settings or {}), **({"task_order": order} if order != PROTOCOL else {})}
+                    jobs.append(SweepJob(method=method, seed=int(seed), method_args={**(fixed_args or {}), **swept},
+                                         run_dir=run_dir, settings=job_settings))
     return jobs
 
 
