@@ -300,8 +300,9 @@ class ConceptImages:
 
     Features are L2-normalised rows (numpy arrays): ``features`` of the images and ``reference_features`` of the
     concept's training images under the run's scorer, ``text_features`` of ``prompts`` (the evaluation prompts
-    as the scorer reads them: placeholders replaced by the class word), and the DINO features when the run
-    measures ``ia_dino`` (else None).
+    as the scorer reads them: placeholders replaced by the class word), the DINO features when the run
+    measures ``ia_dino`` (else None), and under ``encoded`` / ``encoded_references`` the features of each
+    ``--image-encoders`` encoder, by the metric it gives (``ia_dinov2``: ...).
     """
 
     concept: Concept
@@ -312,6 +313,8 @@ class ConceptImages:
     text_features: Any
     dino_features: Any = None
     dino_reference_features: Any = None
+    encoded: Mapping[str, Any] = field(default_factory=dict)  # metric -> the images' features under its encoder
+    encoded_references: Mapping[str, Any] = field(default_factory=dict)  # metric -> the training images' features
 
     #: the fields with a row per image: :meth:`image` slices them
     PER_IMAGE: ClassVar[tuple[str, ...]] = ("images", "prompts", "features", "text_features", "dino_features")
@@ -320,7 +323,8 @@ class ConceptImages:
         """The sample of image ``k`` alone, for per-image scores (the leaderboard's interval units)."""
         rows = slice(k, k + 1)
         return dataclasses.replace(self, **{name: getattr(self, name)[rows] for name in self.PER_IMAGE
-                                            if getattr(self, name) is not None})
+                                            if getattr(self, name) is not None},
+                                   encoded={m: f[rows] for m, f in self.encoded.items()})
 
 
 @dataclass(frozen=True)

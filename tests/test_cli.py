@@ -13,12 +13,13 @@ def test_cifc10_smoke_run_writes_full_matrices(cifc10_dir, tmp_path):
            "--model", "tiny-random", "--scorer", "tiny-random", "--data-dir", str(cifc10_dir), "--steps", "2",
            "--prompts-per-concept", "2", "--images-per-prompt", "1", "--resolution", "32",
            "--num-inference-steps", "4", "--dino", "tiny-random", "--calibration-images", "4",
+           "--image-encoders", "dinov2-tiny-random,dreamsim-tiny-random",
            "--multi-images-per-prompt", "2", "--tracks", "style_transfer,editing", "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "result.json").read_text())
     assert result["status"] == "completed" and result["run_info"]["protocol"]["name"] == "cifc10"
-    for metric in ("ia", "ta", "ia_dino"):
+    for metric in ("ia", "ta", "ia_dino", "ia_dinov2", "ia_dreamsim"):
         R = result["matrices"][metric]
         assert len(R) == 10
         assert all((R[j][i] is None) == (i > j) for j in range(10) for i in range(10))

@@ -73,6 +73,8 @@ class RunSpec:
     device: str = "cpu"
     dtype: str | None = None  # frozen weights in fp32, bf16 or fp16 under autocast (None: bf16 on CUDA, else fp32)
     dino: str | None = None  # DINO model for ia_dino ("none": skip the metric)
+    #: more image encoders, each giving its own ia_* metric (dinov2-vits14 -> ia_dinov2, dreamsim -> ia_dreamsim)
+    image_encoders: tuple[str, ...] | None = None
     multi_images_per_prompt: int | None = None  # images per multi-concept prompt, for the neglect rate
     calibration_images: int | None = None  # base-model class-word images per concept for presence thresholds
     #: the protocol's tracks to evaluate (style transfer, editing), whenever the schedule evaluates; None: all
@@ -93,7 +95,7 @@ class RunSpec:
         problems = check_values(dataclasses.asdict(self))
         if problems:
             raise ConfigError(problems[0])
-        for key in ("tracks", "log_to"):  # a list from a result file or a YAML file: one type, so settings compare
+        for key in ("tracks", "log_to", "image_encoders"):  # a list from a result file or a YAML file: one type
             if getattr(self, key) is not None:
                 object.__setattr__(self, key, tuple(getattr(self, key)))
 
@@ -111,7 +113,7 @@ class RunSpec:
                 updates[key] = defaults.get(key, fallback)
         if self.eval_batch_size is None and "eval_batch_size" not in defaults and str(self.device).startswith("cuda"):
             updates["eval_batch_size"] = AUTO  # on a GPU the largest batch that fits, unless the protocol fixes one
-        for key in ("model", "scorer"):
+        for key in ("model", "scorer", "image_encoders"):
             if getattr(self, key) is None:
                 updates[key] = defaults.get(key)
         if self.dtype is None:
@@ -226,6 +228,10 @@ def check_values(values: Mapping[str, Any], where: str = "") -> list[str]:
     v = values.get("log_to")
     if v is not None and (isinstance(v, str) or not all(isinstance(t, str) for t in v)):
         problems.append(f"{name('log_to')} {v!r}: give a list of logger names (cifc-bench ls loggers)")
+    v = values.get("image_encoders")
+    if v is not None and (isinstance(v, str) or not all(isinstance(t, str) for t in v)):
+        problems.append(f"{name('image_encoders')} {v!r}: give a list of image encoder names (cifc-bench ls "
+                        "image_encoders), e.g. dinov2-vits14,dreamsim")
     v = values.get("compile")
     if v is not None and not isinstance(v, bool):
         problems.append(f"{name('compile')} {v!r}: give true or false")

@@ -86,7 +86,7 @@ def now() -> str:
 
 
 #: What makes two runs the same experiment (settings that do not change the numbers are not in it).
-_NOT_IDENTITY = ("device", "data_dir", "tracks", "eval_workers", "log_to")  # tracks add numbers and change none; where the
+_NOT_IDENTITY = ("device", "data_dir", "tracks", "eval_workers", "log_to", "image_encoders")  # tracks add numbers and change none; where the
 # images are generated changes none
 
 

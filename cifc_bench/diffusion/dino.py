@@ -12,6 +12,7 @@ through the same ``pretrained=`` path, for tests and smoke runs; its numbers mea
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,12 @@ class DinoLoadError(RuntimeError):
     """DINO weights could not be loaded; the message says what to do."""
 
 
+@dataclass
 class DinoEncoder(ImageEncoder):
-    """A frozen timm ViT whose forward returns the CLS feature (``num_classes=0``)."""
+    """A frozen timm ViT whose forward returns the CLS feature (``num_classes=0``); ``metric`` names the image
+    alignment it gives (``ia_dino``; ``ia_dinov2`` for DINOv2, ...)."""
+
+    metric: str = "ia_dino"
 
     def image_forward(self, batch):
         return self.model(batch)
@@ -76,11 +81,12 @@ def dino_vits16(device: str = "cpu") -> DinoEncoder:
 
 def tiny_random(device: str = "cpu") -> DinoEncoder:
     """A toy timm ViT with random weights, for smoke runs (entry point ``tiny-random``)."""
-    overlay = {**_TINY_ARGS, "pretrained_cfg_overlay": {"file": str(_tiny_weights())}}
+    overlay = {**_TINY_ARGS, "pretrained_cfg_overlay": {"file": str(tiny_weights())}}
     return timm_encoder(TINY_RANDOM, _TINY_ARCH, overlay, _TINY_ARGS["img_size"], device)
 
 
-def timm_encoder(spec: str, arch: str, extra: dict[str, Any], crop: int, device: str = "cpu") -> DinoEncoder:
+def timm_encoder(spec: str, arch: str, extra: dict[str, Any], crop: int, device: str = "cpu",
+                 metric: str = "ia_dino") -> DinoEncoder:
     """A timm ViT returning its CLS feature, frozen, with DINO's preprocessing at ``crop`` pixels."""
     import timm
 
@@ -89,24 +95,32 @@ def timm_encoder(spec: str, arch: str, extra: dict[str, Any], crop: int, device:
         model = timm.create_model(arch, pretrained=True, **kwargs)
     except (RuntimeError, OSError, ValueError) as err:
         raise DinoLoadError(
-            f"DINO model {spec!r} ({arch}) could not be loaded: {err}. Its weights come from the Hugging Face hub "
+            f"image encoder {spec!r} ({arch}) could not be loaded: {err}. Its weights come from the Hugging Face hub "
             "on first use; run once with network access so they are cached, give a local file as "
-            "'timm:MODEL:/path/to/weights', or pass --dino none (or tiny-random for a smoke run)."
+            "'timm:MODEL:/path/to/weights', or leave it out (--dino none; --image-encoders without it; the "
+            "tiny-random encoders for a smoke run)."
         ) from err
     model.eval().requires_grad_(False).to(device)
-    return DinoEncoder(name=spec, model=model, preprocess=dino_transform(crop), device=device)
+    return DinoEncoder(name=spec, model=model, preprocess=dino_transform(crop), device=device, metric=metric)
 
 
-def _tiny_weights(seed: int = 0) -> Path:
-    """Create (once) and return the tiny random DINO's weights file."""
+def tiny_weights(seed: int = 0, arch: str = _TINY_ARCH, args: dict[str, Any] | None = None) -> Path:
+    """Create (once) and return the weights file of a tiny random timm ViT (DINO's by default)."""
+    import hashlib
+    import json
+
     import timm
     import torch
 
-    path = cache_dir() / "dino" / f"tiny-random-vit-seed{seed}.pth"
+    if args is None or (arch, args) == (_TINY_ARCH, _TINY_ARGS):
+        args, tag = _TINY_ARGS, "vit"  # DINO's own toy: the file name it always had
+    else:
+        tag = f"{arch}-{hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:8]}"
+    path = cache_dir() / "dino" / f"tiny-random-{tag}-seed{seed}.pth"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(seed)
-        model = timm.create_model(_TINY_ARCH, pretrained=False, num_classes=0, **_TINY_ARGS)
+        model = timm.create_model(arch, pretrained=False, num_classes=0, **args)
         tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
         torch.save(model.state_dict(), tmp)
         os.replace(tmp, path)

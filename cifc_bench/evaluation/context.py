@@ -29,6 +29,7 @@ class RunContext:
     run_dir: Path
     metrics: tuple[str, ...] = METRICS
     dino: Any = None  # the DINO encoder behind ia_dino, when the run asks for it
+    encoders: dict[str, Any] = dataclasses.field(default_factory=dict)  # metric -> its image encoder (--image-encoders)
     calibration: dict[str, Any] | None = None  # presence thresholds of the neglect rate (None: no multi prompts)
     model_fingerprint: str = ""  # of the base model's weights, taken before the method could change them
     metric_fns: dict[str, Any] = dataclasses.field(default_factory=dict)  # name -> (ConceptImages) -> float

@@ -60,9 +60,14 @@ def evaluate_concept(ctx: RunContext, j: int, concept: Concept, references: dict
         if key not in references:
             references[key] = ctx.dino.encode_images([load_rgb(p) for p in list_images(concept.image_dir)])
         dino = {"dino_features": ctx.dino.encode_images(generated), "dino_reference_features": references[key]}
+    for metric, encoder in ctx.encoders.items():
+        if f"{metric}:{concept.name}" not in references:
+            references[f"{metric}:{concept.name}"] = encoder.encode_images([load_rgb(p) for p in list_images(concept.image_dir)])
     sample = ConceptImages(concept=concept, images=tuple(generated), prompts=tuple(class_prompts),
                            features=ctx.scorer.encode_images(generated), reference_features=references[concept.name],
-                           text_features=ctx.scorer.encode_texts(class_prompts), **dino)
+                           text_features=ctx.scorer.encode_texts(class_prompts), **dino,
+                           encoded={m: e.encode_images(generated) for m, e in ctx.encoders.items()},
+                           encoded_references={m: references[f"{m}:{concept.name}"] for m in ctx.encoders})
     scores = {name: float(ctx.metric_fns[name](sample)) for name in ctx.metrics}
     if per_image is not None:
         per_image.update(image_scores(ctx, sample))

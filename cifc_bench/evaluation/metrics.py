@@ -60,7 +60,24 @@ def ia_dino(sample) -> float:
     return image_alignment(sample.dino_features, sample.dino_reference_features)
 
 
-ia.bounds = ia_dino.bounds = (-1.0, 1.0)  # cosines: the values a score can take, for intervals
+def _encoded_alignment(sample, metric: str, encoder: str) -> float:
+    if metric not in sample.encoded:
+        raise ValueError(f"{metric} needs {encoder} features: run with --image-encoders {encoder}")
+    return image_alignment(sample.encoded[metric], sample.encoded_references[metric])
+
+
+def ia_dinov2(sample) -> float:
+    """IA under DINOv2 ViT-S/14 CLS features (entry point ``ia_dinov2``; ``--image-encoders dinov2-vits14``)."""
+    return _encoded_alignment(sample, "ia_dinov2", "dinov2-vits14")
+
+
+def ia_dreamsim(sample) -> float:
+    """IA under DreamSim's ensemble embedding (entry point ``ia_dreamsim``; ``--image-encoders dreamsim``):
+    1 − the mean DreamSim distance between the images and the concept's training images."""
+    return _encoded_alignment(sample, "ia_dreamsim", "dreamsim")
+
+
+ia.bounds = ia_dino.bounds = ia_dinov2.bounds = ia_dreamsim.bounds = (-1.0, 1.0)  # cosines, for intervals
 ta.bounds = (0.0, TA_SCALE)  # CLIPScore: TA_SCALE * max(cos, 0)
 
 

@@ -71,12 +71,14 @@ def load_context(config: RunSpec, run_dir: Path, calibration: dict[str, Any] | N
     metrics = tuple(spec.defaults.get("metrics", METRICS))
     if dino is not None:
         metrics = (*metrics, DINO_METRIC)
+    encoders = image_encoders(config.image_encoders or (), config.device, taken=metrics)
+    metrics = (*metrics, *encoders)
     track_metrics = [m for t in sequence.tracks if t.name in config.tracks for m in t.metrics]
     metric_fns = load_metrics(dict.fromkeys([*metrics, *track_metrics]), spec.path)
     presence_fns = load_metrics(spec.defaults.get("presence", ()), spec.path, key="presence")
     ctx = RunContext(config=config, sequence=sequence, method=None, scorer=scorer, run_dir=Path(run_dir),
-                     metrics=metrics, dino=dino, calibration=calibration, model_fingerprint=fingerprint,
-                     budgets=budgets, metric_fns=metric_fns, presence_fns=presence_fns, ranks=ranks)
+                     metrics=metrics, dino=dino, encoders=encoders, calibration=calibration,
+                     model_fingerprint=fingerprint, budgets=budgets, metric_fns=metric_fns, presence_fns=presence_fns, ranks=ranks)
     if config.eval_batch_size == AUTO:  # fixed now, and recorded: a resumed run keeps the same batches
         with ctx.precision():
             config = dataclasses.replace(config, eval_batch_size=fitting_batch_size(bundle, config))
@@ -91,6 +93,22 @@ def load_context(config: RunSpec, run_dir: Path, calibration: dict[str, Any] | N
                                                ranks=ranks)
     method = build_method(method_cls, bundle, config) if with_method else None
     return dataclasses.replace(ctx, method=method, calibration=calibration)
+
+
+def image_encoders(names, device: str, taken=()) -> dict[str, Any]:
+    """{metric: encoder} of ``--image-encoders``; two encoders (or an encoder and a protocol metric) that would
+    write one metric are an error naming both."""
+    from cifc_bench.diffusion.dino import load_dino
+
+    out: dict[str, Any] = {}
+    for name in names:
+        encoder = load_dino(name, device)
+        metric = getattr(encoder, "metric", f"ia_{name.replace('-', '_')}")
+        if metric in out or metric in taken:
+            raise ConfigError(f"--image-encoders {','.join(names)}: {name!r} gives {metric}, which the run already "
+                              "measures (another encoder, --dino or the protocol's metrics); keep one of them")
+        out[metric] = encoder
+    return out
 
 
 #: batch sizes ``--eval-batch-size auto`` tries, largest first
