@@ -240,6 +240,10 @@ class TaskSequence:
     source: Path | None = None
     reference_results: Mapping[str, Any] = field(default_factory=dict)
     tracks: tuple[Track, ...] = ()
+    #: retention of the base model: generic prompts (no learned token), images per prompt, metrics beside drift
+    retention_prompts: tuple[str, ...] = ()
+    retention_images: int = 0
+    retention_metrics: tuple[str, ...] = ()
 
     def track(self, name: str) -> Track:
         for t in self.tracks:

@@ -25,9 +25,10 @@ TINY_PROMPTS = {
 
 
 def make_tiny_protocol(root: Path, n_concepts: int = 3, n_images: int = 4, size: int = 48, seed: int = 0,
-                       name: str = "tiny", tracks: bool = False) -> Path:
+                       name: str = "tiny", tracks: bool = False, retention: bool = False) -> Path:
     """Write ``root/<name>.yaml`` and its data (coloured noise images with captions); return the YAML path.
-    ``tracks`` adds a style-transfer and an editing track (two inputs per concept) with the built-in metrics."""
+    ``tracks`` adds a style-transfer and an editing track (two inputs per concept) with the built-in metrics,
+    ``retention`` three generic prompts (two images each) scored by drift and ``ta``."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -69,6 +70,9 @@ def make_tiny_protocol(root: Path, n_concepts: int = 3, n_images: int = 4, size:
                         "inputs_per_concept": 2,
                         "metrics": ["box_ia", "outside_exact", "outside_psnr", "outside_ssim"]},
         }
+    if retention:
+        spec["retention"] = {"prompts": ["a toy on a table", "a painting of a house", "a red car"],
+                             "images_per_prompt": 2, "metrics": ["ta"]}
     path = Path(root) / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path

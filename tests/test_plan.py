@@ -38,14 +38,16 @@ def test_dry_run_on_cifc10_counts_both_schedules_without_data_or_model(capsys):
     out = capsys.readouterr().out
     assert "training: 8,075 steps over 10 tasks" in out
     assert "55,000 concept images" in out and "10,000 concept images" in out
-    assert "5,573,600 UNet passes" in out and "eval schedule final (with --eval-schedule final)" in out
+    # retention: 50 generic prompts after each of the 10 evaluated states and once by the base model, 550 images
+    assert "500 retention images (generic prompts) and the base model's 50" in out
+    assert f"{5_573_600 + 550 * 50 * 2:,} UNet passes" in out and "eval schedule final (with --eval-schedule final)" in out
     # the tracks (default: both): 4 inputs per learned style (36 after each task) and object (184); style
     # transfer at strength 0.6 denoises 30 of the 50 steps
     assert main(["run", "--method", "cidm", "--protocol", "cifc10", "--dry-run", "--warmup-steps", "0",
                  "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "220 track images (style transfer, editing; 10,280 sampler steps)" in out
-    assert f"{5_573_600 + 2 * 10_280:,} UNet passes" in out
+    assert f"{5_573_600 + 550 * 50 * 2 + 2 * 10_280:,} UNet passes" in out
 
 
 def test_counted_track_images_equal_what_a_run_generates(tmp_path):
@@ -99,7 +101,8 @@ def test_the_eta_counts_the_work_left_which_grows_with_the_task_index():
     seq = spec.bind(spec.data_root(None))
     plan = work_plan(config, seq, budgets)
     step, image = 0.2, 0.05  # a run whose costs are exactly these
-    images = [plan.concept_images[k] + plan.multi_images[k] + plan.track_images[k] for k in range(10)]
+    images = [plan.concept_images[k] + plan.multi_images[k] + plan.track_images[k] + plan.retention_images[k]
+              for k in range(10)]
     truth = [plan.train_steps[k] * step + images[k] * image for k in range(10)]
     rows = [{"index": 0, "steps": plan.train_steps[0], "train_seconds": plan.train_steps[0] * step,
              "eval_seconds": images[0] * image}]

@@ -161,11 +161,15 @@ class ProtocolSpec:
             for m in self.raw.get("multi_concept_prompts", [])
         )
         concepts = [c for t in tasks for c in t.concepts]
+        retention = self.raw.get("retention") or {}
         return TaskSequence(
             name=self.name, version=self.version, tasks=tuple(tasks), multi_concept_prompts=multi,
             default_model=self.defaults.get("model"), default_scorer=self.defaults.get("scorer"),
             source=self.path, reference_results=self.raw.get("reference_results", {}),
             tracks=tuple(self._bind_track(name, t, concepts) for name, t in (self.raw.get("tracks") or {}).items()),
+            retention_prompts=tuple(retention.get("prompts") or ()),
+            retention_images=int(retention.get("images_per_prompt", 1)) if retention else 0,
+            retention_metrics=tuple(retention.get("metrics", ["ta"])) if retention else (),
         )
 
     @property

@@ -26,7 +26,10 @@ class ProtocolError(ValueError):
 #: every key a protocol file may hold, per place; any other is an error naming it (a misspelt key would
 #: otherwise be ignored silently, as ``region_prompts`` once was)
 TOP_FIELDS = {"name", "version", "description", "default", "data", "defaults", "schedules", "concepts", "tracks",
-              "multi_concept_prompts", "prompt_sets", "reference_results"}
+              "multi_concept_prompts", "prompt_sets", "reference_results", "retention"}
+
+
+RETENTION_FIELDS = {"prompts", "images_per_prompt", "metrics"}
 
 
 DATA_FIELDS = {"dataset", "checksums", "generator"}
@@ -122,6 +125,7 @@ def check_schema(spec: ProtocolFile) -> None:
     _check_defaults(spec)
     _check_schedules(spec)
     _check_tracks(spec, {c["name"]: c for c in concepts})
+    _check_retention(spec)
     for k, m in enumerate(raw.get("multi_concept_prompts") or []):
         f = f"multi_concept_prompts[{k}]"
         if not isinstance(m, dict) or "prompt" not in m or "concepts" not in m:
@@ -165,6 +169,30 @@ def _check_region_prompts(spec: ProtocolFile, f: str, m: Mapping[str, Any], conc
 
 
 TRACK_FIELDS = {"description", "kind", "prompt", "strength", "box", "inputs", "inputs_per_concept", "metrics"}
+
+
+def _check_retention(spec: ProtocolFile) -> None:
+    """``retention``: generic prompts without any learned token, how many images each, and the metrics applied
+    to them beside ``drift`` (default ``ta``)."""
+    part, err = spec.raw.get("retention"), spec.field_error
+    if part is None:
+        return
+    if not isinstance(part, dict):
+        raise err("retention", part, "give a mapping with prompts, images_per_prompt and optional metrics")
+    _check_keys(spec, "retention", part, RETENTION_FIELDS)
+    prompts = part.get("prompts")
+    if not isinstance(prompts, list) or not prompts:
+        raise err("retention.prompts", prompts, "give a non-empty list of generic prompts")
+    for j, p in enumerate(prompts):
+        if not isinstance(p, str) or not p or TOKEN_MARK in p or "<" in p:
+            raise err(f"retention.prompts[{j}]", p, "give a prompt without any learned token (no <...>, no "
+                      f"{TOKEN_MARK}): retention asks what the model still draws for words it was never taught")
+    n = part.get("images_per_prompt", 1)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise err("retention.images_per_prompt", n, "give a whole number >= 1")
+    metrics = part.get("metrics", ["ta"])
+    if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
+        raise err("retention.metrics", metrics, "give a list of metric names (cifc-bench ls metrics), e.g. [ta]")
 
 
 def _check_tracks(spec: ProtocolFile, concepts: Mapping[str, Mapping[str, Any]]) -> None:

@@ -14,6 +14,7 @@ from cifc_bench.core.images import list_images, load_rgb, save_atomic
 from cifc_bench.evaluation.context import DINO_METRIC, RunContext
 from cifc_bench.evaluation.eval_requests import concept_requests, multi_requests
 from cifc_bench.evaluation.image_cache import generate_cached, image_dir, multi_dir, track_pairs
+from cifc_bench.evaluation.retention import evaluate_retention
 from cifc_bench.evaluation.tracks import track_dir, track_input_dir, track_sample
 
 
@@ -41,6 +42,8 @@ def evaluate_task(ctx: RunContext, result: dict[str, Any], j: int, references: d
         evaluate_neglect(ctx, j, result["neglect"], references)
     if result.get("tracks"):
         evaluate_tracks(ctx, j, result["tracks"], references)
+    if result.get("retention"):
+        evaluate_retention(ctx, j, result["retention"], references)
 
 
 def evaluate_concept(ctx: RunContext, j: int, concept: Concept, references: dict[str, np.ndarray],

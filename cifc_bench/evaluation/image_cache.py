@@ -12,6 +12,7 @@ from cifc_bench.core.images import load_rgb, save_atomic
 from cifc_bench.core.progress import progress
 from cifc_bench.evaluation.context import RunContext
 from cifc_bench.evaluation.eval_requests import concept_requests, multi_requests
+from cifc_bench.evaluation.retention import retention_dir, retention_requests
 from cifc_bench.evaluation.tracks import track_dir, track_requests
 
 
@@ -28,7 +29,8 @@ MULTI = "_multi"  # folder of multi-concept images beside the concepts' folders 
 
 def evaluation_images(ctx: RunContext, j: int) -> list[tuple[list, Path]]:
     """Every (pairs, folder) the evaluation after task ``j`` generates: each learned concept's requests, then
-    each multi-concept prompt whose concepts are all learned, as :func:`evaluate_task` asks for them."""
+    each multi-concept prompt whose concepts are all learned, the tracks' outputs and the generic retention
+    prompts, as :func:`evaluate_task` asks for them."""
     seq, cfg = ctx.sequence, ctx.config
     out = [(concept_requests(seq.name, c, cfg.prompts_per_concept, cfg.images_per_prompt), image_dir(ctx.run_dir, j, c.name))
            for c in seq.concepts[: j + 1]]
@@ -37,6 +39,8 @@ def evaluation_images(ctx: RunContext, j: int) -> list[tuple[list, Path]]:
             for q, m in enumerate(seq.multi_concept_prompts) if set(m.concepts) <= learned]
     out += [([(r, name) for r, name, _ in track_pairs(ctx, track, c)], track_dir(ctx.run_dir, j, track.name, c.name))
             for track in selected_tracks(ctx) for c in track.targets(seq.concepts[: j + 1])]
+    if seq.retention_prompts:
+        out.append((retention_requests(seq), retention_dir(ctx.run_dir, j)))
     return out
 
 

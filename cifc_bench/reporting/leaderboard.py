@@ -27,6 +27,7 @@ from cifc_bench.reporting.intervals import (
     neglect_interval_table,
 )
 from cifc_bench.reporting.orders import ORDERS, order_table
+from cifc_bench.reporting.retention_table import RETENTION_TABLE, retention_table
 from cifc_bench.reporting.runs import (
     REFERENCE_MARK,
     SUMMARY_COLUMNS,
@@ -203,6 +204,7 @@ def leaderboard_tables(protocol: str, results_dir: Path, include_failed: bool = 
     concepts = [c["name"] for c in spec.raw["concepts"]]
     runs, skipped = find_runs(results_dir, spec.name, include_failed, include_dirty, include_old_versions,
                               protocol_version=spec.version)
+    metrics_given = metrics
     if metrics is None:
         from cifc_bench.evaluation.metrics import measured_metrics
 
@@ -228,6 +230,9 @@ def leaderboard_tables(protocol: str, results_dir: Path, include_failed: bool = 
                 tables[ORDERS + m] = orders
     for track in dict.fromkeys(t for r in runs for t in (r.data.get("tracks") or {})):
         tables[TRACK + track] = track_table(track, runs)
+    retention = retention_table(runs) if metrics_given is None else None
+    if retention is not None:
+        tables[RETENTION_TABLE] = retention
     if cost and runs:
         tables[COST] = cost_table(runs)
     return tables, skipped, len(runs)
@@ -247,6 +252,11 @@ def table_title(metric: str) -> str:
         return ("NEGLECT on the final model: mean [95 % interval] (x100, lower is better; units: the final "
                 "multi-concept images where every run has them, else the prompts; ★ lowest, ≈ not distinguishable "
                 "from it)")
+    if metric == RETENTION_TABLE:
+        return ("RETENTION of the base model on the protocol's generic prompts (no learned token): drift (1 - the "
+                "scorer's cosine to the base model's image of the same prompt and seed; lower is better) and the "
+                "prompts' other metrics, on the final model and as the change since the first evaluated state, mean "
+                "[95 % interval] over seeds and images (x100; ★ best, ≈ not distinguishable from it)")
     if metric.startswith(ORDERS):
         return (f"{metric.removeprefix(ORDERS).upper()} BY TASK ORDER: the final score in each order the method was "
                 "run in (x100, mean over seeds and units), its spread over orders (largest - smallest) beside its "

@@ -24,6 +24,7 @@ from cifc_bench.reporting.report_figures import (
     load_runs,
     metric_matrix,
     multi_samples,
+    retention_plot,
     sample_grid,
     timings_plot,
     track_samples,
@@ -236,6 +237,17 @@ def _page(runs: list[ReportRun], assets: Path) -> str:
                 cells.append((_img(name, f"{track} samples of {r.label}") if ok else "<p class='muted'>no images</p>")
                              + _track_table(r, track))
             parts.append(f"<h3>{_esc(track)}</h3>" + _side_by_side(runs, cells))
+
+    if any(r.result.get("retention") for r in runs):
+        parts.append("<h2 id='retention'>Retention of the base model</h2><p class='muted'>the protocol's generic "
+                     "prompts (no learned token) after each evaluated task: drift from the base model's own image of "
+                     "the same prompt and seed, and the prompts' other scores</p>")
+        cells = []
+        for k, r in enumerate(runs):
+            name = f"retention_{k}.png"
+            ok = retention_plot(r, assets / name)
+            cells.append(_img(name, f"retention of {r.label}") if ok else "<p class='muted'>not measured</p>")
+        parts.append(_side_by_side(runs, cells))
 
     parts.append("<h2 id='config'>Config and timings</h2>")
     cells = []

@@ -233,6 +233,31 @@ def track_samples(run: ReportRun, track: str, j: int, path: Path) -> bool:
     return True
 
 
+def retention_plot(run: ReportRun, path: Path) -> bool:
+    """Each retention metric after each evaluated task (drift on its own axis, the others on a second one);
+    False when the run measured no retention."""
+    part = run.result.get("retention")
+    if not part:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 2.8))
+    others = ax.twinx()
+    for name, row in part["rows"].items():
+        xs = [j + 1 for j, v in enumerate(row) if v is not None]
+        ys = [100 * v for v in row if v is not None]
+        (ax if name == "drift" else others).plot(xs, ys, marker="o", ms=3, label=name,
+                                                  color="#d73027" if name == "drift" else None)
+    ax.set_xlabel("task")
+    ax.set_ylabel("drift ×100 (lower is better)")
+    others.set_ylabel("generic prompts' scores ×100")
+    fig.legend(fontsize=7, loc="upper center", ncol=4)
+    ax.set_title("retention of the base model", fontsize=9, pad=18)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def timings_plot(run: ReportRun, path: Path) -> None:
     plt = _plt()
     tasks = run.result["tasks"]

@@ -282,8 +282,7 @@ def measured_rates(plan, rows: list[dict[str, Any]], prior=None) -> tuple[float,
         return None
     step = sum(r["train_seconds"] for r in trained) / steps
     evaluated = [r for r in trained if r.get("eval_seconds") is not None]
-    images = sum(plan.concept_images[r["index"]] + plan.multi_images[r["index"]] +
-                 (plan.track_images[r["index"]] if plan.track_images else 0) for r in evaluated)
+    images = sum(plan.images_after(r["index"]) for r in evaluated)
     if evaluated:
         return step, (sum(r["eval_seconds"] for r in evaluated) / images if images else 0.0)
     return (step, prior(step)) if prior is not None else None

@@ -35,14 +35,22 @@ class WorkPlan:
     #: UNet evaluations of the method's own sampler for every evaluation image (region synthesis, a composite of
     #: adapters), as the method declares them (``Method.unet_passes_per_step``); None: not counted (no method)
     method_unet_passes: int | None = None
+    retention_images: tuple[int, ...] = ()  # per task: the generic prompts' images (retention of the base model)
+    base_images: int = 0  # the base model's retention images, once per run before learning
 
     @property
     def total_train_steps(self) -> int:
         return sum(self.train_steps)
 
+    def images_after(self, j: int) -> int:
+        """The evaluation images of the state after task ``j``."""
+        return sum(part[j] for part in (self.concept_images, self.multi_images, self.track_images,
+                                        self.retention_images) if part)
+
     @property
     def total_images(self) -> int:
-        return sum(self.concept_images) + sum(self.multi_images) + self.calibration_images + sum(self.track_images)
+        return (sum(self.concept_images) + sum(self.multi_images) + self.calibration_images + sum(self.track_images)
+                + sum(self.retention_images) + self.base_images)
 
     @property
     def unet_passes(self) -> int:
@@ -66,6 +74,7 @@ def work_plan(config: RunSpec, sequence: TaskSequence, budgets, eval_schedule: s
     n = len(sequence.tasks)
     per_concept = config.prompts_per_concept * config.images_per_prompt
     concept_images, multi_images, track_images = [], [], []
+    retention = len(sequence.retention_prompts) * sequence.retention_images
     tracks = [t for t in sequence.tracks if t.name in (config.tracks or ())]
     track_steps = 0
     for j in range(n):
@@ -94,7 +103,9 @@ def work_plan(config: RunSpec, sequence: TaskSequence, budgets, eval_schedule: s
                     multi_images=tuple(multi_images), calibration_images=calibration,
                     num_inference_steps=config.num_inference_steps, guided=config.guidance_scale != 1.0,
                     track_images=tuple(track_images), track_sampler_steps=track_steps,
-                    method_unet_passes=passes)
+                    method_unet_passes=passes,
+                    retention_images=tuple(retention if evaluated_after(config, j, n) else 0 for j in range(n)),
+                    base_images=retention)
 
 
 def _method_passes(config: RunSpec, sequence: TaskSequence, method_cls, tracks) -> int:
@@ -102,6 +113,7 @@ def _method_passes(config: RunSpec, sequence: TaskSequence, method_cls, tracks) 
     sampler steps (a track's input skips the first ``1 - strength`` of them)."""
     from cifc_bench.api import GenerationRequest
     from cifc_bench.evaluation.eval_requests import concept_requests, evaluated_after, multi_requests
+    from cifc_bench.evaluation.retention import retention_requests
 
     n, steps, guided = len(sequence.tasks), config.num_inference_steps, config.guidance_scale > 1.0
     total = 0
@@ -114,6 +126,7 @@ def _method_passes(config: RunSpec, sequence: TaskSequence, method_cls, tracks) 
                                                                      config.images_per_prompt)]
         requests += [r for q, m in enumerate(sequence.multi_concept_prompts) if set(m.concepts) <= names
                      for r, _ in multi_requests(sequence, q, config.multi_images_per_prompt)]
+        requests += [r for r, _ in retention_requests(sequence)]
         total += sum(method_cls.unet_passes_per_step(r, guided, j + 1, config.method_args) for r in requests) * steps
         for t in tracks:
             for c in t.targets(learned):
@@ -143,8 +156,7 @@ def remaining_seconds(plan: WorkPlan, done: int, step_seconds: float, image_seco
     the state after task ``done - 1`` is still to be evaluated; else every trained state is evaluated."""
     n = len(plan.train_steps)
     train = [plan.train_steps[k] * step_seconds for k in range(n)]
-    images = [plan.concept_images[k] + plan.multi_images[k] + (plan.track_images[k] if plan.track_images else 0)
-              for k in range(n)]
+    images = [plan.images_after(k) for k in range(n)]
     evaluate = [images[k] * image_seconds for k in range(n)]
     if not overlapped:
         return float(sum(train[done:]) + sum(evaluate[done:]))
@@ -259,8 +271,8 @@ def estimate_seconds(plan: WorkPlan, warm: Warmup) -> float:
     """Wall time of ``plan`` at the warm-up's rates (training, concept, multi-concept and base images)."""
     multi = warm.multi_image if warm.multi_image is not None else warm.concept_image
     return (plan.total_train_steps * warm.step + len(plan.train_steps) * warm.per_task
-            + sum(plan.concept_images) * warm.concept_image + sum(plan.multi_images) * multi
-            + plan.calibration_images * warm.base_image
+            + (sum(plan.concept_images) + sum(plan.retention_images)) * warm.concept_image
+            + sum(plan.multi_images) * multi + (plan.calibration_images + plan.base_images) * warm.base_image
             + plan.track_sampler_steps / max(plan.num_inference_steps, 1) * warm.concept_image)
 
 
@@ -276,7 +288,9 @@ def describe(plan: WorkPlan) -> list[str]:
         f"(per evaluated state {', '.join(str(n) for n in plan.concept_images if n)}), "
         f"{sum(plan.multi_images):,} multi-concept images, {plan.calibration_images:,} base-model calibration images "
         "(once, then cached)" + (f", {sum(plan.track_images):,} track images (style transfer, editing; "
-                                 f"{plan.track_sampler_steps:,} sampler steps)" if sum(plan.track_images) else ""),
+                                 f"{plan.track_sampler_steps:,} sampler steps)" if sum(plan.track_images) else "")
+        + (f", {sum(plan.retention_images):,} retention images (generic prompts) and the base model's "
+           f"{plan.base_images:,}" if plan.base_images else ""),
         f"sampler: {plan.num_inference_steps} steps, {'2 UNet passes per step (guidance)' if plan.guided else '1 UNet pass per step'}"
         f": {plan.total_images:,} images, {plan.unet_passes:,} UNet passes"
         + (f"; the method's own sampler (region synthesis, adapter composites) makes {plan.method_unet_passes:,} for "

@@ -19,6 +19,7 @@ from cifc_bench.core.results import (
     run_identity,
 )
 from cifc_bench.evaluation.context import RunContext
+from cifc_bench.evaluation.retention import new_retention
 from cifc_bench.evaluation.tracks import new_tracks
 from cifc_bench.run.setup import (
     build_method,
@@ -66,6 +67,7 @@ def new_result(ctx: RunContext) -> dict[str, Any]:
         "matrices": {m: [row[:] for row in empty] for m in ctx.metrics},
         "neglect": new_neglect(ctx),
         "tracks": new_tracks(seq, ctx.config.tracks),
+        "retention": new_retention(seq),
         "summary": {},
         "tasks": [],
         "error": None,

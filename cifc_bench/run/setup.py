@@ -74,7 +74,7 @@ def load_context(config: RunSpec, run_dir: Path, calibration: dict[str, Any] | N
     encoders = image_encoders(config.image_encoders or (), config.device, taken=metrics)
     metrics = (*metrics, *encoders)
     track_metrics = [m for t in sequence.tracks if t.name in config.tracks for m in t.metrics]
-    metric_fns = load_metrics(dict.fromkeys([*metrics, *track_metrics]), spec.path)
+    metric_fns = load_metrics(dict.fromkeys([*metrics, *track_metrics, *sequence.retention_metrics]), spec.path)
     presence_fns = load_metrics(spec.defaults.get("presence", ()), spec.path, key="presence")
     ctx = RunContext(config=config, sequence=sequence, method=None, scorer=scorer, run_dir=Path(run_dir),
                      metrics=metrics, dino=dino, encoders=encoders, calibration=calibration,
@@ -91,6 +91,12 @@ def load_context(config: RunSpec, run_dir: Path, calibration: dict[str, Any] | N
             calibration = calibrate_thresholds(bundle, scorer, sequence, config.generation(),
                                                config.calibration_images, config.model, cache_dir() / "cnr-thresholds",
                                                ranks=ranks)
+    if with_method and sequence.retention_prompts and ranks.main:  # the base model's, before a method touches it
+        from cifc_bench.evaluation.retention import generate_base_images
+
+        with ctx.precision():
+            generate_base_images(ctx, bundle)
+    ranks.barrier()
     method = build_method(method_cls, bundle, config) if with_method else None
     return dataclasses.replace(ctx, method=method, calibration=calibration)
 

@@ -32,6 +32,22 @@ def context_acc(sample) -> float:
     return context_accuracy(sample.images, sample.prompts)
 
 
+def class_acc(sample) -> float:
+    """Metric ``class_acc``: the fraction of images whose drawn silhouette is the class their prompt names (a
+    retention metric of generic prompts; NaN when no prompt names one of the world's classes)."""
+    import numpy as np
+
+    from cifc_bench.synth import world
+    from cifc_bench.synth.checks import detect_shape
+
+    hits = []
+    for image, prompt in zip(sample.images, sample.prompts, strict=True):
+        named = [s for s in world.SHAPES if s in prompt.split()]
+        if named:
+            hits.append(detect_shape(np.asarray(image.convert("RGB"))) == named[0])
+    return float(np.mean(hits)) if hits else float("nan")
+
+
 def exact_target(concept):
     """What the exact checks look for in ``concept``: its generator fields as a target (shape and colours, or style)."""
     from cifc_bench.synth.checks import concept_target
