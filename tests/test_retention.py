@@ -95,3 +95,21 @@ def test_the_retention_table_tells_a_method_that_moves_the_base_model_from_base(
     assert table.loc["finetune", "drift change"].startswith("20.")
     assert retention_table([_run("base", 0, zeros, zeros).__class__("/x", {"run_info": runs[0].data["run_info"],
                                                                            "retention": None})]) is None
+
+
+def test_resume_adds_retention_to_a_run_made_before_its_protocol_had_it(tmp_path):
+    """Every evaluated state gets its retention row from its saved state, as if measured from the start."""
+    import yaml
+
+    path = make_tiny_protocol(tmp_path, n_concepts=2, retention=True)
+    with_retention = path.read_text()
+    spec = yaml.safe_load(with_retention)
+    del spec["retention"]
+    path.write_text(yaml.safe_dump(spec))
+    old = run_benchmark(tiny_run_config(path, method="finetune"), tmp_path / "old")
+    assert old["retention"] is None
+    path.write_text(with_retention)
+    resumed = run_benchmark(None, tmp_path / "old", resume=True)
+    fresh = run_benchmark(tiny_run_config(path, method="finetune"), tmp_path / "fresh")
+    assert resumed["retention"]["rows"] == fresh["retention"]["rows"] and "retention_added" in resumed["run_info"]
+    assert resumed["matrices"] == old["matrices"]

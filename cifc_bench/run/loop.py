@@ -38,6 +38,7 @@ from cifc_bench.evaluation.context import RunContext
 from cifc_bench.evaluation.eval_requests import evaluated_after
 from cifc_bench.evaluation.evaluate import evaluate_task, evaluate_tracks
 from cifc_bench.evaluation.image_cache import generate_share
+from cifc_bench.evaluation.retention import evaluate_retention, new_retention
 from cifc_bench.evaluation.tracks import new_tracks
 from cifc_bench.run.eval_worker import EvalWorker
 from cifc_bench.run.plan import prior_image_seconds, remaining_seconds, work_plan
@@ -92,13 +93,17 @@ def _run_locked(config: RunSpec | None, run_dir: Path, resume: bool, given: dict
                               f"now {ctx.model_fingerprint}); its matrix cannot mix two base models. Start a new run "
                               f"with --out, or restore the weights it began on.")
         result["status"], result["error"] = "running", None
+        retention_added = result.get("retention") is None and bool(ctx.sequence.retention_prompts)
+        if retention_added:  # the protocol measures retention now: every evaluated state gets it, from its state
+            result["retention"] = new_retention(ctx.sequence)
+            result["run_info"]["retention_added"] = {"at": now(), "git": git_info()}
         if added:
             result["tracks"] = {**(result.get("tracks") or {}), **new_tracks(ctx.sequence, added)}
             result["run_info"]["config"]["tracks"] = list(ctx.config.tracks)
             result["run_info"].setdefault("tracks_added", []).append({"tracks": list(added), "at": now(),
                                                                       "git": git_info()})
     else:
-        added = ()
+        added, retention_added = (), False
         if (run_dir / RESULT_FILE).exists():
             raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or pick a new --out")
         ranks.barrier()  # every rank has checked before rank 0 writes
@@ -114,6 +119,8 @@ def _run_locked(config: RunSpec | None, run_dir: Path, resume: bool, given: dict
     try:
         if added:
             add_tracks(ctx, result, added)
+        if retention_added:
+            add_retention(ctx, result)
         _loop(ctx, result)
     except BaseException as err:
         result["status"] = "failed"
@@ -144,6 +151,17 @@ def add_tracks(ctx: RunContext, result: dict[str, Any], names: tuple[str, ...]) 
         evaluate_tracks(dataclasses.replace(ctx, method=method_after(ctx, j)), j, part, references)
         result["summary"] = metrics.summarize_result(result)
         write_json_atomic(ctx.run_dir / RESULT_FILE, result)
+
+
+def add_retention(ctx: RunContext, result: dict[str, Any]) -> None:
+    """Measure retention in every state a resumed run evaluated before its protocol had retention prompts, each
+    restored from its saved state on a fresh model (as :func:`add_tracks`); a kill keeps the filled rows."""
+    cfg, n_tasks, part = ctx.config, len(ctx.sequence.tasks), result["retention"]
+    references: dict[str, np.ndarray] = {}
+    for j in progress(range(len(result["tasks"])), desc="add retention"):
+        if evaluated_after(cfg, j, n_tasks) and part["rows"]["drift"][j] is None:
+            evaluate_retention(dataclasses.replace(ctx, method=method_after(ctx, j)), j, part, references)
+            write_json_atomic(ctx.run_dir / RESULT_FILE, result)
 
 
 def _check_resume_config(given: dict[str, Any], stored: RunSpec) -> None:
