@@ -78,7 +78,7 @@ def add_setting_flags(r: argparse.ArgumentParser) -> None:
     r.add_argument("--image-encoders", type=track_names, metavar="ENCODER[,ENCODER]",
                    help="more image encoders, each adding its own image alignment beside ia_dino: dinov2-vits14 "
                         "(ia_dinov2), dreamsim (ia_dreamsim; pip install 'cifc-bench[dreamsim]'); cifc-bench ls "
-                        "image_encoders")
+                        "image-encoders")
     r.add_argument("--multi-images-per-prompt", type=int, help="images per multi-concept prompt (neglect rate)")
     r.add_argument("--calibration-images", type=int,
                    help="base-model class-word images per concept that calibrate the presence thresholds")

@@ -231,7 +231,7 @@ def check_values(values: Mapping[str, Any], where: str = "") -> list[str]:
     v = values.get("image_encoders")
     if v is not None and (isinstance(v, str) or not all(isinstance(t, str) for t in v)):
         problems.append(f"{name('image_encoders')} {v!r}: give a list of image encoder names (cifc-bench ls "
-                        "image_encoders), e.g. dinov2-vits14,dreamsim")
+                        "image-encoders), e.g. dinov2-vits14,dreamsim")
     v = values.get("compile")
     if v is not None and not isinstance(v, bool):
         problems.append(f"{name('compile')} {v!r}: give true or false")
