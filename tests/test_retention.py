@@ -113,3 +113,4 @@ def test_resume_adds_retention_to_a_run_made_before_its_protocol_had_it(tmp_path
     fresh = run_benchmark(tiny_run_config(path, method="finetune"), tmp_path / "fresh")
     assert resumed["retention"]["rows"] == fresh["retention"]["rows"] and "retention_added" in resumed["run_info"]
     assert resumed["matrices"] == old["matrices"]
+    assert resumed["run_info"]["finished"] == old["run_info"]["finished"]  # its cost stays its training's
