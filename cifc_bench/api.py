@@ -385,6 +385,10 @@ class Method(abc.ABC):
     #: random: ``base``). A sweep runs it for its first seed only, since its other seeds' runs are the same run.
     seed_invariant: bool = False
 
+    #: The model families the method runs on: ``sd1`` (SD-1.x, the synthetic tier) and ``sdxl``; the harness
+    #: refuses the others at start with a clear error.
+    families: tuple[str, ...] = ("sd1",)
+
     #: The version of the method's implementation, recorded in every run. Bump it whenever a change alters the
     #: numbers the method produces: the leaderboard never mixes runs of two versions of one method.
     version: int = 1

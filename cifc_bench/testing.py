@@ -296,3 +296,21 @@ def lora_m_with_random_adapters(n_tasks: int = 10, std: float = 0.02):
                     p.copy_(torch.randn(p.shape, generator=gen) * std)
         method.adapters.append(name)
     return method
+
+
+def sdxl_pipeline_images(bundle, requests, settings) -> list:
+    """What diffusers' ``StableDiffusionXLPipeline`` draws for ``requests`` on an SDXL bundle under ``settings``
+    (the bundle's own parts and scheduler class, one CPU generator per request seed): the reference the shared
+    sampler is checked and timed against."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline(vae=bundle.vae, text_encoder=bundle.text_encoder,
+                                     text_encoder_2=bundle.text_encoder_2, tokenizer=bundle.tokenizer,
+                                     tokenizer_2=bundle.tokenizer_2, unet=bundle.unet,
+                                     scheduler=type(bundle.scheduler).from_config(bundle.scheduler.config))
+    pipe.set_progress_bar_config(disable=True)
+    negative = [settings.negative_prompt] * len(requests) if settings.negative_prompt else None
+    return pipe([r.prompt for r in requests], height=settings.resolution, width=settings.resolution,
+                num_inference_steps=settings.num_inference_steps, guidance_scale=settings.guidance_scale,
+                negative_prompt=negative, generator=[torch.Generator("cpu").manual_seed(r.seed) for r in requests]).images

@@ -12,6 +12,7 @@ from cifc_bench.diffusion.sampling import generate_requests
 
 class ZeroShot(Method):
     storage = "none"
+    families = ("sd1", "sdxl")  # the shared sampler alone
     seed_invariant = True  # no training, fixed image seeds: one run serves every seed of a sweep
 
     def __init__(self, bundle) -> None:  # no hyper-parameters: a typo in --method-args must not pass silently

@@ -100,11 +100,15 @@ def _from_pretrained(spec: str) -> ModelBundle:
     import torch
 
     try:
+        from cifc_bench.diffusion.sdxl import is_sdxl_folder, load_xl
+
+        if is_sdxl_folder(source):
+            return load_xl(source, spec)
         tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")
         # weights may be stored in half precision; methods train and sample in float32
         text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=torch.float32)
         unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=torch.float32)
-        scheduler = _load_scheduler(source, DPMSolverMultistepScheduler)
+        scheduler = load_scheduler(source, DPMSolverMultistepScheduler)
         vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=torch.float32) if has_vae else None
     except (OSError, ValueError) as err:
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
@@ -122,7 +126,7 @@ def _from_pretrained(spec: str) -> ModelBundle:
     )
 
 
-def _load_scheduler(source: str, evaluation_default):
+def load_scheduler(source: str, evaluation_default):
     """The bundle's own sampler class, except SD-1.x's PNDM default, which becomes DPM-Solver++ (the sampler
     of the CIDM evaluation). A pixel-space bundle saves DDIM with x0 clipping and must keep it."""
     import diffusers

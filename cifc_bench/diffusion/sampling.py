@@ -20,7 +20,12 @@ NoisePredictor = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tens
 
 
 def encode_prompts(bundle, prompts: Sequence[str]) -> torch.Tensor:
-    """CLIP text-encoder hidden states for padded, truncated prompts (SD-1.x conditioning)."""
+    """CLIP text-encoder hidden states for padded, truncated prompts (SD-1.x conditioning); for an SDXL bundle,
+    its two encoders' :class:`~cifc_bench.diffusion.sdxl.XLCondition`."""
+    from cifc_bench.diffusion.sdxl import SDXLBundle, encode_xl
+
+    if isinstance(bundle, SDXLBundle):
+        return encode_xl(bundle, prompts)
     tok = bundle.tokenizer(
         list(prompts), padding="max_length", max_length=bundle.tokenizer.model_max_length, truncation=True,
         return_tensors="pt",
@@ -148,6 +153,11 @@ class Trajectory:
 
 
 def unet_predictor(bundle) -> NoisePredictor:
+    from cifc_bench.diffusion.sdxl import SDXLBundle, unet_xl
+
+    if isinstance(bundle, SDXLBundle):
+        return lambda latents, t, cond: unet_xl(bundle, latents, t, cond)
+
     def predict(latents, t, cond):
         return bundle.unet(latents, t, encoder_hidden_states=cond).sample
 
@@ -170,7 +180,7 @@ def sample(
     traj = Trajectory(bundle, seeds, settings, inits)
     latents = traj.latents
     guided = settings.guidance_scale > 1.0
-    context = torch.cat([uncond, cond]) if guided else cond  # one tensor for every step
+    context = join_conditions([uncond, cond]) if guided else cond  # one batch for every step
     for i, t in enumerate(traj.timesteps):
         model_in = traj.scheduler.scale_model_input(latents, t)
         if guided:
@@ -181,6 +191,23 @@ def sample(
             eps = predict(model_in, t, context)
         latents = traj.step(eps, t, latents, i)
     return traj.finish(latents)
+
+
+def join_conditions(parts):
+    """Conditions of several batches as one: tensors concatenated (SD-1.x), or SDXL's context and pooled parts."""
+    from cifc_bench.diffusion.sdxl import XLCondition
+
+    return XLCondition.cat(parts) if isinstance(parts[0], XLCondition) else torch.cat(parts)
+
+
+def unconditional(bundle, negative_prompt: str, n: int, cond, encode=None):
+    """The guidance's unconditional batch: the negative prompt encoded; on SDXL an empty one is zeros, as its
+    pipeline does (``force_zeros_for_empty_prompt``)."""
+    from cifc_bench.diffusion.sdxl import XLCondition
+
+    if isinstance(cond, XLCondition) and not negative_prompt:
+        return cond.zeros_like()
+    return (encode or encode_prompts)(bundle, [negative_prompt] * n)
 
 
 def condition_batches(n: int, batch_size: int, inits=None) -> list[list[int]]:
@@ -204,7 +231,7 @@ def generate_batched(bundle, prompts: Sequence[str], seeds: Sequence[int], setti
     for idx in condition_batches(len(prompts), settings.batch_size, inits):
         with torch.no_grad():
             cond = encode(bundle, [prompts[k] for k in idx])
-            uncond = encode(bundle, [settings.negative_prompt] * len(idx))
+            uncond = unconditional(bundle, settings.negative_prompt, len(idx), cond, encode)
         images.extend(sample(bundle, cond, uncond, [seeds[k] for k in idx], settings, predict,
                              [inits[k] for k in idx] if inits is not None else None))
     return images

@@ -62,6 +62,8 @@ def load_context(config: RunSpec, run_dir: Path, calibration: dict[str, Any] | N
             f"{spec.name!r} ({min(len(c.eval_prompts) for c in sequence.concepts)} prompts)"
         )
     bundle, fingerprint = fresh_bundle(config)
+    if with_method:
+        check_family(method_cls, bundle, config)  # before the calibration and the base model's images
     scorer = load_scorer(config.scorer, config.device)
     dino = None
     if config.dino and config.dino != "none":
@@ -174,10 +176,23 @@ def fresh_bundle(config: RunSpec):
     return bundle, fingerprint
 
 
+def check_family(method_cls, bundle, config: RunSpec) -> None:
+    """Refuse, before any work, a method that does not run on the bundle's model family (SDXL, issue 38)."""
+    from cifc_bench.diffusion.sdxl import family
+
+    kind = family(bundle)
+    supported = getattr(method_cls, "families", ("sd1",))
+    if kind not in supported:
+        raise ConfigError(f"method {config.method!r} does not run on {kind} models yet (model {config.model!r}; it "
+                          f"runs on {', '.join(supported)}): pick an SD-1.x model, or a method that supports "
+                          f"{kind} (`base` does; issue 38 brings the others)")
+
+
 def build_method(method_cls, bundle, config: RunSpec):
     """A new method on ``bundle`` with the run's arguments; its adapters are initialised from the run seed."""
     import torch
 
+    check_family(method_cls, bundle, config)
     accepted = method_arguments(method_cls)
     unknown = sorted(set(config.method_args) - set(accepted)) if accepted is not None else []
     if unknown:

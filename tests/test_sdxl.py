@@ -1,0 +1,42 @@
+"""SDXL, first part (issue 38): the bundle, the shared sampler against diffusers' StableDiffusionXLPipeline, and
+the clear refusal of methods that do not run on SDXL yet."""
+
+import numpy as np
+import pytest
+
+from cifc_bench.api import GenerationRequest, GenerationSettings
+from cifc_bench.core.config import ConfigError
+from cifc_bench.run.loop import run_benchmark
+from cifc_bench.testing import sdxl_pipeline_images, tiny_run_config
+
+REQUESTS = [GenerationRequest(prompt=f"a photo of a dog number {i}", seed=i) for i in range(4)]
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    from cifc_bench.diffusion.models import load_bundle
+
+    return load_bundle("sdxl-tiny-random")
+
+
+@pytest.mark.parametrize("negative", ["", "blurry"])
+def test_the_shared_sampler_draws_what_the_sdxl_pipeline_draws(bundle, negative):
+    """An empty negative prompt is zeros on SDXL (force_zeros_for_empty_prompt); a written one is encoded."""
+    from cifc_bench.methods.zero_shot import ZeroShot
+
+    settings = GenerationSettings(resolution=32, num_inference_steps=4, guidance_scale=5.0, batch_size=4,
+                                  negative_prompt=negative)
+    ours = np.stack([np.asarray(im, dtype=int) for im in ZeroShot(bundle).generate(REQUESTS, settings)])
+    theirs = np.stack([np.asarray(im, dtype=int) for im in sdxl_pipeline_images(bundle, REQUESTS, settings)])
+    assert ours.shape == theirs.shape == (4, 32, 32, 3) and np.ptp(ours) > 0
+    assert np.abs(ours - theirs).max() <= 1, "the shared sampler must draw what StableDiffusionXLPipeline draws"
+
+
+def test_base_runs_on_sdxl_and_a_method_that_cannot_says_so_at_start(tmp_path, tiny_protocol):
+    result = run_benchmark(tiny_run_config(tiny_protocol, method="base", model="sdxl-tiny-random",
+                                           eval_schedule="final"), tmp_path / "base")
+    assert result["status"] == "completed" and all(v is not None for v in result["matrices"]["ia"][-1])
+    with pytest.raises(ConfigError, match=r"method 'finetune' does not run on sdxl models yet \(model "
+                                          r"'sdxl-tiny-random'; it runs on sd1\)"):
+        run_benchmark(tiny_run_config(tiny_protocol, model="sdxl-tiny-random"), tmp_path / "finetune")
+    assert not (tmp_path / "finetune" / "result.json").exists()
