@@ -18,6 +18,8 @@ TEACHER = "previous"
 
 
 class LwF(SequentialFinetune):
+    families = ("sd1",)  # its distillation pass is not checked on SDXL yet (issue 38)
+
     def __init__(self, bundle, rank: int = 4, lr: float = 1e-4, embedding_lr: float = 1e-3,
                  targets: str = "cross-attn", distill_weight: float = 1.0) -> None:
         super().__init__(bundle, rank=rank, lr=lr, embedding_lr=embedding_lr, targets=targets)

@@ -29,6 +29,7 @@ ADAPTER = "continual"
 
 class SequentialFinetune(AdapterMethod):
     storage = "single-model"
+    families = ("sd1", "sdxl")  # its LoRA targets the cross-attention projections of either UNet
     version = 3  # its history: the module's docstring
 
     def __init__(self, bundle, rank: int = 4, lr: float = 1e-4, embedding_lr: float = 1e-3,

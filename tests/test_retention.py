@@ -7,7 +7,7 @@ import pytest
 
 from cifc_bench.core.protocol import load_protocol
 from cifc_bench.core.protocol_schema import ProtocolError
-from cifc_bench.evaluation.retention import retention_dir
+from cifc_bench.evaluation.eval_requests import retention_dir
 from cifc_bench.run.loop import run_benchmark
 from cifc_bench.run.plan import work_plan
 from cifc_bench.run.setup import resolve_run, run_sequence

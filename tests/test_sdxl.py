@@ -3,6 +3,7 @@ the clear refusal of methods that do not run on SDXL yet."""
 
 import numpy as np
 import pytest
+import torch
 
 from cifc_bench.api import GenerationRequest, GenerationSettings
 from cifc_bench.core.config import ConfigError
@@ -36,7 +37,35 @@ def test_base_runs_on_sdxl_and_a_method_that_cannot_says_so_at_start(tmp_path, t
     result = run_benchmark(tiny_run_config(tiny_protocol, method="base", model="sdxl-tiny-random",
                                            eval_schedule="final"), tmp_path / "base")
     assert result["status"] == "completed" and all(v is not None for v in result["matrices"]["ia"][-1])
-    with pytest.raises(ConfigError, match=r"method 'finetune' does not run on sdxl models yet \(model "
+    with pytest.raises(ConfigError, match=r"method 'ewc' does not run on sdxl models yet \(model "
                                           r"'sdxl-tiny-random'; it runs on sd1\)"):
-        run_benchmark(tiny_run_config(tiny_protocol, model="sdxl-tiny-random"), tmp_path / "finetune")
-    assert not (tmp_path / "finetune" / "result.json").exists()
+        run_benchmark(tiny_run_config(tiny_protocol, method="ewc", model="sdxl-tiny-random"), tmp_path / "ewc")
+    assert not (tmp_path / "ewc" / "result.json").exists()
+
+
+def test_finetune_learns_on_sdxl_in_both_token_tables_and_resumes(tmp_path, tiny_protocol):
+    """finetune trains its LoRA and the new token rows of both SDXL text encoders; a restored state draws the
+    images the run drew (the harness's resume path)."""
+    from cifc_bench.diffusion.tokens import embedding_tables
+    from cifc_bench.run.rundir import method_after
+    from cifc_bench.run.setup import load_context
+
+    config = tiny_run_config(tiny_protocol, model="sdxl-tiny-random", steps=3, eval_schedule="final")
+    result = run_benchmark(config, tmp_path / "run")
+    assert result["status"] == "completed" and all(v is not None for v in result["matrices"]["ia"][-1])
+    from cifc_bench.core.checkpoint import load_state
+
+    state = load_state(tmp_path / "run" / "state" / "after_task_02.safetensors")
+    assert {k.split(".")[0] for k in state if k.startswith("tokens")} == {"tokens", "tokens_2"}
+    assert state["tokens.thing0"].shape[1] == 16 and state["tokens_2.thing0"].shape[1] == 32  # both widths
+    ctx = load_context(config, tmp_path / "again")
+    restored = method_after(dataclasses_replace_run_dir(ctx, tmp_path / "run"), 2)
+    tables = embedding_tables(restored.bundle)
+    ids = restored.tokens.ids["thing0"]
+    assert torch.equal(tables[1][ids], state["tokens_2.thing0"])
+
+
+def dataclasses_replace_run_dir(ctx, run_dir):
+    import dataclasses
+
+    return dataclasses.replace(ctx, run_dir=run_dir)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from cifc_bench.api import ModelBundle  # the type is part of the method contract; re-exported here
 from cifc_bench.core.data import cache_dir  # re-exported: where built-in models are built
+from cifc_bench.diffusion.model_folders import built_once, load_scheduler
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 TINY_RANDOM = "tiny-random"
@@ -69,27 +70,6 @@ def sd15_random() -> Path:
     return built_once(cache_dir() / "models" / f"sd15-random-{_SD15_RANDOM_VERSION}", save_sd15_random)
 
 
-def built_once(path: Path, build) -> Path:
-    """``path``, made by ``build(path)`` unless it holds a model already. Concurrent first uses (test workers)
-    wait on a lock and build it once; without the lock a second builder would replace the folder while the
-    first one loads from it. In a launched run rank 0 builds while the others wait: transformers'
-    ``save_pretrained`` writes nothing on the other ranks."""
-    import fcntl
-
-    import torch.distributed as dist
-
-    ranked = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    if not ranked or dist.get_rank() == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path.parent / f".{path.name}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not (path / "model_index.json").exists():
-                build(path)
-    if ranked:
-        dist.barrier()
-    return path
-
-
 def _from_pretrained(spec: str) -> ModelBundle:
     from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -124,18 +104,6 @@ def _from_pretrained(spec: str) -> ModelBundle:
         name=spec, tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, scheduler=scheduler, vae=vae,
         source=source,
     )
-
-
-def load_scheduler(source: str, evaluation_default):
-    """The bundle's own sampler class, except SD-1.x's PNDM default, which becomes DPM-Solver++ (the sampler
-    of the CIDM evaluation). A pixel-space bundle saves DDIM with x0 clipping and must keep it."""
-    import diffusers
-
-    config = evaluation_default.load_config(source, subfolder="scheduler")
-    cls = getattr(diffusers, config.get("_class_name", ""), None)
-    if cls is None or config.get("_class_name") == "PNDMScheduler":
-        cls = evaluation_default
-    return cls.from_config(config)
 
 
 def tiny_random_path() -> Path:

@@ -91,10 +91,11 @@ def time_ids(bundle: SDXLBundle, latents: torch.Tensor) -> torch.Tensor:
     return torch.tensor([[h, w, 0, 0, h, w]], dtype=latents.dtype, device=latents.device).repeat(len(latents), 1)
 
 
-def unet_xl(bundle: SDXLBundle, latents: torch.Tensor, t, cond: XLCondition) -> torch.Tensor:
-    """SDXL's UNet on a batch: the context, with the pooled embedding and the time ids as added conditions."""
+def unet_xl(bundle: SDXLBundle, latents: torch.Tensor, t, cond: XLCondition, unet=None) -> torch.Tensor:
+    """SDXL's UNet (``unet``, default the bundle's) on a batch: the context, with the pooled embedding and the
+    time ids as added conditions."""
     added = {"text_embeds": cond.pooled.to(latents.dtype), "time_ids": time_ids(bundle, latents)}
-    return bundle.unet(latents, t, encoder_hidden_states=cond.context, added_cond_kwargs=added).sample
+    return (unet or bundle.unet)(latents, t, encoder_hidden_states=cond.context, added_cond_kwargs=added).sample
 
 
 def is_sdxl_folder(source: str) -> bool:
@@ -112,7 +113,7 @@ def load_xl(source: str, name: str) -> SDXLBundle:
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from cifc_bench.diffusion.models import load_scheduler
+    from cifc_bench.diffusion.model_folders import load_scheduler
 
     f32 = torch.float32
     return SDXLBundle(
@@ -129,7 +130,7 @@ def load_xl(source: str, name: str) -> SDXLBundle:
 
 def sdxl_tiny_random() -> Path:
     """The ``sdxl-tiny-random`` model's folder, built offline on first use (entry point ``sdxl-tiny-random``)."""
-    from cifc_bench.diffusion.models import built_once
+    from cifc_bench.diffusion.model_folders import built_once
 
     return built_once(cache_dir() / "models" / f"sdxl-tiny-random-{_TINY_VERSION}", save_sdxl_tiny_random)
 

@@ -23,13 +23,37 @@ def add_tokens(bundle, groups: list[list[str]], initializers, generator: torch.G
 
     A word initialiser copies the mean embedding of that word's tokens; a number is the std-dev of a random
     normal initialisation drawn once per group (CIDM's first placeholder). Returns the new ids, group by group.
+    On SDXL the tokens join both tokenizers and both embedding tables (the second initialised after the first,
+    at its own width), with the same ids.
     """
-    tok, enc = bundle.tokenizer, bundle.text_encoder
+    ids = _add_to(bundle.tokenizer, bundle.text_encoder, groups, initializers, generator, owner)
+    for tok, enc in second_text_encoder(bundle):
+        if _add_to(tok, enc, groups, initializers, generator, owner) != ids:
+            raise ValueError(f"the tokens of concept {owner!r} got other ids in SDXL's second tokenizer")
+    return ids
+
+
+def second_text_encoder(bundle) -> list[tuple]:
+    """[(tokenizer_2, text_encoder_2)] of an SDXL bundle (its second tokenizer may be the first one's object:
+    then only the table), else []."""
+    enc = getattr(bundle, "text_encoder_2", None)
+    if enc is None:
+        return []
+    return [(bundle.tokenizer_2, enc)]
+
+
+def embedding_tables(bundle) -> list[torch.Tensor]:
+    """The input embedding matrices the placeholder rows live in: one on SD-1.x, two on SDXL."""
+    return [enc.get_input_embeddings().weight for enc in (bundle.text_encoder, *(e for _, e in second_text_encoder(bundle)))]
+
+
+def _add_to(tok, enc, groups, initializers, generator, owner: str) -> list[int]:
     names = [t for group in groups for t in group]
     clashes = [t for t in names if t in tok.get_vocab()]
-    if clashes:
+    if clashes and len(tok) == enc.get_input_embeddings().weight.shape[0]:
         raise ValueError(f"token(s) {clashes[:3]} of concept {owner!r} already exist in the tokenizer")
-    tok.add_tokens(names)
+    if not clashes:  # else a tokenizer shared by SDXL's two encoders has them already: the table is behind
+        tok.add_tokens(names)
     enc.resize_token_embeddings(len(tok), mean_resizing=False)
     ids = tok.convert_tokens_to_ids(names)
     emb = enc.get_input_embeddings().weight
@@ -85,11 +109,16 @@ class PlaceholderTokens:
     @property
     def count(self) -> int:
         """Parameters the tokens hold (rows × embedding width)."""
-        return sum(len(ids) for ids in self.ids.values()) * self.bundle.text_encoder.get_input_embeddings().weight.shape[1]
+        return sum(len(ids) for ids in self.ids.values()) * sum(emb.shape[1] for emb in embedding_tables(self.bundle))
+
+    def _tables(self) -> list[tuple[str, torch.Tensor]]:
+        """(state prefix, embedding matrix): ``tokens.`` for the text encoder, ``tokens_2.`` for SDXL's second."""
+        tables = embedding_tables(self.bundle)
+        return [(self.prefix if k == 0 else f"{self.prefix.rstrip('.')}_{k + 1}.", emb) for k, emb in enumerate(tables)]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        emb = self.bundle.text_encoder.get_input_embeddings().weight
-        return {f"{self.prefix}{name}": emb[ids].detach().clone() for name, ids in self.ids.items()}
+        return {f"{prefix}{name}": emb[ids].detach().clone() for prefix, emb in self._tables()
+                for name, ids in self.ids.items()}
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor], tasks_done: Sequence) -> None:
         """Add the tokens of every concept of ``tasks_done`` not added yet, in task order, then restore the
@@ -99,8 +128,8 @@ class PlaceholderTokens:
             for concept in task.concepts:
                 if concept.name not in self.ids:
                     self.add(concept, quiet)
-        emb = self.bundle.text_encoder.get_input_embeddings().weight
         with torch.no_grad():
-            for name, ids in self.ids.items():
-                if f"{self.prefix}{name}" in state:
-                    emb[ids] = state[f"{self.prefix}{name}"].to(emb)
+            for prefix, emb in self._tables():
+                for name, ids in self.ids.items():
+                    if f"{prefix}{name}" in state:
+                        emb[ids] = state[f"{prefix}{name}"].to(emb)

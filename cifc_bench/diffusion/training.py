@@ -16,6 +16,8 @@ import torch.nn.functional as F
 
 from cifc_bench.api import Concept, DivergenceError
 from cifc_bench.core.loggers import logging, report
+from cifc_bench.diffusion.sdxl import XLCondition, unet_xl
+from cifc_bench.diffusion.tokens import embedding_tables
 
 OBJECT_TEMPLATES = (
     "a photo of a {}", "a rendering of a {}", "a cropped photo of the {}", "the photo of a {}",
@@ -137,7 +139,10 @@ def diffusion_loss(bundle, noise_scheduler, pixels: torch.Tensor, prompt_embeds:
     t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
     t = t.to(latents.device)
     noisy = noise_scheduler.add_noise(latents, noise, t)
-    pred = unet(noisy, t, encoder_hidden_states=prompt_embeds).sample
+    if isinstance(prompt_embeds, XLCondition):  # SDXL: the pooled embedding and the time ids beside the context
+        pred = unet_xl(bundle, noisy, t, prompt_embeds, unet)
+    else:
+        pred = unet(noisy, t, encoder_hidden_states=prompt_embeds).sample
     target = diffusion_target(noise_scheduler, latents, noise, t)
     if mask is None:
         return F.mse_loss(pred.float(), target.float())
@@ -188,19 +193,23 @@ class TokenRows:
         self.embedding.grad = None
 
 
-def optimizer_step(loss: torch.Tensor, optimizer, scaler, tokens: TokenRows, push: bool = True) -> None:
+def optimizer_step(loss: torch.Tensor, optimizer, scaler, tokens: TokenRows | Sequence[TokenRows],
+                   push: bool = True) -> None:
     """One step on ``loss``: reported to the loggers, back-propagated (scaled for fp16), the new token rows'
-    gradients pulled into their own tensor, the optimiser stepped, and the rows pushed back into the embedding
-    (``push`` False: rows frozen, as CIDM's release freezes them)."""
+    gradients pulled into their own tensors (one per embedding table: two on SDXL), the optimiser stepped, and
+    the rows pushed back into the embeddings (``push`` False: rows frozen, as CIDM's release freezes them)."""
+    tables = [tokens] if isinstance(tokens, TokenRows) else list(tokens)
     if logging():
         report("train/loss", loss.detach())
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
-    tokens.pull_grad()
+    for rows in tables:
+        rows.pull_grad()
     scaler.step(optimizer)
     scaler.update()
     if push:
-        tokens.push()
+        for rows in tables:
+            rows.push()
 
 
 def check_loss(loss: torch.Tensor, task, step: int, rates: dict[str, float]) -> None:
@@ -236,13 +245,14 @@ def train_lora_and_tokens(bundle, task, budget, lora_params, new_ids, lr: float,
     for ps, _ in adapter_groups:
         for p in ps:
             p.requires_grad_(True)
-    emb = bundle.text_encoder.get_input_embeddings().weight
-    emb.requires_grad_(True)
-    fp32_trainable([bundle.unet, bundle.text_encoder])  # a bf16/fp16 bundle's trained weights get fp32 masters
-    tokens = TokenRows(emb, new_ids)
+    tables = embedding_tables(bundle)  # SDXL: the rows of both text encoders train
+    for emb in tables:
+        emb.requires_grad_(True)
+    fp32_trainable([bundle.unet, *(e for e in (bundle.text_encoder, getattr(bundle, "text_encoder_2", None)) if e is not None)])
+    tokens = [TokenRows(emb, new_ids) for emb in tables]
     scaler = loss_scaler(bundle)
     optimizer = torch.optim.AdamW([*({"params": ps, "lr": g_lr * budget.lr_scale} for ps, g_lr in adapter_groups),
-                                   {"params": [tokens.rows], "lr": embedding_lr}], weight_decay=0.01)
+                                   {"params": [t.rows for t in tokens], "lr": embedding_lr}], weight_decay=0.01)
     noise_scheduler = DDPMScheduler.from_config(bundle.scheduler.config)
     streams = [iter(ConceptBatches(c, budget.resolution, budget.batch_size, budget.seed + k))
                for k, c in enumerate(task.concepts)]
@@ -259,6 +269,7 @@ def train_lora_and_tokens(bundle, task, budget, lora_params, new_ids, lr: float,
         if after_step is not None:
             after_step(step + 1)
     bundle.unet.eval()
-    tokens.close()
+    for rows in tokens:
+        rows.close()
     trained = sum(count_parameters(ps) for ps, _ in adapter_groups)
-    return trained + len(new_ids) * emb.shape[1], streams, noise_scheduler
+    return trained + len(new_ids) * sum(emb.shape[1] for emb in tables), streams, noise_scheduler

@@ -11,8 +11,12 @@ from cifc_bench.core.config import ConfigError
 from cifc_bench.core.images import load_rgb, save_atomic
 from cifc_bench.core.progress import progress
 from cifc_bench.evaluation.context import RunContext
-from cifc_bench.evaluation.eval_requests import concept_requests, multi_requests
-from cifc_bench.evaluation.retention import retention_dir, retention_requests
+from cifc_bench.evaluation.eval_requests import (
+    concept_requests,
+    multi_requests,
+    retention_dir,
+    retention_requests,
+)
 from cifc_bench.evaluation.tracks import track_dir, track_requests
 
 

@@ -18,30 +18,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cifc_bench.api import ConceptImages, GenerationRequest, TaskSequence
+from cifc_bench.api import ConceptImages, TaskSequence
 from cifc_bench.core.images import load_rgb
-from cifc_bench.core.seeding import derive_seed
 from cifc_bench.evaluation.context import RunContext
+from cifc_bench.evaluation.eval_requests import retention_dir, retention_requests
 
-RETENTION = "_retention"  # the folder beside the concepts' (no concept name starts with _)
 DRIFT = "drift"
 LOWER_IS_BETTER = (DRIFT,)
-
-
-def retention_requests(sequence: TaskSequence) -> list[tuple[GenerationRequest, str]]:
-    """The generic requests and their file names: the same for the base model and every model state."""
-    return [(GenerationRequest(prompt=p, seed=derive_seed("retention", sequence.name, q, k)), f"r{q:03d}_s{k:03d}.png")
-            for q, p in enumerate(sequence.retention_prompts) for k in range(sequence.retention_images)]
-
-
-def retention_dir(run_dir: Path, j: int | None) -> Path:
-    """The folder of the retention images after task ``j`` (None: the base model's)."""
-    return Path(run_dir) / "images" / ("base" if j is None else f"after_task_{j:02d}") / RETENTION
 
 
 def new_retention(sequence: TaskSequence) -> dict[str, Any] | None:

@@ -112,8 +112,12 @@ def _method_passes(config: RunSpec, sequence: TaskSequence, method_cls, tracks) 
     """The method's UNet evaluations over every evaluated state: each request's passes per step times its
     sampler steps (a track's input skips the first ``1 - strength`` of them)."""
     from cifc_bench.api import GenerationRequest
-    from cifc_bench.evaluation.eval_requests import concept_requests, evaluated_after, multi_requests
-    from cifc_bench.evaluation.retention import retention_requests
+    from cifc_bench.evaluation.eval_requests import (
+        concept_requests,
+        evaluated_after,
+        multi_requests,
+        retention_requests,
+    )
 
     n, steps, guided = len(sequence.tasks), config.num_inference_steps, config.guidance_scale > 1.0
     total = 0
