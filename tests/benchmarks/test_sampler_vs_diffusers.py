@@ -1,5 +1,6 @@
-"""The harness's shared sampler against diffusers' ``StableDiffusionPipeline``: same tiny model, scheduler
-(DPM-Solver++), steps, guidance, batch and per-image generators.
+"""The harness's shared sampler against diffusers' pipelines: ``StableDiffusionPipeline`` on the tiny SD-1.x model
+(DPM-Solver++) and ``StableDiffusionXLPipeline`` on ``sdxl-tiny-random`` (Euler), with the same steps, guidance,
+batch and per-image generators.
 
 Run with timing: ``pytest tests/benchmarks/test_sampler_vs_diffusers.py --benchmark-enable``. The harness
 benchmark records ``ratio_to_diffusers`` (median over the pipeline's median) in ``extra_info`` and prints it.
@@ -47,18 +48,30 @@ def _harness(bundle):
     return ZeroShot(bundle).generate(REQUESTS, SETTINGS)
 
 
-@pytest.mark.benchmark(group="sampler-8-images")
-def test_diffusers_pipeline(benchmark, record_ratio, bundle):
-    images = benchmark.pedantic(_diffusers, args=(_pipeline(bundle),), rounds=ROUNDS, warmup_rounds=1)
-    assert len(images) == 8
-    record_ratio(benchmark, "diffusers", "diffusers", "ratio_to_diffusers", "StableDiffusionPipeline")
+#: per model family: the model, its pipeline's images, and the pipeline's name
+FAMILIES = {"sd1": ("tiny-random", lambda bundle: _diffusers(_pipeline(bundle)), "StableDiffusionPipeline"),
+            "sdxl": ("sdxl-tiny-random", lambda bundle: _sdxl_pipeline(bundle), "StableDiffusionXLPipeline")}
 
 
-@pytest.mark.benchmark(group="sampler-8-images")
-def test_harness_sampler(benchmark, record_ratio, bundle):
-    images = benchmark.pedantic(_harness, args=(bundle,), rounds=ROUNDS, warmup_rounds=1)
+def _sdxl_pipeline(bundle):
+    from cifc_bench.testing import sdxl_pipeline_images
+
+    return sdxl_pipeline_images(bundle, REQUESTS, SETTINGS)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("who", ["diffusers", "harness"])  # the pipeline first: the harness's ratio needs it
+def test_sampler(benchmark, record_ratio, family, who):
+    """SDXL's target (issue 38): the harness at most 1.05 x the pipeline, like SD-1.x's."""
+    from cifc_bench.diffusion.models import load_bundle
+
+    model, pipeline, name = FAMILIES[family]
+    bundle = load_bundle(model)
+    benchmark.group = f"{family}-sampler-8-images"
+    draw = pipeline if who == "diffusers" else _harness
+    images = benchmark.pedantic(draw, args=(bundle,), rounds=ROUNDS, warmup_rounds=1)
     assert len(images) == 8
-    record_ratio(benchmark, "harness", "diffusers", "ratio_to_diffusers", "StableDiffusionPipeline")
+    record_ratio(benchmark, f"{family}-{who}", f"{family}-diffusers", "ratio_to_diffusers", name)
 
 
 def test_harness_sampler_draws_the_pipelines_images(bundle):
@@ -66,3 +79,4 @@ def test_harness_sampler_draws_the_pipelines_images(bundle):
     theirs = np.stack([np.asarray(im, dtype=int) for im in _diffusers(_pipeline(bundle))])
     assert ours.shape == theirs.shape and np.ptp(ours) > 0
     assert np.abs(ours - theirs).max() <= 1, "the shared sampler must draw what StableDiffusionPipeline draws"
+
