@@ -19,6 +19,7 @@ from .lora_merge import LoRAMerge
 
 
 class LoRAComposite(LoRAMerge):
+    families = ("sd1",)  # its one-call composite of per-LoRA predictions is not ported to SDXL yet (issue 38)
     version = 3  # its history: the module's docstring
     def __init__(self, bundle, rank: int = 4, lr: float = 1e-4, embedding_lr: float = 1e-3) -> None:
         super().__init__(bundle, rank=rank, lr=lr, embedding_lr=embedding_lr)

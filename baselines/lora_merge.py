@@ -20,6 +20,7 @@ from cifc_bench.diffusion.training import CROSS_ATTENTION, lora_config, train_lo
 
 class LoRAMerge(AdapterMethod):
     storage = "per-task-adapters"
+    families = ("sd1", "sdxl")  # per-task LoRAs on the cross-attention projections of either UNet
     version = 3  # its history: the module's docstring
 
     def __init__(self, bundle, rank: int = 4, lr: float = 1e-4, embedding_lr: float = 1e-3,

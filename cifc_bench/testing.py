@@ -153,9 +153,11 @@ def store_random_cidm_task(method, concept, generator, std: float) -> None:
     method.task_placeholders.append(list(concept.placeholders))
 
 
-def check_method(cls, method_args: dict[str, Any] | None = None, root: Path | None = None) -> None:
+def check_method(cls, method_args: dict[str, Any] | None = None, root: Path | None = None,
+                 model: str = "tiny-random") -> None:
     """The method contract, as a test any plugin's suite can call (``check_method(MyMethod)``); raises
-    ``AssertionError`` naming the broken rule. On the tiny protocol and model, it checks that the method:
+    ``AssertionError`` naming the broken rule. On the tiny protocol and ``model`` (``sdxl-tiny-random`` checks a
+    method that declares ``families`` with ``sdxl``), it checks that the method:
 
     - is a :class:`~cifc_bench.api.Method` subclass with a ``storage`` string and an integer ``version``;
     - learns two tasks within their budget and generates one image per request at the asked resolution, for
@@ -185,7 +187,7 @@ def check_method(cls, method_args: dict[str, Any] | None = None, root: Path | No
     args = dict(method_args or {})
     settings = GenerationSettings(resolution=32, num_inference_steps=2, guidance_scale=7.5, batch_size=2)
     torch.manual_seed(0)
-    method = cls(load_bundle("tiny-random"), **args)
+    method = cls(load_bundle(model), **args)
     for task in sequence.tasks[:2]:
         method.learn_task(task, TrainBudget(steps=2, batch_size=2, resolution=32, seed=task.index))
     concepts = sequence.concepts[:2]
@@ -205,12 +207,12 @@ def check_method(cls, method_args: dict[str, Any] | None = None, root: Path | No
     if cls.storage == "none":
         assert method.stored_parameters() == 0, "a method with storage='none' stores nothing"
     torch.manual_seed(123)
-    restored = cls(load_bundle("tiny-random"), **args)
+    restored = cls(load_bundle(model), **args)
     restored.load_state_dict(state, sequence.tasks[:2])
     for a, b in zip(images, restored.generate(requests, settings), strict=True):
         assert np.array_equal(np.asarray(a), np.asarray(b)), \
             "a fresh instance restored with load_state_dict(state, tasks_done) must generate the same images"
-    elsewhere = cls(load_bundle("tiny-random").to("meta"), **args)
+    elsewhere = cls(load_bundle(model).to("meta"), **args)
     with warnings.catch_warnings():  # loading into meta modules is a no-op by design here; torch says so per key
         warnings.filterwarnings("ignore", message=".*to a meta parameter in the current model")
         elsewhere.load_state_dict(state, sequence.tasks[:2])

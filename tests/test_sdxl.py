@@ -7,6 +7,7 @@ import torch
 
 from cifc_bench.api import GenerationRequest, GenerationSettings
 from cifc_bench.core.config import ConfigError
+from cifc_bench.core.registry import METHODS, list_plugins
 from cifc_bench.run.loop import run_benchmark
 from cifc_bench.testing import sdxl_pipeline_images, tiny_run_config
 
@@ -69,3 +70,19 @@ def dataclasses_replace_run_dir(ctx, run_dir):
     import dataclasses
 
     return dataclasses.replace(ctx, run_dir=run_dir)
+
+
+@pytest.mark.parametrize("name", sorted(list_plugins(METHODS)))
+def test_every_method_keeps_the_contract_on_sdxl_or_refuses_it_clearly(name, tmp_path):
+    from cifc_bench.core.config import RunSpec
+    from cifc_bench.core.registry import load_method
+    from cifc_bench.diffusion.models import load_bundle
+    from cifc_bench.run.setup import check_family
+    from cifc_bench.testing import QUICK_METHOD_ARGS, check_method
+
+    cls = load_method(name)
+    if "sdxl" in cls.families:
+        check_method(cls, QUICK_METHOD_ARGS.get(name), root=tmp_path, model="sdxl-tiny-random")
+    else:
+        with pytest.raises(ConfigError, match=f"method {name!r} does not run on sdxl models yet"):
+            check_family(cls, load_bundle("sdxl-tiny-random"), RunSpec(method=name, model="sdxl-tiny-random"))
