@@ -86,3 +86,32 @@ def test_every_method_keeps_the_contract_on_sdxl_or_refuses_it_clearly(name, tmp
     else:
         with pytest.raises(ConfigError, match=f"method {name!r} does not run on sdxl models yet"):
             check_family(cls, load_bundle("sdxl-tiny-random"), RunSpec(method=name, model="sdxl-tiny-random"))
+
+
+@pytest.mark.slow
+def test_cifc10_smoke_run_on_sdxl_and_the_papers_sdxl_rows_beside_it(cifc10_dir, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from cifc_bench.cli import main
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "cifc_bench.cli", "run", "--method", "finetune", "--protocol", "cifc10",
+           "--model", "sdxl-tiny-random", "--scorer", "tiny-random", "--data-dir", str(cifc10_dir), "--steps", "2",
+           "--prompts-per-concept", "2", "--images-per-prompt", "1", "--resolution", "32", "--num-inference-steps",
+           "4", "--dino", "none", "--calibration-images", "4", "--multi-images-per-prompt", "2",
+           "--tracks", "style_transfer,editing", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    assert result["status"] == "completed" and result["run_info"]["model_family"] == "sdxl"
+    for metric in ("ia", "ta"):
+        R = result["matrices"][metric]
+        assert all((R[j][i] is None) == (i > j) for j in range(10) for i in range(10))
+    assert all(v["final"] is not None for k, v in result["summary"].items() if k not in ("min_sim",)), result["summary"]
+    table = tmp_path / "board.md"
+    assert main(["leaderboard", "--protocol", "cifc10", "--results", str(tmp_path), "--include-dirty",
+                 "--out", str(table)]) == 0
+    text = table.read_text()
+    assert "| finetune [SDXL]" in text and "[paper] CIDM (SDXL, reported)" in text and "(SD-1.5, reported)" in text

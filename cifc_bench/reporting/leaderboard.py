@@ -219,7 +219,11 @@ def leaderboard_tables(protocol: str, results_dir: Path, include_failed: bool = 
             if runs:
                 tables[NEGLECT_INTERVALS] = neglect_interval_table(runs)
             continue
-        tables[m] = metric_table(m, runs, concepts, reference_rows(ref, m) if ref else None)
+        paper = {}
+        for backbone in ("SD-1.5", *(["SDXL"] if any(r.data["run_info"].get("model_family") == "sdxl" for r in runs)
+                                     else [])):
+            paper.update(reference_rows(ref, m, backbone) if ref else {})
+        tables[m] = metric_table(m, runs, concepts, paper or None)
         if runs:
             tables[m + INTERVALS] = interval_table(m, runs)
             effects = effects_table(m, runs)

@@ -40,6 +40,7 @@ class RunRecord:
         label = label if schedule == SHARED else f"{label} [schedule {schedule}]"
         order = self.task_order
         label = label if order == PROTOCOL else f"{label} [order {order}]"
+        label = f"{label} [SDXL]" if info.get("model_family") == "sdxl" else label
         label = f"{label} {REFERENCE_MARK}" if info.get("reference") else label
         return f"{label} {self.note}" if self.note else label
 

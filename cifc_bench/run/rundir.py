@@ -18,6 +18,7 @@ from cifc_bench.core.results import (
     package_versions,
     run_identity,
 )
+from cifc_bench.diffusion.sdxl import family
 from cifc_bench.evaluation.context import RunContext
 from cifc_bench.evaluation.retention import new_retention
 from cifc_bench.evaluation.tracks import new_tracks
@@ -53,6 +54,7 @@ def new_result(ctx: RunContext) -> dict[str, Any]:
             "protocol": {"name": seq.name, "version": seq.version, "file": str(seq.source)},
             "seed": ctx.config.seed,
             "model": ctx.config.model,
+            "model_family": family(ctx.method.bundle),  # sd1 or sdxl: leaderboards never average the two
             "scorer": ctx.config.scorer,
             "scorer_fingerprint": scorer_fingerprint(ctx.scorer),
             "model_fingerprint": ctx.model_fingerprint,
