@@ -14,7 +14,8 @@ def test_cifc10_smoke_run_writes_full_matrices(cifc10_dir, tmp_path):
            "--prompts-per-concept", "2", "--images-per-prompt", "1", "--resolution", "32",
            "--num-inference-steps", "4", "--dino", "tiny-random", "--calibration-images", "4",
            "--image-encoders", "dinov2-tiny-random,dreamsim-tiny-random",
-           "--multi-images-per-prompt", "2", "--tracks", "style_transfer,editing", "--out", str(out)]
+           "--multi-images-per-prompt", "2", "--retention-prompts", "3", "--tracks", "style_transfer,editing",
+           "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "result.json").read_text())
@@ -25,6 +26,7 @@ def test_cifc10_smoke_run_writes_full_matrices(cifc10_dir, tmp_path):
         assert all((R[j][i] is None) == (i > j) for j in range(10) for i in range(10))
         assert result["summary"][metric]["forgetting"] is not None
     assert "ia (x100): final " in proc.stdout  # the leaderboard's scale
+    assert len(result["retention"]["prompts"]) == 3 and len(result["retention"]["per_image"]["drift"]["9"]) == 3
     # the neglect matrix: each multi-concept prompt from the first task after which both its concepts are learned
     neglect = result["neglect"]
     order = result["concepts"]

@@ -15,7 +15,7 @@ SAMPLE = {
     "eval_batch_size": 3, "seed": 3, "device": "meta", "dino": "none", "multi_images_per_prompt": 3,
     "calibration_images": 3, "dtype": "fp16", "method_args": {"rank": 8}, "tracks": ("editing", "style_transfer"),
     "eval_workers": 1, "log_to": ("tensorboard",), "compile": True, "task_order": "random:3",
-    "image_encoders": ("dinov2-vits14", "dreamsim"),
+    "image_encoders": ("dinov2-vits14", "dreamsim"), "retention_prompts": 3,
 }
 
 

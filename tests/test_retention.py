@@ -42,6 +42,9 @@ def test_the_dry_run_counts_the_retention_images(retention_protocol):
     config, spec, _, budgets = resolve_run(tiny_run_config(retention_protocol))
     plan = work_plan(config, run_sequence(spec, config, check=False), budgets)
     assert plan.retention_images == (6, 6) and plan.base_images == 6
+    config, spec, _, budgets = resolve_run(tiny_run_config(retention_protocol, retention_prompts=1))
+    fewer = work_plan(config, run_sequence(spec, config, check=False), budgets)  # --retention-prompts 1
+    assert fewer.retention_images == (2, 2) and fewer.base_images == 2
     assert plan.images_after(1) == 2 * 2 + 2 + 6  # 2 concepts x 2 prompts, a multi prompt's 2 images, retention
 
 

@@ -101,6 +101,7 @@ def test_cifc10_smoke_run_on_sdxl_and_the_papers_sdxl_rows_beside_it(cifc10_dir,
            "--model", "sdxl-tiny-random", "--scorer", "tiny-random", "--data-dir", str(cifc10_dir), "--steps", "2",
            "--prompts-per-concept", "2", "--images-per-prompt", "1", "--resolution", "32", "--num-inference-steps",
            "4", "--dino", "none", "--calibration-images", "4", "--multi-images-per-prompt", "2",
+           "--retention-prompts", "3",
            "--tracks", "style_transfer,editing", "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]

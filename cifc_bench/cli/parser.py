@@ -80,6 +80,8 @@ def add_setting_flags(r: argparse.ArgumentParser) -> None:
                         "(ia_dinov2), dreamsim (ia_dreamsim; pip install 'cifc-bench[dreamsim]'); cifc-bench ls "
                         "image-encoders")
     r.add_argument("--multi-images-per-prompt", type=int, help="images per multi-concept prompt (neglect rate)")
+    r.add_argument("--retention-prompts", type=int, metavar="N",
+                   help="retention of the base model on the first N of the protocol's generic prompts (default: all)")
     r.add_argument("--calibration-images", type=int,
                    help="base-model class-word images per concept that calibrate the presence thresholds")
     r.add_argument("--tracks", type=track_names, metavar="TRACK[,TRACK]|none",

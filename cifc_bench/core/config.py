@@ -40,7 +40,7 @@ PROTOCOL_ONLY = ("metrics", "presence", "method_args", "schedule")
 RUN_ONLY = ("method", "protocol", "data_dir", "eval_schedule", "seed", "device", "dtype", "tracks", "log_to",
             "compile", "task_order")
 _WHOLE = ("steps", "batch_size", "prompts_per_concept", "images_per_prompt", "resolution", "num_inference_steps",
-          "eval_batch_size", "multi_images_per_prompt", "calibration_images")
+          "eval_batch_size", "multi_images_per_prompt", "calibration_images", "retention_prompts")
 AUTO = "auto"  # eval_batch_size: the largest batch the device fits, chosen when the run starts (the CUDA default)
 
 
@@ -90,6 +90,8 @@ class RunSpec:
     compile: bool = False
     #: the order the run learns the protocol's concepts in: protocol, reversed or random:SEED (core/task_order)
     task_order: str = "protocol"
+    #: retention of the base model on the first N of the protocol's generic prompts (None: all of them)
+    retention_prompts: int | None = None
 
     def __post_init__(self) -> None:
         problems = check_values(dataclasses.asdict(self))
@@ -113,7 +115,7 @@ class RunSpec:
                 updates[key] = defaults.get(key, fallback)
         if self.eval_batch_size is None and "eval_batch_size" not in defaults and str(self.device).startswith("cuda"):
             updates["eval_batch_size"] = AUTO  # on a GPU the largest batch that fits, unless the protocol fixes one
-        for key in ("model", "scorer", "image_encoders"):
+        for key in ("model", "scorer", "image_encoders", "retention_prompts"):
             if getattr(self, key) is None:
                 updates[key] = defaults.get(key)
         if self.dtype is None:

@@ -104,6 +104,8 @@ def run_identity(result: dict[str, Any]) -> str:
         del config["compile"]
     if config.get("task_order") == "protocol":  # and the protocol's order, as every run before --task-order
         del config["task_order"]
+    if "retention_prompts" in config and config["retention_prompts"] is None:  # all of them, as before the setting
+        del config["retention_prompts"]
     scorer = info.get("scorer_fingerprint")  # rescoring updates it: a rescored run is scored like a new one
     key = {
         "protocol": [info["protocol"]["name"], str(info["protocol"].get("version"))],

@@ -38,8 +38,11 @@ def resolve_run(config: RunSpec):
 
 def run_sequence(spec, config: RunSpec, root: Path | None = None, check: bool = True):
     """The protocol's task stream over its data (``root``, else the run's data folder), in the run's task order."""
-    return reordered(spec.bind(spec.data_root(config.data_dir) if root is None else root, check=check),
-                     config.task_order)
+    sequence = reordered(spec.bind(spec.data_root(config.data_dir) if root is None else root, check=check),
+                         config.task_order)
+    if config.retention_prompts is not None:  # the first N generic prompts, as --prompts-per-concept takes N
+        sequence = dataclasses.replace(sequence, retention_prompts=sequence.retention_prompts[: config.retention_prompts])
+    return sequence
 
 
 def load_context(config: RunSpec, run_dir: Path, calibration: dict[str, Any] | None = None,
