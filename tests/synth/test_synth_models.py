@@ -199,7 +199,7 @@ def test_shortened_synth10_run_is_the_default_protocol(tmp_path, method):
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "cifc_bench.cli", "run", "--method", method, "--steps", "2",
                            "--prompts-per-concept", "2", "--images-per-prompt", "1", "--num-inference-steps", "2",
-                           "--calibration-images", "4", "--multi-images-per-prompt", "2",
+                           "--calibration-images", "4", "--multi-images-per-prompt", "2", "--retention-prompts", "2",
                            "--out", str(out), "--device", "cpu"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "result.json").read_text())
