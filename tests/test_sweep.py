@@ -69,13 +69,14 @@ def test_killed_sweep_run_again_finishes_only_the_missing_work(tiny_protocol, tm
     from cifc_bench.core.data import cache_dir
 
     out = tmp_path / "sweep"
+    before = set((cache_dir() / "cnr-thresholds").glob("*.json"))  # other tests' settings share the cache
     monkeypatch.setenv("CIFC_BENCH_FAULT", "kill:state:2")
     assert main(_sweep_argv(tiny_protocol, out)) == 3
     out_text = capsys.readouterr().out
     assert "0 of 3 run(s) finished" in out_text and "'base' cannot depend on the seed" in out_text  # base runs once
     first_states = {p: p.stat().st_mtime_ns for p in out.rglob("after_task_00.safetensors")}
     assert len(first_states) == 3 and all(len(r["tasks"]) == 1 for r in _results(out).values())
-    (threshold_file,) = (cache_dir() / "cnr-thresholds").glob("*.json")
+    (threshold_file,) = set((cache_dir() / "cnr-thresholds").glob("*.json")) - before
     calibrated = threshold_file.stat().st_mtime_ns
 
     monkeypatch.delenv("CIFC_BENCH_FAULT")
