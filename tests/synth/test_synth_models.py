@@ -194,6 +194,7 @@ def test_committed_scorer_names_the_class_of_clean_renders():
     assert np.mean(class_predictions(load_scorer("synth"), grainy) == truth) >= 0.85
 
 
+@pytest.mark.slow  # two whole synth10 runs (about a minute each): the slow step, so CI's two steps stay balanced
 @pytest.mark.parametrize("method", ["base", "finetune"])
 def test_shortened_synth10_run_is_the_default_protocol(tmp_path, method):
     out = tmp_path / "run"
