@@ -69,15 +69,15 @@ def test_killed_sweep_run_again_finishes_only_the_missing_work(tiny_protocol, tm
     from cifc_bench.core.data import cache_dir
 
     out = tmp_path / "sweep"
-    before = set((cache_dir() / "cnr-thresholds").glob("*.json"))  # other tests' settings share the cache
     monkeypatch.setenv("CIFC_BENCH_FAULT", "kill:state:2")
     assert main(_sweep_argv(tiny_protocol, out)) == 3
     out_text = capsys.readouterr().out
     assert "0 of 3 run(s) finished" in out_text and "'base' cannot depend on the seed" in out_text  # base runs once
     first_states = {p: p.stat().st_mtime_ns for p in out.rglob("after_task_00.safetensors")}
     assert len(first_states) == 3 and all(len(r["tasks"]) == 1 for r in _results(out).values())
-    (threshold_file,) = set((cache_dir() / "cnr-thresholds").glob("*.json")) - before
-    calibrated = threshold_file.stat().st_mtime_ns
+    # the cache is shared with other tests' settings, and this one's may predate the sweep: none may be rewritten
+    calibrated = {p: p.stat().st_mtime_ns for p in (cache_dir() / "cnr-thresholds").glob("*.json")}
+    assert calibrated
 
     monkeypatch.delenv("CIFC_BENCH_FAULT")
     assert main(_sweep_argv(tiny_protocol, out)) == 0
@@ -87,7 +87,7 @@ def test_killed_sweep_run_again_finishes_only_the_missing_work(tiny_protocol, tm
     assert sorted(results) == ["tiny/base/s0", "tiny/finetune/s0", "tiny/finetune/s1"]
     assert all(r["status"] == "completed" and len(r["tasks"]) == 3 for r in results.values())
     assert {p: p.stat().st_mtime_ns for p in first_states} == first_states, "a finished task was redone"
-    assert threshold_file.stat().st_mtime_ns == calibrated, "the shared calibration was computed again"
+    assert {p: p.stat().st_mtime_ns for p in calibrated} == calibrated, "the shared calibration was computed again"
 
     assert main(_sweep_argv(tiny_protocol, out)) == 0
     assert "3 completed (skipped)" in capsys.readouterr().out
