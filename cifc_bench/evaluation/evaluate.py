@@ -59,22 +59,26 @@ def evaluate_concept(ctx: RunContext, j: int, concept: Concept, references: dict
     class_prompts = [concept.to_class_words(r.prompt) for r, _ in pairs]
     dino = {}
     if ctx.dino is not None:
-        key = f"{DINO_METRIC}:{concept.name}"
-        if key not in references:
-            references[key] = ctx.dino.encode_images([load_rgb(p) for p in list_images(concept.image_dir)])
-        dino = {"dino_features": ctx.dino.encode_images(generated), "dino_reference_features": references[key]}
-    for metric, encoder in ctx.encoders.items():
-        if f"{metric}:{concept.name}" not in references:
-            references[f"{metric}:{concept.name}"] = encoder.encode_images([load_rgb(p) for p in list_images(concept.image_dir)])
+        dino = {"dino_features": ctx.dino.encode_images(generated),
+                "dino_reference_features": training_features(references, DINO_METRIC, ctx.dino, concept)}
     sample = ConceptImages(concept=concept, images=tuple(generated), prompts=tuple(class_prompts),
                            features=ctx.scorer.encode_images(generated), reference_features=references[concept.name],
                            text_features=ctx.scorer.encode_texts(class_prompts), **dino,
                            encoded={m: e.encode_images(generated) for m, e in ctx.encoders.items()},
-                           encoded_references={m: references[f"{m}:{concept.name}"] for m in ctx.encoders})
+                           encoded_references={m: training_features(references, m, e, concept)
+                                               for m, e in ctx.encoders.items()})
     scores = {name: float(ctx.metric_fns[name](sample)) for name in ctx.metrics}
     if per_image is not None:
         per_image.update(image_scores(ctx, sample))
     return {k: (None if math.isnan(v) else v) for k, v in scores.items()}
+
+
+def training_features(references: dict[str, np.ndarray], metric: str, encoder, concept: Concept) -> np.ndarray:
+    """The concept's training images under ``encoder`` (the one behind ``metric``), encoded once per run."""
+    key = f"{metric}:{concept.name}"
+    if key not in references:
+        references[key] = encoder.encode_images([load_rgb(p) for p in list_images(concept.image_dir)])
+    return references[key]
 
 
 def image_scores(ctx: RunContext, sample: ConceptImages, names=None) -> dict[str, list[float | None]]:

@@ -42,25 +42,15 @@ def new_retention(sequence: TaskSequence) -> dict[str, Any] | None:
             "summary": {}}
 
 
-class BaseSampler:
-    """The base model under the shared sampler, as ``base`` samples a prompt without learned tokens."""
-
-    def __init__(self, bundle) -> None:
-        self.bundle = bundle
-
-    def generate(self, requests, settings):
-        from cifc_bench.diffusion.sampling import generate_requests
-
-        return generate_requests(self.bundle, requests, settings)
-
-
 def generate_base_images(ctx: RunContext, bundle) -> None:
     """The base model's retention images, drawn before any method is built on ``bundle`` (a resumed run finds
     them on disk and draws none)."""
+    # the base model under the shared sampler, as `base` draws
     from cifc_bench.evaluation.image_cache import generate_cached
+    from cifc_bench.methods.zero_shot import ZeroShot
 
     if ctx.sequence.retention_prompts:
-        generate_cached(dataclasses.replace(ctx, method=BaseSampler(bundle)), retention_requests(ctx.sequence),
+        generate_cached(dataclasses.replace(ctx, method=ZeroShot(bundle)), retention_requests(ctx.sequence),
                         retention_dir(ctx.run_dir, None), "generate retention@base")
 
 
