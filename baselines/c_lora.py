@@ -31,6 +31,7 @@ def self_regularization(past: list[torch.Tensor | None], current: list[torch.Ten
 
 class CLoRA(AdapterMethod):
     storage = "single-model"
+    families = ("sd1", "sdxl")  # K/V LoRAs on either UNet's cross-attention
     version = 2  # its history: the module's docstring
 
     def __init__(self, bundle, rank: int = 4, lr: float = 1e-4, embedding_lr: float = 1e-3, reg_lambda: float = 1e6,

@@ -32,7 +32,13 @@ from __future__ import annotations
 import torch
 
 from cifc_bench.diffusion.adapter_method import AdapterMethod, one_of
-from cifc_bench.diffusion.sampling import encode_prompts, generate_batched, generate_requests, to_pixels
+from cifc_bench.diffusion.sampling import (
+    encode_prompts,
+    encode_unpadded,
+    generate_batched,
+    generate_requests,
+    to_pixels,
+)
 from cifc_bench.diffusion.training import diffusion_loss, train_lora_and_tokens
 
 VARIANTS = ("sequential", "merge")
@@ -59,8 +65,7 @@ def text_rows(bundle, prompts) -> torch.Tensor:
     for prompts that start so), rows of all prompts stacked; no padding row is ever included."""
     rows = []
     for prompt in prompts:
-        ids = bundle.tokenizer(prompt, truncation=True, max_length=bundle.tokenizer.model_max_length).input_ids
-        states = bundle.text_encoder(torch.tensor([ids], device=bundle.text_encoder.device))[0][0]
+        _, states = encode_unpadded(bundle, prompt)  # SDXL: both encoders' rows, at the K/V input width
         rows.append(states[4:] if prompt[:15].startswith("photo of a") else states[1:])
     return torch.cat(rows).float()
 
@@ -73,6 +78,7 @@ def unique_rows(rows: torch.Tensor) -> torch.Tensor:
 
 class CustomDiffusion(AdapterMethod):
     storage = "single-model"
+    families = ("sd1", "sdxl")  # SDXL: K/V read both encoders' states, merged at that width (docs/reference/fidelity.md)
     version = 2  # its history: the module's docstring
 
     def __init__(self, bundle, variant: str = "merge", lr: float = 1e-5, embedding_lr: float = 1e-3,

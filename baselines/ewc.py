@@ -31,7 +31,7 @@ def fisher_diagonal(loss_fn: Callable[[object], torch.Tensor], params: Sequence[
 
 
 class EWC(SequentialFinetune):
-    families = ("sd1",)  # its Fisher pass is not checked on SDXL yet (issue 38)
+    families = ("sd1", "sdxl")  # its Fisher pass is the diffusion loss of either family
 
     def __init__(self, bundle, rank: int = 4, lr: float = 1e-4, embedding_lr: float = 1e-3,
                  targets: str = "cross-attn", ewc_lambda: float = 1e3, fisher_samples: int = 50,

@@ -13,14 +13,15 @@ batch per LoRA through peft's mixed-adapter forward; float rounding changes the 
 from __future__ import annotations
 
 from cifc_bench.diffusion.adapters import mixed_adapter_batch
-from cifc_bench.diffusion.sampling import generate_requests
+from cifc_bench.diffusion.sampling import generate_requests, join_conditions, unet_predictor
 
 from .lora_merge import LoRAMerge
 
 
 class LoRAComposite(LoRAMerge):
-    families = ("sd1",)  # its one-call composite of per-LoRA predictions is not ported to SDXL yet (issue 38)
+    families = ("sd1", "sdxl")  # the composite batches either family's condition
     version = 3  # its history: the module's docstring
+
     def __init__(self, bundle, rank: int = 4, lr: float = 1e-4, embedding_lr: float = 1e-3) -> None:
         super().__init__(bundle, rank=rank, lr=lr, embedding_lr=embedding_lr)
 
@@ -33,13 +34,13 @@ class LoRAComposite(LoRAMerge):
         """ε(x, t, c) averaged over the task LoRAs, each active alone; CFG is linear, so the guided
         prediction of this average is the average of the per-LoRA guided predictions. The t predictions are one
         UNet call: the batch repeated once per LoRA, each copy through its own LoRA (peft's mixed-adapter batch)."""
-        unet = self.bundle.unet
+        unet, call = self.bundle.unet, unet_predictor(self.bundle)
 
         def predict(latents, t, cond):
             n, k = latents.shape[0], len(self.adapters)
             names = [name for name in self.adapters for _ in range(n)]
             with mixed_adapter_batch(unet, names):
-                out = unet(latents.repeat(k, 1, 1, 1), t, encoder_hidden_states=cond.repeat(k, 1, 1)).sample
+                out = call(latents.repeat(k, 1, 1, 1), t, join_conditions([cond] * k))
             return out.view(k, n, *out.shape[1:]).mean(0)
 
         return predict

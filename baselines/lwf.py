@@ -12,13 +12,14 @@ import torch
 import torch.nn.functional as F
 from cifc_bench.methods.finetune import ADAPTER, TARGETS, SequentialFinetune
 
+from cifc_bench.diffusion.sampling import unet_predictor
 from cifc_bench.diffusion.training import lora_config
 
 TEACHER = "previous"
 
 
 class LwF(SequentialFinetune):
-    families = ("sd1",)  # its distillation pass is not checked on SDXL yet (issue 38)
+    families = ("sd1", "sdxl")  # teacher and student through the family's own UNet call
 
     def __init__(self, bundle, rank: int = 4, lr: float = 1e-4, embedding_lr: float = 1e-3,
                  targets: str = "cross-attn", distill_weight: float = 1.0) -> None:
@@ -47,6 +48,7 @@ class LwF(SequentialFinetune):
         if self.tasks_seen < 2:
             return torch.zeros(())
         unet, bundle = self.bundle.unet, self.bundle
+        predict = unet_predictor(bundle)  # SDXL: the pooled embedding and time ids beside the context
         latents = pixels.to(bundle.device)
         if bundle.vae is not None:
             with torch.no_grad():
@@ -57,12 +59,12 @@ class LwF(SequentialFinetune):
         noisy = noise_scheduler.add_noise(latents, noise, t)
         unet.set_adapters([TEACHER])
         with torch.no_grad():
-            target = unet(noisy, t, encoder_hidden_states=embeds.detach()).sample
+            target = predict(noisy, t, embeds)
         unet.set_adapters([ADAPTER])
         for n, p in unet.named_parameters():  # set_adapters re-enables grads on the active adapter only
             if f".{TEACHER}." in n:
                 p.requires_grad_(False)
-        pred = unet(noisy, t, encoder_hidden_states=embeds).sample
+        pred = predict(noisy, t, embeds)
         return self.distill_weight * F.mse_loss(pred, target)
 
     def load_state_dict(self, state, tasks_done) -> None:

@@ -42,7 +42,11 @@ from cifc_bench.diffusion.layerwise import (
     encode_layerwise,
     generate_unboxed,
     install_processors,
+    layer_count,
+    unconditional_layerwise,
 )
+from cifc_bench.diffusion.sampling import encode_unpadded
+from cifc_bench.diffusion.sdxl import context_of
 from cifc_bench.diffusion.tokens import PlaceholderTokens
 from cifc_bench.diffusion.training import lora_config, train_lora_and_tokens
 
@@ -67,6 +71,7 @@ def fuse(weighted_grams: torch.Tensor, grams: torch.Tensor, base: torch.Tensor, 
 
 class MixOfShow(AdapterMethod):
     storage = "per-task-features"
+    families = ("sd1", "sdxl")  # SDXL: ED-LoRA on both text encoders, fused alike (docs/reference/fidelity.md)
     version = 2  # its history: the module's docstring
 
     def __init__(self, bundle, rank: int = 4, lr: float = 1e-4, embedding_lr: float = 1e-3,
@@ -77,7 +82,7 @@ class MixOfShow(AdapterMethod):
         self.text_lr = text_lr
         self.fusion_steps, self.eps = int(fusion_steps), float(eps)
         self.processors = install_processors(bundle.unet)
-        self.n_layers = len(self.processors)
+        self.n_layers = layer_count(self.processors)
         self.layers = self._target_layers()
         self.base = {n: m.weight.detach().clone() for n, m in self.layers.items()}
         self.sums: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> (Σ W_i G_i, Σ G_i)
@@ -89,12 +94,18 @@ class MixOfShow(AdapterMethod):
         import re
 
         out = {}
-        for prefix, model, pattern in (("unet.", self.bundle.unet, UNET_TARGETS),
-                                       ("text.", self.bundle.text_encoder, TEXT_TARGETS)):
+        for prefix, model, pattern in (("unet.", self.bundle.unet, UNET_TARGETS), *self._text_encoders()):
             for name, module in model.named_modules():
                 if re.fullmatch(pattern, name):
                     out[prefix + name] = module
         return out
+
+    def _text_encoders(self) -> list[tuple[str, torch.nn.Module, str]]:
+        """(layer-name prefix, encoder, LoRA pattern) of each text encoder: ``text.``, and SDXL's ``text2.``."""
+        encoders = [("text.", self.bundle.text_encoder, TEXT_TARGETS)]
+        if getattr(self.bundle, "text_encoder_2", None) is not None:
+            encoders.append(("text2.", self.bundle.text_encoder_2, TEXT_TARGETS))
+        return encoders
 
     @property
     def placeholders(self) -> list[str]:
@@ -110,11 +121,12 @@ class MixOfShow(AdapterMethod):
         self._set_weights(self.base)  # every ED-LoRA trains from the pretrained model
         gen, new_ids = self.task_tokens(task, budget)
         self.concepts += task.concepts
-        unet, text = self.bundle.unet, self.bundle.text_encoder
+        unet, texts = self.bundle.unet, [text for _, text, _ in self._text_encoders()]
         unet.add_adapter(lora_config(self.rank, UNET_TARGETS), adapter_name=ADAPTER)
-        inject_adapter_in_model(lora_config(self.rank, TEXT_TARGETS), text, adapter_name=ADAPTER)
+        for text in texts:
+            inject_adapter_in_model(lora_config(self.rank, TEXT_TARGETS), text, adapter_name=ADAPTER)
         unet_lora = [p for n, p in unet.named_parameters() if "lora_" in n]
-        text_lora = [p for n, p in text.named_parameters() if "lora_" in n]
+        text_lora = [p for text in texts for n, p in text.named_parameters() if "lora_" in n]
         self.trained, _, _ = train_lora_and_tokens(self.bundle, task, budget, unet_lora, new_ids, self.lr,
                                                       self.embedding_lr, gen, encode=self._encode,
                                                       groups=[(text_lora, self.text_lr)])
@@ -122,13 +134,14 @@ class MixOfShow(AdapterMethod):
             p.requires_grad_(False)
         self._fuse_task(task, new_ids, budget)
         unet.delete_adapters(ADAPTER)
-        for module in text.modules():  # peft's wrappers stay, empty: they then compute their base layer only
-            if hasattr(module, "delete_adapter") and ADAPTER in getattr(module, "lora_A", {}):
-                module.delete_adapter(ADAPTER)
-        if getattr(text, "peft_config", None) is not None:
-            text.peft_config.pop(ADAPTER, None)
-            if not text.peft_config:
-                del text.peft_config
+        for text in texts:
+            for module in text.modules():  # peft's wrappers stay, empty: they then compute their base layer only
+                if hasattr(module, "delete_adapter") and ADAPTER in getattr(module, "lora_A", {}):
+                    module.delete_adapter(ADAPTER)
+            if getattr(text, "peft_config", None) is not None:
+                text.peft_config.pop(ADAPTER, None)
+                if not text.peft_config:
+                    del text.peft_config
         self.layers = self._target_layers()  # _fuse_task left every layer's weight at its fused value
 
     @torch.no_grad()
@@ -140,27 +153,23 @@ class MixOfShow(AdapterMethod):
 
         modules = self._target_layers()
         kv = {n for n in modules if n.endswith(("attn2.to_k", "attn2.to_v"))}
-        text = {n for n in modules if n.startswith("text.")}
+        text = {n for n in modules if n.startswith(("text.", "text2."))}
         spatial = set(modules) - kv - text
         names = [c.token_string for c in task.concepts]
         bound = bind_layerwise([p for v in names for p in (TEMPLATE.format(v), v)], self.placeholders, self.n_layers)
 
-        def text_states(prompt):  # unpadded, like the official ``padding='do_not_pad'``
-            ids = self.bundle.tokenizer(prompt, truncation=True, max_length=self.bundle.tokenizer.model_max_length).input_ids
-            ids = torch.tensor([ids], device=self.bundle.text_encoder.device)
-            return ids[0], self.bundle.text_encoder(ids)[0][0]
-
-        # 1. the text encoder's layers, on its own ED-LoRA
-        grams = self._captured(text, lambda: [text_states(p) for p in bound])
+        # 1. the text encoder's layers (SDXL: both encoders'), on its own ED-LoRA; unpadded, like the official
+        # ``padding='do_not_pad'``
+        grams = self._captured(text, lambda: [encode_unpadded(self.bundle, p) for p in bound])
         self._add_and_fuse({n: modules[n] for n in text}, grams)
         # 2. cross-attention K/V of layer l: the fused encoder's new-token and EOS rows of layer l's prompts
         keep = torch.tensor([*new_ids, self.bundle.tokenizer.eos_token_id])
         grams = {}
         per_layer = len(bound) // self.n_layers  # bound is prompt-major: prompt k's layer l is k * L + l
-        for layer, (name, _) in enumerate(cross_attention_layers(self.bundle.unet)):
+        for proc, (name, _) in zip(self.processors, cross_attention_layers(self.bundle.unet), strict=True):
             rows = []
-            for k in range(per_layer):
-                ids, states = text_states(bound[k * self.n_layers + layer])
+            for k in range(per_layer):  # SDXL: the layers of one block read its token layer's prompt
+                ids, states = encode_unpadded(self.bundle, bound[k * self.n_layers + proc.index])
                 rows.append(states[torch.isin(ids.cpu(), keep)].double())
             x = torch.cat(rows)
             for proj in ("to_k", "to_v"):
@@ -223,14 +232,15 @@ class MixOfShow(AdapterMethod):
         """Regionally controllable sampling: inside each box, cross-attention reads that concept's prompt."""
         from cifc_bench.diffusion.sampling import sample
 
-        uncond = self._encode(self.bundle, [settings.negative_prompt])
-        regions = [(torch.cat([uncond, self._encode(self.bundle, [request.region_prompt(k)])]), box.as_tuple())
-                   for k, box in enumerate(request.boxes)]
+        cond = self._encode(self.bundle, [request.prompt])
+        uncond = unconditional_layerwise(self.bundle, settings.negative_prompt, 1, cond, self.placeholders,
+                                         self.n_layers)
+        regions = [(torch.cat([context_of(uncond), context_of(self._encode(self.bundle, [request.region_prompt(k)]))]),
+                    box.as_tuple()) for k, box in enumerate(request.boxes)]
         for proc in self.processors:
             proc.regions = regions
         try:
-            return sample(self.bundle, self._encode(self.bundle, [request.prompt]), uncond, [request.seed], settings,
-                          inits=[request.init])[0]
+            return sample(self.bundle, cond, uncond, [request.seed], settings, inits=[request.init])[0]
         finally:
             for proc in self.processors:
                 proc.regions = None

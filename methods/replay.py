@@ -19,7 +19,7 @@ from .finetune import SequentialFinetune
 class Replay(SequentialFinetune):
     storage = "replay (reference: keeps every task's images)"
     reference = True
-    families = ("sd1",)  # not checked on SDXL yet (issue 38)
+    families = ("sd1", "sdxl")  # finetune's model and trainer
     version = 1
 
     def __init__(self, bundle, rank: int = 4, lr: float = 1e-4, embedding_lr: float = 1e-3,

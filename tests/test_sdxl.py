@@ -34,14 +34,25 @@ def test_the_shared_sampler_draws_what_the_sdxl_pipeline_draws(bundle, negative)
     assert np.abs(ours - theirs).max() <= 1, "the shared sampler must draw what StableDiffusionXLPipeline draws"
 
 
-def test_base_runs_on_sdxl_and_a_method_that_cannot_says_so_at_start(tmp_path, tiny_protocol):
+def test_base_runs_on_sdxl_and_a_method_that_cannot_says_so_at_start(tmp_path, tiny_protocol, monkeypatch):
+    """Every registered method runs on SDXL; a plugin that declares only ``sd1`` (the default) is refused before
+    any work, naming the model and the families it runs on."""
+    import sys
+    import types
+
+    from cifc_bench.methods.finetune import SequentialFinetune
+
     result = run_benchmark(tiny_run_config(tiny_protocol, method="base", model="sdxl-tiny-random",
                                            eval_schedule="final"), tmp_path / "base")
     assert result["status"] == "completed" and all(v is not None for v in result["matrices"]["ia"][-1])
-    with pytest.raises(ConfigError, match=r"method 'ewc' does not run on sdxl models yet \(model "
+    plugin = types.ModuleType("sd1_only_plugin")
+    plugin.SD1Only = type("SD1Only", (SequentialFinetune,), {"families": ("sd1",)})
+    monkeypatch.setitem(sys.modules, "sd1_only_plugin", plugin)
+    with pytest.raises(ConfigError, match=r"method 'sd1_only_plugin:SD1Only' does not run on sdxl models yet \(model "
                                           r"'sdxl-tiny-random'; it runs on sd1\)"):
-        run_benchmark(tiny_run_config(tiny_protocol, method="ewc", model="sdxl-tiny-random"), tmp_path / "ewc")
-    assert not (tmp_path / "ewc" / "result.json").exists()
+        run_benchmark(tiny_run_config(tiny_protocol, method="sd1_only_plugin:SD1Only", model="sdxl-tiny-random"),
+                      tmp_path / "plugin")
+    assert not (tmp_path / "plugin" / "result.json").exists()
 
 
 def test_finetune_learns_on_sdxl_in_both_token_tables_and_resumes(tmp_path, tiny_protocol):
@@ -73,19 +84,49 @@ def dataclasses_replace_run_dir(ctx, run_dir):
 
 
 @pytest.mark.parametrize("name", sorted(list_plugins(METHODS)))
-def test_every_method_keeps_the_contract_on_sdxl_or_refuses_it_clearly(name, tmp_path):
-    from cifc_bench.core.config import RunSpec
+def test_every_method_keeps_the_contract_on_sdxl(name, tmp_path):
+    """Every registered method declares SDXL and passes the method contract on it: two tasks learned, single- and
+    boxed multi-concept requests generated, deterministic, its state saved and restored (a plugin that cannot is
+    refused at start: the test above)."""
     from cifc_bench.core.registry import load_method
-    from cifc_bench.diffusion.models import load_bundle
-    from cifc_bench.run.setup import check_family
     from cifc_bench.testing import QUICK_METHOD_ARGS, check_method
 
     cls = load_method(name)
-    if "sdxl" in cls.families:
-        check_method(cls, QUICK_METHOD_ARGS.get(name), root=tmp_path, model="sdxl-tiny-random")
-    else:
-        with pytest.raises(ConfigError, match=f"method {name!r} does not run on sdxl models yet"):
-            check_family(cls, load_bundle("sdxl-tiny-random"), RunSpec(method=name, model="sdxl-tiny-random"))
+    assert "sdxl" in cls.families, f"{name} does not declare sdxl in Method.families"
+    check_method(cls, QUICK_METHOD_ARGS.get(name), root=tmp_path, model="sdxl-tiny-random")
+
+
+def test_layerwise_tokens_are_one_per_cross_attention_block():
+    """SD-1.x: one block per cross-attention layer, so one token per layer (the spec's 16 on SD-1.5). SDXL: the
+    layers of a block share its token (sdxl-tiny-random: 8 layers in 4 blocks; SDXL base: 70 in 11)."""
+    from cifc_bench.diffusion.layerwise import cross_attention_layers, token_layers
+    from cifc_bench.diffusion.models import load_bundle
+
+    sd1 = load_bundle("tiny-random").unet
+    assert token_layers(sd1) == list(range(len(cross_attention_layers(sd1))))
+    xl = load_bundle("sdxl-tiny-random").unet
+    names = [n for n, _ in cross_attention_layers(xl)]
+    layers = token_layers(xl)
+    assert len(names) == 8 and layers == [0, 0, 1, 1, 2, 2, 3, 3]
+    blocks = {n.split(".transformer_blocks.")[0] for n in names}
+    assert len(blocks) == 4 and all(len({layers[k] for k, n in enumerate(names) if n.startswith(b + ".")}) == 1
+                                    for b in blocks)
+
+
+def test_sdxl_base_layout_has_eleven_token_layers_over_seventy_cross_attention_layers():
+    """The full-size sdxl-random (SDXL base's published configs), built on the meta device: its parameter counts
+    are SDXL base's, and its 70 cross-attention layers fall in 11 blocks."""
+    from accelerate import init_empty_weights
+
+    from cifc_bench.diffusion.layerwise import token_layers
+    from cifc_bench.diffusion.sdxl import FULL, sdxl_parts
+
+    with init_empty_weights():
+        parts = sdxl_parts(FULL)
+    counts = {k: sum(p.numel() for p in parts[k].parameters()) for k in ("unet", "text_encoder", "text_encoder_2")}
+    assert counts == {"unet": 2_567_463_684, "text_encoder": 123_060_480, "text_encoder_2": 694_659_840}
+    layers = token_layers(parts["unet"])
+    assert len(layers) == 70 and max(layers) + 1 == 11
 
 
 @pytest.mark.slow

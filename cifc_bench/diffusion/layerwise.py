@@ -28,8 +28,26 @@ def cross_attention_layers(unet) -> list[tuple[str, nn.Module]]:
     return sorted(found, key=lambda nm: rank[nm[0].split(".")[0]])
 
 
+def token_layers(unet) -> list[int]:
+    """For every cross-attention layer (in :func:`cross_attention_layers`' order), the index of its layer-wise
+    token: one token per cross-attention block (a ``Transformer2DModel``), in order.
+
+    On SD-1.x every block holds one transformer layer, so this is one token per cross-attention layer (16 on
+    SD-1.5, as the spec). SDXL's blocks hold 1, 2 or 10 layers (70 in 11 blocks); the paper gives no count for
+    SDXL and the spec calls one per block the natural choice (``docs/reference/fidelity.md``)."""
+    blocks: dict[str, int] = {}
+    return [blocks.setdefault(name.split(".transformer_blocks.")[0], len(blocks))
+            for name, _ in cross_attention_layers(unet)]
+
+
+def layer_count(processors) -> int:
+    """How many layer-wise tokens a placeholder has under these processors."""
+    return max(p.index for p in processors) + 1
+
+
 def install_processors(unet, sigmoid: bool = False) -> list[LayerwiseAttnProcessor]:
-    """A :class:`LayerwiseAttnProcessor` on every cross-attention layer (attn2), in the spec's order.
+    """A :class:`LayerwiseAttnProcessor` on every cross-attention layer (attn2), in the spec's order, each reading
+    its block's token layer (:func:`token_layers`).
 
     An ``attn1`` that reads the prompt too (a UNet built with diffusers' ``only_cross_attention``; on SD-1.5 and
     the synthetic tier it is a self-attention) gets a plain one reading its block's layer slice, so that the 4-D
@@ -37,7 +55,7 @@ def install_processors(unet, sigmoid: bool = False) -> list[LayerwiseAttnProcess
     through its frozen K/V, as any other text-reading layer the method does not adapt.
     """
     processors = []
-    for index, (name, attn) in enumerate(cross_attention_layers(unet)):
+    for index, (name, attn) in zip(token_layers(unet), cross_attention_layers(unet), strict=True):
         proc = LayerwiseAttnProcessor(index, sigmoid=sigmoid)
         attn.set_processor(proc)
         processors.append(proc)
@@ -59,23 +77,44 @@ def bind_layerwise(prompts: list[str], placeholders: list[str], n_layers: int) -
     return out
 
 
-def encode_layerwise(bundle, prompts: list[str], placeholders: list[str], n_layers: int) -> torch.Tensor:
-    """``[B, L, T, d]`` text-encoder states of the layer-wise bound prompts.
+def encode_layerwise(bundle, prompts: list[str], placeholders: list[str], n_layers: int):
+    """``[B, L, T, d]`` text-encoder states of the layer-wise bound prompts; on SDXL an
+    :class:`~cifc_bench.diffusion.sdxl.XLCondition` with that context and a ``[B, d']`` pooled embedding.
 
     A prompt without placeholders (e.g. the negative prompt) is the same in every layer: encoded once, shared.
+    SDXL's pooled embedding conditions the whole UNet, not one layer: a bound prompt's is the mean over its L
+    copies (every layer's tokens count alike; ``docs/reference/fidelity.md``).
     """
     from cifc_bench.diffusion.sampling import encode_prompts
+    from cifc_bench.diffusion.sdxl import XLCondition
 
     bound = [any(ph in p for ph in placeholders) for p in prompts]
     plain = [p for p, b in zip(prompts, bound, strict=True) if not b]
     layered = [p for p, b in zip(prompts, bound, strict=True) if b]
     parts = {}
     if plain:
-        parts["plain"] = iter(encode_prompts(bundle, plain).unsqueeze(1).expand(-1, n_layers, -1, -1))
+        enc = encode_prompts(bundle, plain)
+        states, pooled = (enc.context, enc.pooled) if isinstance(enc, XLCondition) else (enc, None)
+        parts["plain"] = iter(zip(states.unsqueeze(1).expand(-1, n_layers, -1, -1),
+                                  pooled if pooled is not None else [None] * len(plain), strict=True))
     if layered:
-        states = encode_prompts(bundle, bind_layerwise(layered, placeholders, n_layers))
-        parts["layered"] = iter(states.view(len(layered), n_layers, *states.shape[1:]))
-    return torch.stack([next(parts["layered" if b else "plain"]) for b in bound])
+        enc = encode_prompts(bundle, bind_layerwise(layered, placeholders, n_layers))
+        states, pooled = (enc.context, enc.pooled) if isinstance(enc, XLCondition) else (enc, None)
+        states = states.view(len(layered), n_layers, *states.shape[1:])
+        pooled = pooled.view(len(layered), n_layers, -1).mean(1) if pooled is not None else [None] * len(layered)
+        parts["layered"] = iter(zip(states, pooled, strict=True))
+    rows = [next(parts["layered" if b else "plain"]) for b in bound]
+    context = torch.stack([c for c, _ in rows])
+    return context if rows[0][1] is None else XLCondition(context, torch.stack([p for _, p in rows]))
+
+
+def unconditional_layerwise(bundle, negative_prompt: str, n: int, cond, placeholders: list[str], n_layers: int):
+    """The guidance's unconditional batch of ``n`` for a layer-wise ``cond``: the negative prompt (no
+    placeholders: the same in every layer); on SDXL an empty one is zeros, as its pipeline does."""
+    from cifc_bench.diffusion.sampling import unconditional
+
+    return unconditional(bundle, negative_prompt, n, cond,
+                         encode=lambda b, prompts: encode_layerwise(b, prompts, placeholders, n_layers))
 
 
 def generate_unboxed(bundle, requests, settings, placeholders: list[str], n_layers: int, around=None) -> list:
@@ -93,7 +132,7 @@ def generate_unboxed(bundle, requests, settings, placeholders: list[str], n_laye
     for batch in condition_batches(len(plain), settings.batch_size, [requests[k].init for k in plain]):
         idx = [plain[b] for b in batch]
         cond = encode_layerwise(bundle, [requests[k].prompt for k in idx], placeholders, n_layers)
-        uncond = encode_layerwise(bundle, [settings.negative_prompt] * len(idx), placeholders, n_layers)
+        uncond = unconditional_layerwise(bundle, settings.negative_prompt, len(idx), cond, placeholders, n_layers)
         with around(cond) if around else contextlib.nullcontext():
             out = sample(bundle, cond, uncond, [requests[k].seed for k in idx], settings,
                          inits=[requests[k].init for k in idx])

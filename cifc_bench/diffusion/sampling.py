@@ -33,6 +33,18 @@ def encode_prompts(bundle, prompts: Sequence[str]) -> torch.Tensor:
     return bundle.text_encoder(tok.input_ids.to(bundle.text_encoder.device))[0]
 
 
+def encode_unpadded(bundle, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One prompt's token ids and context rows ``[T, d]`` unpadded, BOS to EOS (the inputs a closed-form merge
+    fits K and V to): the text encoder's output on SD-1.x, both encoders' penultimate states on SDXL."""
+    from cifc_bench.diffusion.sdxl import SDXLBundle, encode_xl_unpadded
+
+    if isinstance(bundle, SDXLBundle):
+        return encode_xl_unpadded(bundle, prompt)
+    ids = bundle.tokenizer(prompt, truncation=True, max_length=bundle.tokenizer.model_max_length).input_ids
+    ids = torch.tensor([ids], device=bundle.text_encoder.device)
+    return ids[0], bundle.text_encoder(ids)[0][0]
+
+
 def initial_latents(bundle, seeds: Sequence[int], resolution: int) -> torch.Tensor:
     """Start noise: each image gets its own CPU generator, so seed k always yields the same noise."""
     size = resolution // bundle.vae_scale_factor

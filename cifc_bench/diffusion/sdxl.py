@@ -1,4 +1,4 @@
-"""SDXL as a second backbone (issue 38), first part: the bundle, its conditioning and the shared sampler.
+"""SDXL as a second backbone (issue 38): the bundle, its conditioning, and the random models.
 
 SDXL conditions its UNet on two text encoders and on the image size: the context is the concatenation of both
 encoders' penultimate hidden states, the pooled embedding is the second encoder's projected EOS feature, and the
@@ -7,10 +7,9 @@ embeddings are zeros (the base model's ``force_zeros_for_empty_prompt``). This m
 ``StableDiffusionXLPipeline`` (``encode_prompt``, ``_get_add_time_ids``), so that the harness's sampler draws
 its images (``tests/test_sdxl.py``).
 
-``sdxl-tiny-random`` is SDXL's architecture at toy size (two text encoders, a ``text_time`` UNet, a VAE), with
-seeded random weights, built offline for tests and smoke runs; its images mean nothing. Methods that learn do not
-run on SDXL yet: each declares the families it supports (``Method.families``), and the harness refuses the others
-at start with a clear error.
+``sdxl-tiny-random`` is SDXL's architecture at toy size, for tests and smoke runs; ``sdxl-random`` is SDXL base's
+at full size, for the GPU check. Both have seeded random weights and are built offline; their images mean nothing.
+A method declares the families it runs on (``Method.families``); the harness refuses the others at start.
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ from cifc_bench.core.data import cache_dir
 SDXL = "sdxl"
 SD1 = "sd1"
 _TINY_VERSION = "v1"
+_FULL_VERSION = "v1"
 
 
 @dataclass
@@ -73,6 +73,18 @@ class XLCondition:
         return len(self.context)
 
 
+def context_of(cond):
+    """The cross-attention context of a condition: SDXL's ``context`` part, or the SD-1.x tensor itself."""
+    return cond.context if isinstance(cond, XLCondition) else cond
+
+
+def expand_batch(cond, n: int):
+    """A condition of one prompt as a batch of ``n`` (a view: no copy), either family."""
+    if isinstance(cond, XLCondition):
+        return XLCondition(expand_batch(cond.context, n), cond.pooled.expand(n, -1))
+    return cond.expand(n, *([-1] * (cond.ndim - 1)))
+
+
 def encode_xl(bundle: SDXLBundle, prompts: Sequence[str]) -> XLCondition:
     """Both encoders' penultimate hidden states, concatenated, and the second's pooled projection."""
     hidden, pooled = [], None
@@ -83,6 +95,17 @@ def encode_xl(bundle: SDXLBundle, prompts: Sequence[str]) -> XLCondition:
         hidden.append(out.hidden_states[-2])
         pooled = out[0]  # the second encoder's text_embeds (the first one's is overwritten, as in diffusers)
     return XLCondition(torch.cat(hidden, dim=-1), pooled)
+
+
+def encode_xl_unpadded(bundle: SDXLBundle, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`encode_xl`'s context of one prompt without padding: its ids and both encoders' penultimate states,
+    concatenated (``[T, d1 + d2]``). Both tokenizers split a prompt alike (they differ in the pad token only)."""
+    hidden, ids = [], None
+    for tokenizer, encoder in ((bundle.tokenizer, bundle.text_encoder), (bundle.tokenizer_2, bundle.text_encoder_2)):
+        ids = torch.tensor([tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids],
+                           device=encoder.device)
+        hidden.append(encoder(ids, output_hidden_states=True).hidden_states[-2][0])
+    return ids[0], torch.cat(hidden, dim=-1)
 
 
 def time_ids(bundle: SDXLBundle, latents: torch.Tensor) -> torch.Tensor:
@@ -135,51 +158,95 @@ def sdxl_tiny_random() -> Path:
     return built_once(cache_dir() / "models" / f"sdxl-tiny-random-{_TINY_VERSION}", save_sdxl_tiny_random)
 
 
-def save_sdxl_tiny_random(path: Path, seed: int = 0) -> Path:
-    """SDXL's structure at toy size, from configs with fixed seeds, saved as a ``StableDiffusionXLPipeline``
-    folder: two CLIP text encoders (the second with a projection), a UNet with ``text_time`` added conditioning
-    whose input width is the pooled width plus six 8-wide time embeddings, a 4-channel VAE, Euler's sampler."""
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        StableDiffusionXLPipeline,
-        UNet2DConditionModel,
-    )
+def sdxl_random() -> Path:
+    """The ``sdxl-random`` model's folder: SDXL base 1.0's architecture at full size with seeded random weights
+    (fp16 on disk, about 7 GB), built offline on first use (entry point ``sdxl-random``). The GPU check runs it
+    at 1024 px; its images and scores mean nothing."""
+    from cifc_bench.diffusion.model_folders import built_once
+
+    return built_once(cache_dir() / "models" / f"sdxl-random-{_FULL_VERSION}", save_sdxl_random)
+
+
+#: SDXL's structure at toy size: two CLIP text encoders (the second with a projection), a ``text_time`` UNet
+#: whose added-condition input is the pooled width plus six 8-wide time embeddings, a 4-channel VAE.
+TINY = {
+    "text": dict(hidden_size=16, intermediate_size=32, num_attention_heads=4, num_hidden_layers=3, projection_dim=16),
+    "text_2": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=3,
+                   projection_dim=32),
+    "unet": dict(sample_size=16, layers_per_block=1, block_out_channels=(32, 64),
+                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16 + 32,
+                 attention_head_dim=(2, 4), norm_num_groups=8, addition_time_embed_dim=8,
+                 projection_class_embeddings_input_dim=32 + 6 * 8, transformer_layers_per_block=(1, 2)),
+    "vae": dict(block_out_channels=(16, 32), layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * 2,
+                up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=8, sample_size=32),
+}
+
+#: SDXL base 1.0's published configs (stabilityai/stable-diffusion-xl-base-1.0: text_encoder, text_encoder_2,
+#: unet, vae): CLIP ViT-L/14's text tower, OpenCLIP ViT-bigG/14's with its projection, the 2.6B UNet.
+FULL = {
+    "text": dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+                 projection_dim=768, hidden_act="quick_gelu"),
+    "text_2": dict(hidden_size=1280, intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32,
+                   projection_dim=1280, hidden_act="gelu"),
+    "unet": dict(sample_size=128, layers_per_block=2, block_out_channels=(320, 640, 1280),
+                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=2048,
+                 attention_head_dim=(5, 10, 20), norm_num_groups=32, addition_time_embed_dim=256,
+                 projection_class_embeddings_input_dim=2816, transformer_layers_per_block=(1, 2, 10)),
+    "vae": dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                norm_num_groups=32, sample_size=1024, force_upcast=True),
+}
+
+
+def sdxl_parts(sizes: dict, seed: int = 0) -> dict:
+    """SDXL's components at ``sizes`` (:data:`TINY` or :data:`FULL`) with seeded random weights, as the keyword
+    arguments of a ``StableDiffusionXLPipeline``."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from cifc_bench.core.atomic import atomic_directory
     from cifc_bench.diffusion.tokenizer import CONTEXT_LENGTH, build_clip_tokenizer
 
     tokenizer = build_clip_tokenizer()
 
-    def text_config(width: int) -> CLIPTextConfig:
-        return CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width,
-                              num_attention_heads=4, num_hidden_layers=3, max_position_embeddings=CONTEXT_LENGTH,
-                              bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, projection_dim=width)
+    def text_config(size: dict) -> CLIPTextConfig:
+        return CLIPTextConfig(vocab_size=len(tokenizer), max_position_embeddings=CONTEXT_LENGTH, bos_token_id=49406,
+                              eos_token_id=49407, pad_token_id=49407, **size)
 
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(text_config(16))
+    text_encoder = CLIPTextModel(text_config(sizes["text"]))
     torch.manual_seed(seed + 1)
-    text_encoder_2 = CLIPTextModelWithProjection(text_config(32))
+    text_encoder_2 = CLIPTextModelWithProjection(text_config(sizes["text_2"]))
     torch.manual_seed(seed + 2)
-    unet = UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=16 + 32, attention_head_dim=(2, 4), norm_num_groups=8, use_linear_projection=True,
-        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=32 + 6 * 8,
-        transformer_layers_per_block=(1, 2),
-    )
+    unet = UNet2DConditionModel(in_channels=4, out_channels=4, use_linear_projection=True,
+                                addition_embed_type="text_time", **sizes["unet"])
     torch.manual_seed(seed + 3)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32), layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), norm_num_groups=8, sample_size=32,
-        scaling_factor=0.13025,
-    )
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, scaling_factor=0.13025, **sizes["vae"])
     scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                        num_train_timesteps=1000, steps_offset=1, timestep_spacing="leading")
-    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
-                                     tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler)
+    return dict(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+                tokenizer_2=tokenizer, unet=unet, scheduler=scheduler)
+
+
+def save_sdxl_tiny_random(path: Path, seed: int = 0) -> Path:
+    """:data:`TINY` SDXL, saved as a ``StableDiffusionXLPipeline`` folder."""
+    return _save(path, sdxl_parts(TINY, seed))
+
+
+def save_sdxl_random(path: Path, seed: int = 0) -> Path:
+    """:data:`FULL` SDXL, saved in fp16 as a ``StableDiffusionXLPipeline`` folder (loading casts to fp32)."""
+    parts = sdxl_parts(FULL, seed)
+    for name in ("text_encoder", "text_encoder_2", "unet", "vae"):
+        parts[name].to(torch.float16)
+    return _save(path, parts)
+
+
+def _save(path: Path, parts: dict) -> Path:
+    from diffusers import StableDiffusionXLPipeline
+
+    from cifc_bench.core.atomic import atomic_directory
+
     with atomic_directory(Path(path)) as tmp:
-        pipe.save_pretrained(tmp)
+        StableDiffusionXLPipeline(**parts).save_pretrained(tmp)
     return Path(path)

@@ -41,8 +41,17 @@ import torch.nn.functional as F
 from cifc_bench.api import Method
 from cifc_bench.core.progress import progress
 from cifc_bench.diffusion.adapter_method import one_of
-from cifc_bench.diffusion.layerwise import box_mask, encode_layerwise, generate_unboxed, install
-from cifc_bench.diffusion.tokens import PlaceholderTokens, layer_token
+from cifc_bench.diffusion.layerwise import (
+    box_mask,
+    encode_layerwise,
+    generate_unboxed,
+    install,
+    layer_count,
+    unconditional_layerwise,
+)
+from cifc_bench.diffusion.sampling import join_conditions, unet_predictor
+from cifc_bench.diffusion.sdxl import context_of, expand_batch
+from cifc_bench.diffusion.tokens import PlaceholderTokens, embedding_tables, layer_token
 from cifc_bench.diffusion.training import (
     ConceptBatches,
     TokenRows,
@@ -87,7 +96,7 @@ def paste_augment(image, resolution: int):
 
 class CIDM(Method):
     storage = "per-task-adapters"
-
+    families = ("sd1", "sdxl")  # SDXL: one token per cross-attention block, both encoders (docs/reference/fidelity.md)
     version = 3  # its history: the module's docstring
 
     # Table 3 (IA %, SD-1.5, mean over the 10 concepts of the final model): turning a switch off. The paper has
@@ -128,7 +137,7 @@ class CIDM(Method):
         self.noise_offset, self.attn_reg_weight = float(noise_offset), float(attn_reg_weight)
         self.emb_norm_threshold = float(emb_norm_threshold)
         self.processors, self.loras = install(bundle.unet, self.rank, sigmoid=bool(sigmoid_attention))
-        self.n_layers = len(self.processors)
+        self.n_layers = layer_count(self.processors)
         self.tokens = PlaceholderTokens(bundle, layers=self.n_layers)
         self.task_placeholders: list[list[str]] = []  # per learned task, in order
         self.shared = SharedSubspace([tuple(m.base.weight.shape) for m in self.modules]) if variant == "paper" else None
@@ -168,16 +177,18 @@ class CIDM(Method):
             m.down.requires_grad_(True)
         if self.shared is not None and old > 0:
             self.shared.add_task()  # H_g = I for the new task, trained in step 2
-        emb = bundle.text_encoder.get_input_embeddings().weight
-        tokens = TokenRows(emb, new_ids)
+        tables = embedding_tables(bundle)  # SDXL: the rows of both text encoders train
+        emb = tables[0]  # the release's embedding-norm freeze reads the (first) text encoder's rows
+        tokens = [TokenRows(e, new_ids) for e in tables]
         lora_lr = self.lr * budget.lr_scale  # the release's style tasks 6 and 8 train at 1.5x (schedule release)
         lora_params = [p for m in self.modules for p in (m.up, m.down)]
         fp32_trainable(self.modules)  # LoRAs are made in fp32; a low-precision bundle must not change that
         scaler = loss_scaler(bundle)
         optimizer = torch.optim.AdamW([{"params": lora_params, "lr": lora_lr},
-                                       {"params": [tokens.rows], "lr": self.embedding_lr}], weight_decay=0.01)
+                                       {"params": [t.rows for t in tokens], "lr": self.embedding_lr}],
+                                      weight_decay=0.01)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 - s / max(budget.steps, 1))
-        self._trainable = sum(p.numel() for p in lora_params) + len(new_ids) * emb.shape[1]
+        self._trainable = sum(p.numel() for p in lora_params) + len(new_ids) * sum(e.shape[1] for e in tables)
         noise_scheduler = DDPMScheduler.from_config(bundle.scheduler.config)
         augment = paste_augment if self.extras else default_augment
         streams = [iter(ConceptBatches(c, budget.resolution, budget.batch_size, budget.seed + k, augment))
@@ -206,7 +217,8 @@ class CIDM(Method):
         for proc in self.processors:
             proc.record = None
         bundle.unet.eval()
-        tokens.close()
+        for rows in tokens:
+            rows.close()
         for m in self.modules:
             m.store_task()
             m.active = False
@@ -288,7 +300,7 @@ class CIDM(Method):
         key = (tuple(phs), self.bundle.text_encoder.get_input_embeddings().weight._version)
         if getattr(self, "_concept_cache", (None,))[0] == key:
             return self._concept_cache[1]
-        K = encode_layerwise(self.bundle, [" ".join(phs)], phs, self.n_layers)[0]
+        K = context_of(encode_layerwise(self.bundle, [" ".join(phs)], phs, self.n_layers))[0]
         ranges, start = [], 1
         for task in self.task_placeholders:
             ranges.append((start, start + len(task)))
@@ -296,9 +308,9 @@ class CIDM(Method):
         self._concept_cache = (key, (K, ranges))
         return K, ranges
 
-    def task_weights(self, cond: torch.Tensor) -> torch.Tensor:
+    def task_weights(self, cond) -> torch.Tensor:
         """Per-prompt, per-layer EWA weights [B, L, g] (uniform when ``ewa`` is off)."""
-        g = len(self.task_placeholders)
+        g, cond = len(self.task_placeholders), context_of(cond)
         if not self.use_ewa:
             return uniform_weights(cond.shape[0], self.n_layers, g, cond)
         K, ranges = self.concept_encoding()
@@ -316,8 +328,8 @@ class CIDM(Method):
             return
         for proc in self.processors:  # fixed weights: each context's K and V are computed once, at the first step
             proc.kv_cache = None if weights is None else {}
-        for layer, modules in enumerate(self.loras):
-            w = None if weights is None else torch.cat([weights[:, layer]] * copies)
+        for proc, modules in zip(self.processors, self.loras, strict=True):  # SDXL: blocks share a token layer
+            w = None if weights is None else torch.cat([weights[:, proc.index]] * copies)
             for m in modules:
                 m.set_merged(w, self.alpha)
 
@@ -380,10 +392,11 @@ class CIDM(Method):
         request, n = requests[0], len(requests)
 
         def encode(prompt):  # encoded once, shared by the n seeds
-            return encode_layerwise(bundle, [prompt], phs, L).expand(n, -1, -1, -1)
+            return expand_batch(encode_layerwise(bundle, [prompt], phs, L), n)
 
-        cond, uncond = encode(request.prompt), encode(settings.negative_prompt)
-        regions = [(encode(request.region_prompt(k)), box.as_tuple()) for k, box in enumerate(request.boxes)]
+        cond = encode(request.prompt)
+        uncond = expand_batch(unconditional_layerwise(bundle, settings.negative_prompt, 1, cond, phs, L), n)
+        regions = [(context_of(encode(request.region_prompt(k))), box.as_tuple()) for k, box in enumerate(request.boxes)]
         weights = self.task_weights(cond) if self.task_placeholders else None
         trajectory = Trajectory(bundle, [r.seed for r in requests], settings, [r.init for r in requests])
         latents = trajectory.latents
@@ -394,14 +407,15 @@ class CIDM(Method):
         # prompt inside the box. The unconditional half of every regional pass equals the global one (inside the
         # box it attends to the same empty prompt), so it is computed once: U + 2 evaluations, not 2 (U + 1).
         U = len(regions)
-        context = torch.cat([uncond, cond, *([cond] * U)])
+        context = join_conditions([uncond, cond, *([cond] * U)])
+        predict = unet_predictor(bundle)
         groups = [(slice((2 + k) * n, (3 + k) * n), region, box) for k, (region, box) in enumerate(regions)]
 
         def predictions(model_in, t):
             for proc in self.processors:
                 proc.group_regions = groups
             try:
-                out = bundle.unet(model_in.repeat(U + 2, 1, 1, 1), t, encoder_hidden_states=context).sample
+                out = predict(model_in.repeat(U + 2, 1, 1, 1), t, context)
             finally:
                 for proc in self.processors:
                     proc.group_regions = None

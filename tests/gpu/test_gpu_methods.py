@@ -19,7 +19,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,28 +35,6 @@ RESOLUTION = 512
 QUICK_ARGS = {"custom-diffusion": ["reg_images=4"]}
 
 
-@pytest.fixture(scope="module")
-def gpu_cache() -> Path:
-    """One cache for every worker (the sd15-random folder is 2 GB; its builder locks, so it is built once)."""
-    path = Path(os.environ.get("CIFC_BENCH_GPU_CACHE", Path(tempfile.gettempdir()) / "cifc-bench-gpu-cache"))
-    os.environ["CIFC_BENCH_CACHE"] = str(path)
-    from cifc_bench.diffusion.models import sd15_random
-
-    started = time.perf_counter()
-    sd15_random()
-    _figure({"phase": "sd15-random folder ready", "seconds": round(time.perf_counter() - started, 1)})
-    return path
-
-
-def _figure(record: dict) -> None:
-    out = os.environ.get("CIFC_BENCH_GPU_FIGURES")
-    line = json.dumps(record)
-    print(line)
-    if out:
-        with open(out, "a") as handle:
-            handle.write(line + "\n")
-
-
 def _command(method: str, protocol: Path, out: Path) -> list[str]:
     command = [sys.executable, "-m", "cifc_bench.cli", "run", "--method", method, "--protocol", str(protocol),
                "--data-dir", str(protocol.with_name("tiny-data")), "--model", "sd15-random", "--scorer", "tiny-random",
@@ -71,7 +48,7 @@ def _command(method: str, protocol: Path, out: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("method", sorted(list_plugins(METHODS)))
-def test_method_trains_is_killed_resumes_and_generates_on_cuda(method, gpu_cache, tmp_path):
+def test_method_trains_is_killed_resumes_and_generates_on_cuda(method, gpu_cache, figure, tmp_path):
     from cifc_bench.testing import make_tiny_protocol
 
     protocol = make_tiny_protocol(tmp_path, n_concepts=2, size=64)
@@ -103,7 +80,7 @@ def test_method_trains_is_killed_resumes_and_generates_on_cuda(method, gpu_cache
     assert all(np.ptp(np.asarray(Image.open(p))) > 0 for p in images), f"{method}: a flat image"
     peaks = [t["peak_cuda_mb"] for t in result["tasks"]]
     assert all(p and p > 1000 for p in peaks), f"{method}: peak GPU memory not recorded on the run's device: {peaks}"
-    _figure({"method": method, "killed_run_s": round(first, 1), "resume_s": round(second, 1),
+    figure({"method": method, "killed_run_s": round(first, 1), "resume_s": round(second, 1),
              "train_s": [t["train_seconds"] and round(t["train_seconds"], 2) for t in result["tasks"]],
              "eval_s": [round(t["eval_seconds"], 2) for t in result["tasks"]], "peak_cuda_mb": [round(p) for p in peaks],
              "images": len(images)})
