@@ -48,6 +48,25 @@ def test_the_dry_run_counts_the_retention_images(retention_protocol):
     assert plan.images_after(1) == 2 * 2 + 2 + 6  # 2 concepts x 2 prompts, a multi prompt's 2 images, retention
 
 
+def test_the_dry_runs_warm_up_draws_none_of_the_base_models_retention_images(retention_protocol, tmp_path,
+                                                                            monkeypatch, capsys):
+    """The warm-up times a few steps and images; drawing every generic prompt's base image first (cifc10: 50 at 50
+    steps) made a dry run of SDXL on a CPU run for minutes."""
+    from cifc_bench.cli import main
+    from cifc_bench.evaluation import retention
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the dry run drew the base model's retention images")
+
+    monkeypatch.setattr(retention, "generate_base_images", refuse)
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--method", "finetune", "--protocol", str(retention_protocol), "--data-dir",
+                 str(retention_protocol.with_name("tiny-data")), "--model", "tiny-random", "--scorer", "tiny-random",
+                 "--steps", "2", "--resolution", "32", "--num-inference-steps", "2", "--prompts-per-concept", "1",
+                 "--images-per-prompt", "1", "--dry-run", "--warmup-steps", "1"]) == 0
+    assert "estimated wall time" in capsys.readouterr().out
+
+
 def test_retention_prompts_must_not_hold_a_learned_token(tmp_path):
     import yaml
 

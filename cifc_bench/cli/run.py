@@ -67,7 +67,7 @@ def dry_run(config, warmup_steps: int) -> int:
         return 0
     print(f"warm-up: {warmup_steps + 2} training steps and 3 image batches of task 1 on {config.device} ...", flush=True)
     with tempfile.TemporaryDirectory(prefix="cifc-dry-run-") as tmp:  # the run directory is never written
-        ctx = load_context(config, Path(tmp), calibration={"thresholds": []})
+        ctx = load_context(config, Path(tmp), calibration={"thresholds": []}, base_images=False)
         warm = plan.measure_warmup(ctx, warmup_steps)
     multi = f", {warm.multi_image:.3g} s per multi-concept image" if warm.multi_image is not None else ""
     print(f"  measured: {warm.step:.3g} s per training step + {warm.per_task:.3g} s per task, "

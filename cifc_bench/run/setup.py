@@ -46,13 +46,14 @@ def run_sequence(spec, config: RunSpec, root: Path | None = None, check: bool = 
 
 
 def load_context(config: RunSpec, run_dir: Path, calibration: dict[str, Any] | None = None,
-                 with_method: bool = True, ranks: Ranks = SINGLE) -> RunContext:
+                 with_method: bool = True, ranks: Ranks = SINGLE, base_images: bool = True) -> RunContext:
     """Bind the protocol to its data and load model, scorer and method for ``config``.
 
     The neglect rate's presence thresholds are calibrated here (or taken from ``calibration``, a resumed run's
     own), on the base model before the method can touch it. Without ``with_method`` (rescoring saved images)
     no method is built and nothing can be generated. Under a launcher (``ranks``), each process takes its own
-    device and the calibration images are dealt out among the processes.
+    device and the calibration images are dealt out among the processes. ``base_images`` False leaves the base
+    model's retention images undrawn (``--dry-run``'s warm-up times one of them, not all).
     """
     from cifc_bench.diffusion.scoring import load_scorer
 
@@ -96,7 +97,7 @@ def load_context(config: RunSpec, run_dir: Path, calibration: dict[str, Any] | N
             calibration = calibrate_thresholds(bundle, scorer, sequence, config.generation(),
                                                config.calibration_images, config.model, cache_dir() / "cnr-thresholds",
                                                ranks=ranks)
-    if with_method and sequence.retention_prompts and ranks.main:  # the base model's, before a method touches it
+    if with_method and base_images and sequence.retention_prompts and ranks.main:  # the base model's, first
         from cifc_bench.evaluation.retention import generate_base_images
 
         with ctx.precision():
