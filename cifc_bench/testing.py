@@ -300,18 +300,33 @@ def lora_m_with_random_adapters(n_tasks: int = 10, std: float = 0.02):
     return method
 
 
-def sdxl_pipeline_images(bundle, requests, settings) -> list:
+def reference_pipeline(bundle):
+    """diffusers' own pipeline over the bundle's parts (``StableDiffusionXLPipeline`` for SDXL, else
+    ``StableDiffusionPipeline`` without safety checker), with a fresh scheduler of the bundle's class."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    from cifc_bench.diffusion.sdxl import SDXL, family
+
+    scheduler = type(bundle.scheduler).from_config(bundle.scheduler.config)
+    if family(bundle) == SDXL:
+        pipe = StableDiffusionXLPipeline(vae=bundle.vae, text_encoder=bundle.text_encoder,
+                                         text_encoder_2=bundle.text_encoder_2, tokenizer=bundle.tokenizer,
+                                         tokenizer_2=bundle.tokenizer_2, unet=bundle.unet, scheduler=scheduler)
+    else:
+        pipe = StableDiffusionPipeline(vae=bundle.vae, text_encoder=bundle.text_encoder, tokenizer=bundle.tokenizer,
+                                       unet=bundle.unet, scheduler=scheduler, safety_checker=None,
+                                       feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sdxl_pipeline_images(bundle, requests, settings, pipe=None) -> list:
     """What diffusers' ``StableDiffusionXLPipeline`` draws for ``requests`` on an SDXL bundle under ``settings``
     (the bundle's own parts and scheduler class, one CPU generator per request seed): the reference the shared
     sampler is checked and timed against."""
     import torch
-    from diffusers import StableDiffusionXLPipeline
 
-    pipe = StableDiffusionXLPipeline(vae=bundle.vae, text_encoder=bundle.text_encoder,
-                                     text_encoder_2=bundle.text_encoder_2, tokenizer=bundle.tokenizer,
-                                     tokenizer_2=bundle.tokenizer_2, unet=bundle.unet,
-                                     scheduler=type(bundle.scheduler).from_config(bundle.scheduler.config))
-    pipe.set_progress_bar_config(disable=True)
+    pipe = pipe or reference_pipeline(bundle)
     negative = [settings.negative_prompt] * len(requests) if settings.negative_prompt else None
     return pipe([r.prompt for r in requests], height=settings.resolution, width=settings.resolution,
                 num_inference_steps=settings.num_inference_steps, guidance_scale=settings.guidance_scale,

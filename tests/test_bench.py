@@ -26,6 +26,21 @@ def test_bench_smoke_writes_every_figure(tmp_path):
     assert main(["bench", "--smoke", "--precisions", "fp64"]) == 2  # a clear error, nothing run
 
 
+def test_bench_covers_sdxl(tmp_path):
+    """``--sdxl --smoke``: the same figures on the tiny SDXL, against StableDiffusionXLPipeline, with CIDM's CCS
+    and a training step on SDXL."""
+    from cifc_bench.cli import main
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--smoke", "--sdxl", "--precisions", "fp32", "--methods", "cidm", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["settings"]["model"] == "sdxl-tiny-random"
+    figures = result["precisions"]["fp32"]
+    for key in ("concept_image_s", "ccs_image_s", "pipeline_image_s", "ratio_to_pipeline", "unet_tflops"):
+        assert np.isfinite(figures[key]) and figures[key] > 0, key
+    assert result["training"]["cidm"]["step_s"] > 0
+
+
 def test_the_bench_knows_the_peaks_of_the_lent_devices():
     from cifc_bench.cli.bench import peak_tflops
 

@@ -12,7 +12,9 @@ real model, offline), at 512 px and 50 sampler steps:
 - one training step of every registered method.
 
 The first call of each kind is timed apart (warm-up, compile). ``--smoke`` runs the same code on the tiny
-random model at 32 px in seconds, on any CPU: the test suite runs it. The JSON goes to ``results/gpu-check/``.
+random model at 32 px in seconds, on any CPU: the test suite runs it. ``--sdxl`` times SDXL base's architecture
+(``sdxl-random``) at 1024 px against ``StableDiffusionXLPipeline`` the same way. The JSON goes to
+``results/gpu-check/``.
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ class BenchSettings:
 
 SMOKE = BenchSettings(model="tiny-random", resolution=32, steps=2, batch=2, precisions=("fp32", "bf16"), train_steps=4,
                       train_batch=1, train_repeats=3)
+#: ``--sdxl``: SDXL base's architecture (``sdxl-random``) at its own 1024 px; with ``--smoke``, the tiny SDXL
+SDXL_BENCH = BenchSettings(model="sdxl-random", resolution=1024, batch=4)
+SDXL_SMOKE = dataclasses.replace(SMOKE, model="sdxl-tiny-random")
 
 
 def _sync(device) -> None:
@@ -125,26 +130,33 @@ def unet_flops(bundle, settings: BenchSettings) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from cifc_bench.diffusion.sdxl import SDXL, XLCondition, family, unet_xl
+
     unet = bundle.unet
     side = settings.resolution // bundle.vae_scale_factor
     latents = torch.zeros(2, unet.config.in_channels, side, side, device=bundle.device, dtype=unet.dtype)
     context = torch.zeros(2, 77, unet.config.cross_attention_dim, device=bundle.device, dtype=unet.dtype)
+    t = torch.tensor([500, 500], device=bundle.device)
+    module = getattr(unet, "_orig_mod", unet)
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
-        getattr(unet, "_orig_mod", unet)(latents, torch.tensor([500, 500], device=bundle.device), context)
+        if family(bundle) == SDXL:  # the pooled embedding and the time ids beside the context
+            pooled = torch.zeros(2, bundle.text_encoder_2.config.projection_dim, device=bundle.device, dtype=unet.dtype)
+            unet_xl(bundle, latents, t, XLCondition(context, pooled), unet=module)
+        else:
+            module(latents, t, context)
     return float(counter.get_total_flops())
 
 
 def time_precision(settings: BenchSettings, device: str, precision: str, device_info: dict) -> dict[str, Any]:
     """Seconds per image of the harness's sampler, of CIDM's CCS and of diffusers' pipeline, in one precision."""
     import torch
-    from diffusers import StableDiffusionPipeline
 
     from cifc_bench.api import GenerationSettings
     from cifc_bench.core.precision import autocast
     from cifc_bench.methods.cidm import CIDM
     from cifc_bench.methods.zero_shot import ZeroShot
-    from cifc_bench.testing import store_random_cidm_task
+    from cifc_bench.testing import reference_pipeline, store_random_cidm_task
 
     dtype = precision.split("-")[0]
     gen = GenerationSettings(resolution=settings.resolution, num_inference_steps=settings.steps,
@@ -161,10 +173,7 @@ def time_precision(settings: BenchSettings, device: str, precision: str, device_
     out["unet_tflops"] = flops / seconds / 1e12  # sampling's other work counts against it: a lower bound
     peak = peak_tflops(device_info, dtype)
     out["fraction_of_peak"] = out["unet_tflops"] / peak if peak else None
-    pipe = StableDiffusionPipeline(vae=bundle.vae, text_encoder=bundle.text_encoder, tokenizer=bundle.tokenizer,
-                                   unet=bundle.unet, scheduler=type(bundle.scheduler).from_config(bundle.scheduler.config),
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = reference_pipeline(bundle)  # StableDiffusionXLPipeline on SDXL
 
     def diffusers_batch():
         return pipe([r.prompt for r in plain], height=settings.resolution, width=settings.resolution,
@@ -246,10 +255,10 @@ def run_bench(settings: BenchSettings, device: str, echo=print) -> dict[str, Any
     return result
 
 
-def default_output(info: dict[str, Any], smoke: bool) -> Path:
+def default_output(info: dict[str, Any], smoke: bool, sdxl: bool = False) -> Path:
     name = "".join(c if c.isalnum() else "-" for c in info.get("name", "device").lower()).strip("-")[:40]
     stamp = datetime.now().strftime("%Y-%m-%d")
-    return Path("results") / "gpu-check" / f"{stamp}-{name}-bench{'-smoke' if smoke else ''}.json"
+    return Path("results") / "gpu-check" / f"{stamp}-{name}-bench{'-sdxl' if sdxl else ''}{'-smoke' if smoke else ''}.json"
 
 
 def cmd_bench(args) -> int:
@@ -257,7 +266,8 @@ def cmd_bench(args) -> int:
     from cifc_bench.core.config import default_device
 
     device = args.device or default_device()
-    settings = SMOKE if args.smoke else BenchSettings()
+    settings = {(False, False): BenchSettings(), (True, False): SMOKE, (False, True): SDXL_BENCH,
+                (True, True): SDXL_SMOKE}[(bool(args.smoke), bool(args.sdxl))]
     if args.precisions:
         unknown = [p for p in args.precisions if p not in PRECISIONS]
         if unknown:
@@ -266,7 +276,7 @@ def cmd_bench(args) -> int:
     if args.methods:
         settings = dataclasses.replace(settings, methods=tuple(args.methods))
     result = run_bench(settings, device)
-    out = args.out or default_output(result["device"], args.smoke)
+    out = args.out or default_output(result["device"], args.smoke, args.sdxl)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"bench: written {out}")

@@ -215,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     be = sub.add_parser("bench", help="time the device: seconds per image (fp32, bf16, compiled) against diffusers' "
                                       "pipeline, the UNet's TFLOP/s, a training step of every method")
     be.add_argument("--smoke", action="store_true", help="the tiny model at 32 px: the same code in seconds, any CPU")
+    be.add_argument("--sdxl", action="store_true", help="SDXL base's architecture (sdxl-random) at 1024 px; with "
+                                                       "--smoke, sdxl-tiny-random")
     be.add_argument("--precisions", nargs="+", metavar="P", help="of fp32, bf16, bf16-compiled (default: all three)")
     be.add_argument("--methods", nargs="+", metavar="METHOD", help="methods whose training step is timed (default: all)")
     be.add_argument("--device", help="default: cuda when available, else cpu")
