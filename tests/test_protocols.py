@@ -259,3 +259,33 @@ def test_installed_protocols_give_a_region_prompt_per_box_with_its_context():
             for text, concept in zip(m["region_prompts"], m["concepts"], strict=True):
                 assert phrases[concept] in text and len(text) > len(f"a {phrases[concept]}") + 3, text
                 assert set(text.lower().replace(",", " ").split()) <= words, (text, m["prompt"])
+
+
+def test_cifc10_sdxl_is_cifc10_with_sdxls_model_and_resolution():
+    """One home for the concepts, prompts and paper numbers: cifc10-sdxl extends cifc10 and changes two defaults."""
+    base, sdxl = load_protocol("cifc10"), load_protocol("cifc10-sdxl")
+    assert sdxl.name == "cifc10-sdxl" and sdxl.version == base.version
+    assert sdxl.defaults["model"] == "stabilityai/stable-diffusion-xl-base-1.0" and sdxl.defaults["resolution"] == 1024
+    assert {k: v for k, v in sdxl.defaults.items() if k not in ("model", "resolution")} == \
+        {k: v for k, v in base.defaults.items() if k not in ("model", "resolution")}
+    for key in ("concepts", "prompt_sets", "multi_concept_prompts", "reference_results", "schedules", "retention"):
+        assert sdxl.raw[key] == base.raw[key], key
+    assert sdxl.checksum_file.resolve() == base.checksum_file.resolve()
+    assert "SDXL" in sdxl.raw["reference_results"]["backbones"]
+
+
+def test_extends_from_anywhere_keeps_the_bases_checksums_and_refuses_a_loop(tmp_path):
+    mine = tmp_path / "elsewhere" / "mine.yaml"
+    mine.parent.mkdir()
+    mine.write_text(yaml.safe_dump({"extends": "cifc10", "name": "mine", "defaults": {"steps": 10}}))
+    spec = load_protocol(str(mine))
+    assert spec.name == "mine" and spec.defaults["steps"] == 10 and spec.defaults["resolution"] == 512
+    assert spec.checksum_file == load_protocol("cifc10").checksum_file  # not a file beside mine.yaml
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text(yaml.safe_dump({"extends": str(b), "name": "a"}))
+    b.write_text(yaml.safe_dump({"extends": str(a), "name": "b"}))
+    with pytest.raises(ProtocolError, match=r"b.yaml: extends .*a.yaml', which extends it back: a.yaml -> b.yaml -> a.yaml"):
+        load_protocol(str(a))
+    a.write_text(yaml.safe_dump({"extends": 3, "name": "a"}))
+    with pytest.raises(ProtocolError, match=r"extends 3: give a registered protocol name or a YAML path"):
+        load_protocol(str(a))

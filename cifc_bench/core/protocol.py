@@ -220,6 +220,41 @@ def protocol_path(name_or_path: str) -> Path:
     return path
 
 
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ProtocolError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ProtocolError(f"{path}: the top level must be a mapping with name, version, concepts, prompt_sets")
+    return raw
+
+
+def extended(raw: dict[str, Any], path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A protocol with ``extends: BASE`` (a registered name or a YAML path) is BASE with its own keys on top: each
+    of its top-level keys replaces BASE's, except ``defaults``, merged key by key (its own win). So a variant
+    (``cifc10-sdxl``: SDXL's model and resolution) keeps its base's concepts, prompts and paper numbers in one
+    place. BASE's checksum file stays BASE's; its version is inherited unless given."""
+    base_name = raw.get("extends")
+    if base_name is None:
+        return raw
+    if not isinstance(base_name, str):
+        raise ProtocolError(f"{path}: extends {base_name!r}: give a registered protocol name or a YAML path")
+    base_path = protocol_path(base_name)
+    chain = (*chain, path.resolve())
+    if base_path.resolve() in chain:
+        raise ProtocolError(f"{path}: extends {base_name!r}, which extends it back: "
+                            f"{' -> '.join(p.name for p in (*chain, base_path))}; remove one of the two")
+    base = extended(_read(base_path), base_path, chain)
+    data = dict(base.get("data") or {})
+    if data.get("checksums"):
+        data["checksums"] = str(base_path.parent / data["checksums"])
+    inherited = {k: v for k, v in base.items() if k != "default"}  # being the default protocol is not inherited
+    merged = {**inherited, "data": data, **{k: v for k, v in raw.items() if k != "extends"}}
+    merged["defaults"] = {**(base.get("defaults") or {}), **(raw.get("defaults") or {})}
+    return merged
+
+
 def protocol_or_default(name: str | None) -> str:
     """``name``, or the installed default protocol when none is given (the one place this is decided)."""
     return name if name is not None else default_protocol()
@@ -241,13 +276,7 @@ def default_protocol() -> str:
 def load_protocol(name_or_path: str) -> ProtocolSpec:
     """Parse and schema-check a protocol; the data folder is checked later by :meth:`ProtocolSpec.bind`."""
     path = protocol_path(name_or_path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ProtocolError(f"{path}: not valid YAML: {err}") from err
-    if not isinstance(raw, dict):
-        raise ProtocolError(f"{path}: the top level must be a mapping with name, version, concepts, prompt_sets")
-    spec = ProtocolSpec(path=path, raw=raw)
+    spec = ProtocolSpec(path=path, raw=extended(_read(path), path))
     try:
         check_schema(spec)
     except ProtocolError:
