@@ -50,10 +50,10 @@ def test_an_unknown_method_argument_lists_the_accepted_ones(protocol, tmp_path, 
 def test_a_protocol_typo_suggests_protocol_forms(capsys):
     from cifc_bench.core.registry import PROTOCOLS, list_plugins
 
-    known = ", ".join(list_plugins(PROTOCOLS))  # cifc10, and synth10 where the synthetic tier is installed
+    known = ", ".join(list_plugins(PROTOCOLS))  # cifc10, cifc10-sdxl (and synth10 with the synthetic tier)
     assert main(["validate", "--protocol", "cifc1O"]) == 2
     assert capsys.readouterr().err == (
-        f"cifc-bench validate: error: unknown protocol 'cifc1O'. Did you mean 'cifc10'? Known: {known}. "
+        f"cifc-bench validate: error: unknown protocol 'cifc1O'. Did you mean 'cifc10', 'cifc10-sdxl'? Known: {known}. "
         "Give a registered name, or the path to a protocol YAML file (e.g. ./my_protocol.yaml).\n")
 
 
