@@ -171,3 +171,31 @@ def test_images_returned_while_their_pngs_are_written_equal_the_files(tmp_path):
     assert all(np.array_equal(np.asarray(a), b) for a, b in zip(images, on_disk, strict=True))
     again = generate_cached(SimpleNamespace(**{**vars(ctx), "method": None}), pairs, tmp_path, "test")  # read back
     assert all(np.array_equal(np.asarray(a), b) for a, b in zip(again, on_disk, strict=True))
+
+
+def test_a_resumed_task_reports_the_training_time_its_killed_process_saved(tmp_path, tiny_protocol, monkeypatch):
+    """A state saved before a kill keeps its training seconds beside it (``after_task_NN.json``): the resumed run
+    reports them, not a null that cost tables would sum as no time. The state file itself stays byte-identical."""
+    from cifc_bench.run import loop
+
+    config = tiny_run_config(tiny_protocol, eval_schedule="each-task", eval_workers=0)
+    real, calls = loop.evaluate_task, []
+
+    def killed_at_task_2(ctx, result, j, *args, **kwargs):
+        calls.append(j)
+        if j == 1 and len(calls) == 2:
+            raise KeyboardInterrupt  # as a kill: nothing after the state of task 2 is written
+        return real(ctx, result, j, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "evaluate_task", killed_at_task_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark(config, tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "state" / "after_task_01.json").read_text())["train_seconds"]
+    assert saved > 0 and len(json.loads((tmp_path / "run" / "result.json").read_text())["tasks"]) == 1
+    result = run_benchmark(None, tmp_path / "run", resume=True)
+    assert result["status"] == "completed"
+    assert result["tasks"][1]["train_seconds"] == saved and result["tasks"][2]["train_seconds"] > 0
+    (tmp_path / "run" / "state" / "after_task_02.json").unlink()  # a state saved before its time was
+    from cifc_bench.run.rundir import recorded_train_seconds
+
+    assert recorded_train_seconds(tmp_path / "run" / "state" / "after_task_02.safetensors") is None

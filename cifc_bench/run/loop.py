@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import resource
 import time
@@ -30,6 +31,7 @@ from cifc_bench.core.results import (
     now,
     read_result,
     write_json_atomic,
+    write_text_atomic,
 )
 from cifc_bench.core.seeding import train_seed
 from cifc_bench.diffusion.models import compile_seconds
@@ -46,9 +48,11 @@ from cifc_bench.run.rundir import (
     check_state,
     method_after,
     new_result,
+    recorded_train_seconds,
     run_lock,
     saved_state,
     state_path,
+    training_time_path,
     warn_if_duplicate,
 )
 from cifc_bench.run.setup import load_context
@@ -259,10 +263,14 @@ def _tasks(ctx: RunContext, result: dict[str, Any], bar, done: int, pending: lis
             state = ctx.method.state_dict()
             check_state(state, task, ctx.budgets[j]["steps"], cfg.method_args)  # never saved, so never resumed
             save_state(checkpoint, state)
+            # no fault point of its own: the reliability tests' kill counts stay those of results and states
+            write_text_atomic(training_time_path(checkpoint), json.dumps({"train_seconds": train_seconds}))
         if not trained_before:
             ranks.barrier()  # the other ranks wait for rank 0's state
         if trained_before or not ranks.main:
             ctx.method.load_state_dict(load_state(checkpoint), tasks[: j + 1])
+        if trained_before and ranks.main:  # trained by the process a kill stopped: its time, where it was saved
+            train_seconds = recorded_train_seconds(checkpoint)
         evaluate = evaluated_after(cfg, j, len(tasks))
         if evaluate and ranks.count > 1:
             generate_share(ctx, j)  # each rank samples its batches; rank 0 then reads them all
@@ -294,8 +302,8 @@ def _tasks(ctx: RunContext, result: dict[str, Any], bar, done: int, pending: lis
 
 
 def measured_rates(plan, rows: list[dict[str, Any]], prior=None) -> tuple[float, float] | None:
-    """(seconds per training step, seconds per evaluation image) of the tasks this process trained and
-    evaluated; None before there are any. Rows trained but not yet evaluated count for the step; before any
+    """(seconds per training step, seconds per evaluation image) of the tasks this process trained (or whose
+    training a killed process timed) and evaluated; None before there are any. Rows trained but not yet evaluated count for the step; before any
     evaluation is timed, ``prior(step_seconds)`` gives the image's (None without one)."""
     trained = [r for r in rows if r.get("train_seconds") is not None]
     steps = sum(r["steps"] for r in trained)

@@ -35,6 +35,23 @@ def state_path(run_dir: Path, task_index: int) -> Path:
     return Path(run_dir) / "state" / f"after_task_{task_index:02d}.safetensors"
 
 
+def training_time_path(state: Path) -> Path:
+    """Beside a task's state, the seconds its training took: a resume that finds the state (trained before a
+    kill, not yet evaluated) reports them, instead of a null that cost tables would count as no time. Apart
+    from the state, which stays byte-identical from run to run."""
+    return state.with_suffix(".json")
+
+
+def recorded_train_seconds(state: Path) -> float | None:
+    """The training seconds saved beside ``state``; None for a state saved before they were (or torn)."""
+    import json
+
+    try:
+        return float(json.loads(training_time_path(state).read_text())["train_seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def new_result(ctx: RunContext) -> dict[str, Any]:
     seq, T = ctx.sequence, len(ctx.sequence.tasks)
     empty = [[None] * T for _ in range(T)]
