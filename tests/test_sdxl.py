@@ -96,6 +96,26 @@ def test_every_method_keeps_the_contract_on_sdxl(name, tmp_path):
     check_method(cls, QUICK_METHOD_ARGS.get(name), root=tmp_path, model="sdxl-tiny-random")
 
 
+def test_sdxls_own_vae_under_fp16_is_refused_at_start_and_the_fp16_fix_vae_is_not(tmp_path, tiny_protocol):
+    from cifc_bench.methods.finetune import SequentialFinetune
+
+    from cifc_bench.core.config import RunSpec
+    from cifc_bench.diffusion.models import load_bundle
+    from cifc_bench.run.setup import check_family
+
+    bundle = load_bundle("sdxl-tiny-random")
+    config = RunSpec(method="finetune", model="sdxl-tiny-random", dtype="fp16")
+    with pytest.raises(ConfigError, match=r"--dtype fp16 with model 'sdxl-tiny-random': SDXL's VAE overflows in fp16.*"
+                                          r"--dtype bf16 .*madebyollin/sdxl-vae-fp16-fix"):
+        check_family(SequentialFinetune, bundle, config)
+    check_family(SequentialFinetune, bundle, RunSpec(method="finetune", model="sdxl-tiny-random", dtype="bf16"))
+    bundle.vae.register_to_config(force_upcast=False)  # as the fp16-fix VAE's config
+    check_family(SequentialFinetune, bundle, config)
+    with pytest.raises(ConfigError, match="SDXL's VAE overflows in fp16"):  # a run stops before any work
+        run_benchmark(tiny_run_config(tiny_protocol, model="sdxl-tiny-random", dtype="fp16"), tmp_path / "run")
+    assert not (tmp_path / "run" / "result.json").exists()
+
+
 def test_layerwise_tokens_are_one_per_cross_attention_block():
     """SD-1.x: one block per cross-attention layer, so one token per layer (the spec's 16 on SD-1.5). SDXL: the
     layers of a block share its token (sdxl-tiny-random: 8 layers in 4 blocks; SDXL base: 70 in 11)."""

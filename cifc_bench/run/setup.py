@@ -181,15 +181,22 @@ def fresh_bundle(config: RunSpec):
 
 
 def check_family(method_cls, bundle, config: RunSpec) -> None:
-    """Refuse, before any work, a method that does not run on the bundle's model family (SDXL, issue 38)."""
-    from cifc_bench.diffusion.sdxl import family
+    """Refuse, before any work, a method that does not run on the bundle's model family (SDXL, issue 38), and
+    SDXL's own VAE under fp16: it overflows there (its config says ``force_upcast``), and the images would be
+    NaN. The fp16-fix VAE (``force_upcast`` false) in the model folder's ``vae/`` runs."""
+    from cifc_bench.diffusion.sdxl import SDXL, family
 
     kind = family(bundle)
     supported = getattr(method_cls, "families", ("sd1",))
     if kind not in supported:
         raise ConfigError(f"method {config.method!r} does not run on {kind} models yet (model {config.model!r}; it "
-                          f"runs on {', '.join(supported)}): pick an SD-1.x model, or a method that supports "
-                          f"{kind} (`base` does; issue 38 brings the others)")
+                          f"runs on {', '.join(supported)}): pick an SD-1.x model, or a method that lists {kind} "
+                          "in Method.families (every built-in method does)")
+    if kind == SDXL and config.dtype == "fp16" and getattr(bundle.vae.config, "force_upcast", False):
+        raise ConfigError(f"--dtype fp16 with model {config.model!r}: SDXL's VAE overflows in fp16 (its config sets "
+                          "force_upcast) and would draw NaN images. Use --dtype bf16 (the CUDA default) or fp32, or "
+                          "put the fp16-fix VAE (madebyollin/sdxl-vae-fp16-fix, force_upcast false) in the model "
+                          "folder's vae/")
 
 
 def build_method(method_cls, bundle, config: RunSpec):
