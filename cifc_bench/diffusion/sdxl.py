@@ -85,27 +85,30 @@ def expand_batch(cond, n: int):
     return cond.expand(n, *([-1] * (cond.ndim - 1)))
 
 
-def encode_xl(bundle: SDXLBundle, prompts: Sequence[str]) -> XLCondition:
-    """Both encoders' penultimate hidden states, concatenated, and the second's pooled projection."""
-    hidden, pooled = [], None
+def _both_encoders(bundle: SDXLBundle, prompts: Sequence[str], padded: bool):
+    """(the last ids, both encoders' penultimate states concatenated, the second's pooled projection) of a
+    batch, padded to the context length (the UNet's condition) or not (one prompt's rows)."""
+    hidden, ids, pooled = [], None, None
     for tokenizer, encoder in ((bundle.tokenizer, bundle.text_encoder), (bundle.tokenizer_2, bundle.text_encoder_2)):
-        ids = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids.to(encoder.device)
+        ids = tokenizer(list(prompts), padding="max_length" if padded else False, max_length=tokenizer.model_max_length,
+                        truncation=True, return_tensors="pt").input_ids.to(encoder.device)
         out = encoder(ids, output_hidden_states=True)
         hidden.append(out.hidden_states[-2])
         pooled = out[0]  # the second encoder's text_embeds (the first one's is overwritten, as in diffusers)
-    return XLCondition(torch.cat(hidden, dim=-1), pooled)
+    return ids, torch.cat(hidden, dim=-1), pooled
+
+
+def encode_xl(bundle: SDXLBundle, prompts: Sequence[str]) -> XLCondition:
+    """Both encoders' penultimate hidden states, concatenated, and the second's pooled projection."""
+    _, context, pooled = _both_encoders(bundle, prompts, padded=True)
+    return XLCondition(context, pooled)
 
 
 def encode_xl_unpadded(bundle: SDXLBundle, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`encode_xl`'s context of one prompt without padding: its ids and both encoders' penultimate states,
     concatenated (``[T, d1 + d2]``). Both tokenizers split a prompt alike (they differ in the pad token only)."""
-    hidden, ids = [], None
-    for tokenizer, encoder in ((bundle.tokenizer, bundle.text_encoder), (bundle.tokenizer_2, bundle.text_encoder_2)):
-        ids = torch.tensor([tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids],
-                           device=encoder.device)
-        hidden.append(encoder(ids, output_hidden_states=True).hidden_states[-2][0])
-    return ids[0], torch.cat(hidden, dim=-1)
+    ids, context, _ = _both_encoders(bundle, [prompt], padded=False)
+    return ids[0], context[0]
 
 
 def time_ids(bundle: SDXLBundle, latents: torch.Tensor) -> torch.Tensor:
