@@ -17,8 +17,11 @@ METHODS="cidm lora-m mix-of-show custom-diffusion lora-c ewc lwf c-lora"
 # 1. every method x 3 seeds, both tracks (style transfer, editing), after every task. The runs that decide the
 #    protocol's own targets land first (finetune's margin over base and its forgetting), then one seed of every
 #    method (a whole leaderboard early), then the other seeds.
+#    The upper-bound reference (replay, issue 37) closes the seed-0 row; the five methods of issue 37's order axis
+#    take their other seeds before the rest.
 cifc-bench sweep --methods finetune base --seeds 0 1 2 --out $OUT
-cifc-bench sweep --methods $METHODS --seeds 0 --out $OUT
+cifc-bench sweep --methods $METHODS replay --seeds 0 --out $OUT
+cifc-bench sweep --methods cidm lora-m mix-of-show custom-diffusion --seeds 1 2 --out $OUT
 cifc-bench sweep --methods $METHODS --seeds 1 2 --out $OUT
 
 # 2. CIDM's ablations, both variants x 3 seeds: its Table 3 switches tsp, tsh and ewa (for release, tsh=false is
@@ -35,9 +38,9 @@ done
 cifc-bench sweep --methods ewc --grid ewc.ewc_lambda=0.01,0.1,1,10 --seeds 0 --out $OUT --tracks none
 cifc-bench sweep --methods c-lora --grid c-lora.reg_lambda=10000,100000,10000000,100000000 --seeds 0 --out $OUT --tracks none
 
-# 4. issue 37: the upper-bound reference (replay, 3 seeds), and the task order as an axis: five methods in two more
+# 4. issue 37: the upper-bound reference (replay, its other seeds), and the task order as an axis: five methods in two more
 #    orders x 3 seeds (the protocol's order is step 1's runs)
-cifc-bench sweep --methods replay --seeds 0 1 2 --out $OUT
+cifc-bench sweep --methods replay --seeds 1 2 --out $OUT
 cifc-bench sweep --methods finetune cidm lora-m custom-diffusion mix-of-show --orders reversed random:1 --seeds 0 1 2 \
   --out $OUT --tracks none
 
