@@ -195,6 +195,7 @@ def test_a_resumed_task_reports_the_training_time_its_killed_process_saved(tmp_p
     result = run_benchmark(None, tmp_path / "run", resume=True)
     assert result["status"] == "completed"
     assert result["tasks"][1]["train_seconds"] == saved and result["tasks"][2]["train_seconds"] > 0
+    assert [(r["from_task"], set(r["git"])) for r in result["run_info"]["resumed"]] == [(1, {"sha", "dirty"})]
     (tmp_path / "run" / "state" / "after_task_02.json").unlink()  # a state saved before its time was
     from cifc_bench.run.rundir import recorded_train_seconds
 

@@ -82,6 +82,26 @@ def test_dirty_and_failed_runs_are_left_out_unless_asked(results_dir, tiny_proto
     assert {"dirtyrun", "broken", "fake"} <= set(tables["ia"]["method"])
 
 
+@pytest.mark.parametrize("later", ["resumed", "tracks_added", "retention_added"])
+def test_a_clean_run_continued_from_a_dirty_tree_is_left_out(results_dir, tmp_path, tiny_protocol, later):
+    """Code that trained or scored part of a run is part of its provenance: a run begun on a clean commit but
+    resumed (or given tracks or retention) from uncommitted code is left out like a dirty run."""
+    from cifc_bench.reporting.runs import find_runs
+
+    real = json.loads(next(results_dir.rglob("real/result.json")).read_text())
+    real["run_info"]["git"]["dirty"] = False
+    for name, dirty in (("clean", False), ("dirty", True)):
+        r = copy.deepcopy(real)
+        step = {"at": "2026-01-01T00:00:00", "git": {"sha": "0" * 40, "dirty": dirty}}
+        r["run_info"][later] = step if later == "retention_added" else [{**step, "from_task": 1}]
+        r["run_info"]["method"] = name
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "result.json").write_text(json.dumps(r))
+    runs, skipped = find_runs(tmp_path, "tiny")
+    assert [r.data["run_info"]["method"] for r in runs] == ["clean"]
+    assert len(skipped) == 1 and "dirty" in skipped[0] and "--include-dirty" in skipped[0]
+
+
 def test_runs_on_other_weights_of_the_base_model_are_left_out_with_the_fix(results_dir, tmp_path, tiny_protocol):
     """A re-pretrained base model (same name, new weights) makes older runs incomparable: only the newest
     run's weights count, and the message says to run again (rescoring cannot change the images)."""

@@ -85,10 +85,11 @@ def find_runs(results_dir, protocol: str, include_failed: bool = False, include_
             skipped.append(f"{path}: status {data.get('status')!r} (use --include-failed)")
             continue
         info = data["run_info"]
-        later = (*info.get("rescores", ()), *info.get("tracks_added", ()))
+        later = (*info.get("resumed", ()), *info.get("rescores", ()), *info.get("tracks_added", ()),
+                 *((info["retention_added"],) if info.get("retention_added") else ()))
         if any(g.get("dirty") for g in (info.get("git", {}), *(r.get("git", {}) for r in later))) and not include_dirty:
-            skipped.append(f"{path}: run (or its rescoring, or tracks added later) from a dirty source tree "
-                           "(use --include-dirty)")
+            skipped.append(f"{path}: run (or its resumption, rescoring, or tracks or retention added later) from a "
+                           "dirty source tree (use --include-dirty)")
             continue
         version = str(info["protocol"].get("version"))
         if protocol_version is not None and version != str(protocol_version):

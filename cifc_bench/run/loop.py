@@ -97,6 +97,9 @@ def _run_locked(config: RunSpec | None, run_dir: Path, resume: bool, given: dict
                               f"now {ctx.model_fingerprint}); its matrix cannot mix two base models. Start a new run "
                               f"with --out, or restore the weights it began on.")
         finished_before = result["run_info"].get("finished") if result["status"] == "completed" else None
+        if len(result["tasks"]) < len(ctx.sequence.tasks):  # the code that trains the rest is part of the run
+            result["run_info"].setdefault("resumed", []).append({"from_task": len(result["tasks"]), "at": now(),
+                                                                 "git": git_info()})
         result["status"], result["error"] = "running", None
         retention_added = result.get("retention") is None and bool(ctx.sequence.retention_prompts)
         if retention_added:  # the protocol measures retention now: every evaluated state gets it, from its state
