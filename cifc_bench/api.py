@@ -348,6 +348,13 @@ class Method(abc.ABC):
         without; a method with its own sampler (region synthesis, a per-adapter composite) says its own."""
         return 2 if guided else 1
 
+    @classmethod
+    def optimisation_steps(cls, budget_steps: Sequence[int], method_args: Mapping[str, Any]) -> tuple[int, ...]:
+        """The optimisation steps the method takes at each task, given each task's budget: what ``--dry-run``
+        counts and the progress line's time left divides by. A method trains its budget; one that trains beyond
+        it on purpose (the ``replay`` reference) says how far."""
+        return tuple(budget_steps)
+
     def __init__(self, bundle: ModelBundle, **hparams: Any) -> None:
         self.bundle = bundle
         self.hparams = dict(hparams)

@@ -430,6 +430,20 @@ def test_intervals_are_clipped_to_the_values_a_metric_can_take():
     assert summary_bounds("forgetting", (0.0, 1.0), 100.0) == (-100.0, 100.0)
 
 
+def _as_method(real: dict, method: str, seed: int, reference: bool) -> dict:
+    """A copy of the committed-looking run ``real`` as a clean run of ``method``; ``replay`` at its present
+    version (runs of older versions are left out)."""
+    from cifc_bench.methods.replay import Replay
+
+    r = copy.deepcopy(real)
+    r["run_info"].update(method=method, seed=seed, reference=reference)
+    if method == "replay":
+        r["run_info"]["method_version"] = Replay.version
+    r["run_info"]["config"] = {**r["run_info"]["config"], "method": method, "seed": seed}
+    r["run_info"]["git"]["dirty"] = False
+    return r
+
+
 def test_a_reference_is_shown_apart_and_never_ranked(results_dir, tmp_path, tiny_protocol):
     """``replay`` breaks the no-replay rule on purpose: its row is labelled and takes no ★, ≈ or win/tie/loss,
     even where it scores best."""
@@ -440,10 +454,7 @@ def test_a_reference_is_shown_apart_and_never_ranked(results_dir, tmp_path, tiny
     root = tmp_path / "ref"
     for seed, (method, final, reference) in enumerate((("replay", 0.99, True), ("low", 0.2, False),
                                                         ("high", 0.6, False))):
-        r = copy.deepcopy(real)
-        r["run_info"].update(method=method, seed=seed, reference=reference)
-        r["run_info"]["config"] = {**r["run_info"]["config"], "method": method, "seed": seed}
-        r["run_info"]["git"]["dirty"] = False
+        r = _as_method(real, method, seed, reference)
         for cell, values in r["per_image"]["ia"].items():
             if cell.startswith("2,"):
                 r["per_image"]["ia"][cell] = [final + 0.01 * k for k in range(len(values))]
@@ -459,6 +470,7 @@ def test_a_reference_is_shown_apart_and_never_ranked(results_dir, tmp_path, tiny
 def test_every_method_is_placed_between_base_and_the_replay_reference(results_dir, tmp_path):
     """With ``base`` and ``replay`` both run, each metric table reads every method's final as a fraction of the
     way from base (0) to replay (1); without replay there is no such column."""
+
     from cifc_bench.reporting.leaderboard import BETWEEN, metric_table
     from cifc_bench.reporting.runs import REFERENCE_MARK, find_runs
 
@@ -466,10 +478,7 @@ def test_every_method_is_placed_between_base_and_the_replay_reference(results_di
     root = tmp_path / "between"
     for seed, (method, final, reference) in enumerate((("base", 0.2, False), ("replay", 0.8, True),
                                                         ("mid", 0.5, False), ("worse", 0.1, False))):
-        r = copy.deepcopy(real)
-        r["run_info"].update(method=method, seed=seed, reference=reference)
-        r["run_info"]["config"] = {**r["run_info"]["config"], "method": method, "seed": seed}
-        r["run_info"]["git"]["dirty"] = False
+        r = _as_method(real, method, seed, reference)
         r["summary"]["ia"]["final"] = final
         (root / method).mkdir(parents=True)
         (root / method / "result.json").write_text(json.dumps(r))

@@ -200,7 +200,7 @@ def _loop(ctx: RunContext, result: dict[str, Any]) -> None:
     if worker is not None and device.type == "cpu":  # the worker's one thread takes a core of this process's
         torch.set_num_threads(max(1, threads - 1))
     pending: list[tuple[int, dict[str, Any], Any]] = []  # (task, its row so far, the worker's job)
-    plan = work_plan(cfg, ctx.sequence, ctx.budgets)
+    plan = work_plan(cfg, ctx.sequence, ctx.budgets, method_cls=type(ctx.method))
     bar = progress(range(done, len(tasks)), desc="tasks", initial=done, total=len(tasks))
 
     def finish(j: int, row: dict[str, Any], job) -> None:

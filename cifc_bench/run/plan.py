@@ -64,7 +64,7 @@ class WorkPlan:
 def work_plan(config: RunSpec, sequence: TaskSequence, budgets, eval_schedule: str | None = None,
               method_cls=None) -> WorkPlan:
     """Count the work of ``config`` (resolved) on ``sequence``; ``eval_schedule`` overrides the config's. With
-    ``method_cls``, also the UNet passes of the method's own sampler."""
+    ``method_cls``, also the UNet passes of the method's own sampler, and its own training steps."""
     import dataclasses
 
     from cifc_bench.evaluation.eval_requests import evaluated_after
@@ -98,7 +98,10 @@ def work_plan(config: RunSpec, sequence: TaskSequence, budgets, eval_schedule: s
         track_images.append(count)
     calibration = config.calibration_images * len(sequence.multi_concept_prompts)
     passes = None if method_cls is None else _method_passes(config, sequence, method_cls, tracks)
-    return WorkPlan(eval_schedule=config.eval_schedule, train_steps=tuple(b["steps"] for b in budgets),
+    train_steps = tuple(b["steps"] for b in budgets)
+    if method_cls is not None:
+        train_steps = method_cls.optimisation_steps(train_steps, config.method_args or {})
+    return WorkPlan(eval_schedule=config.eval_schedule, train_steps=train_steps,
                     batch_size=config.batch_size, concept_images=tuple(concept_images),
                     multi_images=tuple(multi_images), calibration_images=calibration,
                     num_inference_steps=config.num_inference_steps, guided=config.guidance_scale != 1.0,
