@@ -488,3 +488,8 @@ def test_every_method_is_placed_between_base_and_the_replay_reference(results_di
     assert table.loc["base", BETWEEN] == "0.00" and table.loc[f"replay {REFERENCE_MARK}", BETWEEN] == "1.00"
     without = metric_table("ia", [r for r in runs if r.data["run_info"]["method"] != "replay"], real["concepts"], None)
     assert BETWEEN not in without.columns
+    from cifc_bench.reporting.leaderboard import base_to_reference
+
+    finals = {"base": 0.2, f"replay (budget=task, lr=0.001) {REFERENCE_MARK}": 0.3,
+              f"replay (lr=0.001) {REFERENCE_MARK}": 0.8, "mid": 0.5}
+    assert base_to_reference(finals)["mid"] == "0.50"  # the default replay bounds, whatever the rows' order

@@ -81,9 +81,11 @@ BETWEEN = "base→replay"  # each method's final as a fraction of the way from b
 def base_to_reference(finals: dict[str, float]) -> dict[str, str]:
     """Each method's mean final score placed between ``base`` (0) and the ``replay`` reference (1), as
     continual-learning suites read a method between the lower and the upper bound; empty unless both ran and
-    differ."""
+    differ. With several replay rows (``budget=task`` beside the default), the one with the fewest arguments."""
     low = finals.get("base")
-    high = next((v for label, v in finals.items() if label.startswith("replay") and REFERENCE_MARK in label), None)
+    references = sorted((label.count("="), label) for label in finals
+                        if label.startswith("replay") and REFERENCE_MARK in label)
+    high = finals[references[0][1]] if references else None
     if low is None or high is None or not math.isfinite(low) or not math.isfinite(high) or abs(high - low) < 1e-9:
         return {}
     return {label: f"{(v - low) / (high - low):.2f}" for label, v in finals.items() if math.isfinite(v)}
