@@ -76,3 +76,20 @@ def test_the_dry_run_counts_the_steps_replay_trains(tiny_protocol, monkeypatch, 
     assert list(method_cls.optimisation_steps([2 + k for k in range(len(steps))], config.method_args)) == trained
     expected = [sum(steps[: k + 1]) for k in range(len(steps))] if not args else steps
     assert list(plan.train_steps) == expected and (args or plan.total_train_steps > sum(steps))
+
+
+def test_the_time_left_divides_replays_training_time_by_its_own_steps(tiny_protocol):
+    """The progress line's rate per step comes from the steps the method trained, not the budget's: replay's
+    task 3 trains 3 budgets, so a constant rate per step is measured as constant."""
+    from pathlib import Path
+
+    from cifc_bench.run.loop import measured_rates
+    from cifc_bench.run.plan import work_plan
+    from cifc_bench.run.setup import resolve_run
+    from cifc_bench.testing import tiny_run_config
+
+    config, spec, method_cls, budgets = resolve_run(tiny_run_config(tiny_protocol, method="replay"))
+    plan = work_plan(config, spec.bind(Path("."), check=False), budgets, method_cls=method_cls)
+    rows = [{"index": k, "steps": budgets[k]["steps"], "train_seconds": 0.5 * plan.train_steps[k]}
+            for k in range(len(budgets))]
+    assert measured_rates(plan, rows, prior=lambda step: 0.0)[0] == pytest.approx(0.5)
