@@ -469,25 +469,34 @@ def test_a_reference_is_shown_apart_and_never_ranked(results_dir, tmp_path, tiny
 
 def test_every_method_is_placed_between_base_and_the_replay_reference(results_dir, tmp_path):
     """With ``base`` and ``replay`` both run, each metric table reads every method's final as a fraction of the
-    way from base (0) to replay (1); without replay there is no such column."""
-
-    from cifc_bench.reporting.leaderboard import BETWEEN, metric_table
+    way from base (0) to replay (1); without replay there is no such column, and where replay is not above base
+    at 95 % there is no scale (its row says so), since the fractions would be multiples of noise."""
+    from cifc_bench.reporting.leaderboard import BETWEEN, NO_SCALE, metric_table
     from cifc_bench.reporting.runs import REFERENCE_MARK, find_runs
 
     real = json.loads(next(results_dir.rglob("real/result.json")).read_text())
-    root = tmp_path / "between"
-    for seed, (method, final, reference) in enumerate((("base", 0.2, False), ("replay", 0.8, True),
-                                                        ("mid", 0.5, False), ("worse", 0.1, False))):
-        r = _as_method(real, method, seed, reference)
-        r["summary"]["ia"]["final"] = final
-        (root / method).mkdir(parents=True)
-        (root / method / "result.json").write_text(json.dumps(r))
-    runs, _ = find_runs(root, real["run_info"]["protocol"]["name"])
-    table = metric_table("ia", runs, real["concepts"], None).set_index("method")
-    assert table.loc["mid", BETWEEN] == "0.50" and table.loc["worse", BETWEEN] == "-0.17"
-    assert table.loc["base", BETWEEN] == "0.00" and table.loc[f"replay {REFERENCE_MARK}", BETWEEN] == "1.00"
+    last = len(real["concepts"]) - 1
+
+    def table(root, finals):
+        for seed, (method, final) in enumerate(finals.items()):
+            r = _as_method(real, method, seed, method == "replay")
+            r["summary"]["ia"]["final"] = final
+            r["matrices"]["ia"][-1] = [final] * len(real["concepts"])
+            for cell, values in r["per_image"]["ia"].items():  # the units the interval resamples
+                if cell.startswith(f"{last},"):
+                    r["per_image"]["ia"][cell] = [final + 0.05 * ((3 * k + 2 * seed) % 5 - 2) for k in range(len(values))]
+            (root / method).mkdir(parents=True)
+            (root / method / "result.json").write_text(json.dumps(r))
+        runs, _ = find_runs(root, real["run_info"]["protocol"]["name"])
+        return runs, metric_table("ia", runs, real["concepts"], None).set_index("method")
+
+    runs, scaled = table(tmp_path / "between", {"base": 0.2, "replay": 0.8, "mid": 0.5, "worse": 0.1})
+    assert scaled.loc["mid", BETWEEN] == "0.50" and scaled.loc["worse", BETWEEN] == "-0.17"
+    assert scaled.loc["base", BETWEEN] == "0.00" and scaled.loc[f"replay {REFERENCE_MARK}", BETWEEN] == "1.00"
     without = metric_table("ia", [r for r in runs if r.data["run_info"]["method"] != "replay"], real["concepts"], None)
     assert BETWEEN not in without.columns
+    _, flat = table(tmp_path / "flat", {"base": 0.2, "replay": 0.21, "mid": 0.5})  # replay learned next to nothing
+    assert flat.loc[f"replay {REFERENCE_MARK}", BETWEEN] == NO_SCALE and flat.loc["mid", BETWEEN] == "–"
     from cifc_bench.reporting.leaderboard import base_to_reference
 
     finals = {"base": 0.2, f"replay (budget=task, lr=0.001) {REFERENCE_MARK}": 0.3,

@@ -62,6 +62,8 @@ def metric_table(metric: str, runs: list[RunRecord], concepts: list[str], refere
         sort_keys.append(sum(finals) / len(finals) if finals else -math.inf)
         rows.append(row)
     between = base_to_reference(dict(zip((r["method"] for r in rows), sort_keys, strict=True)))
+    if between and not reference_above_base(metric, by_label):  # a scale whose ends coincide would mislead
+        between = {label: NO_SCALE if REFERENCE_MARK in label else "–" for label in between}
     for row in rows if between else ():
         row[BETWEEN] = between.get(row["method"], "–")
     sign = -1 if DIRECTIONS["final"] == "higher" else 1
@@ -78,17 +80,47 @@ def metric_table(metric: str, runs: list[RunRecord], concepts: list[str], refere
 BETWEEN = "base→replay"  # each method's final as a fraction of the way from base (0) to the replay reference (1)
 
 
+def bounding_reference(labels) -> str | None:
+    """The replay row that bounds the scale: with several (``budget=task`` beside the default), the one with the
+    fewest arguments."""
+    references = sorted((label.count("="), label) for label in labels
+                        if label.startswith("replay") and REFERENCE_MARK in label)
+    return references[0][1] if references else None
+
+
 def base_to_reference(finals: dict[str, float]) -> dict[str, str]:
     """Each method's mean final score placed between ``base`` (0) and the ``replay`` reference (1), as
     continual-learning suites read a method between the lower and the upper bound; empty unless both ran and
-    differ. With several replay rows (``budget=task`` beside the default), the one with the fewest arguments."""
+    differ."""
     low = finals.get("base")
-    references = sorted((label.count("="), label) for label in finals
-                        if label.startswith("replay") and REFERENCE_MARK in label)
-    high = finals[references[0][1]] if references else None
+    reference = bounding_reference(finals)
+    high = finals[reference] if reference else None
     if low is None or high is None or not math.isfinite(low) or not math.isfinite(high) or abs(high - low) < 1e-9:
         return {}
     return {label: f"{(v - low) / (high - low):.2f}" for label, v in finals.items() if math.isfinite(v)}
+
+
+NO_SCALE = "no scale: not above base at 95 %"
+
+
+def reference_above_base(metric: str, by_label: dict[str, list[RunRecord]]) -> bool:
+    """Whether the replay reference's final score is above ``base``'s at 95 % (paired by unit, as the interval
+    tables): only then do the two ends make a scale. A reference that learns no more than the base model (as
+    ``replay``'s first version did on ``synth10``: docs/findings/replay-budget.md) would put every method at a
+    large multiple of nothing."""
+    from cifc_bench.evaluation import stats
+    from cifc_bench.reporting.intervals import has_image_units, paired_units, unit_table
+
+    reference = bounding_reference(by_label)
+    if "base" not in by_label or reference is None:
+        return False
+    groups = {"base": by_label["base"], "replay": by_label[reference]}
+    images = has_image_units([r for g in groups.values() for r in g], metric)
+    tables = paired_units({k: [unit_table(r, metric, "final", images) for r in g] for k, g in groups.items()})
+    if len(tables) < 2:
+        return False
+    gap = stats.paired_difference(tables["replay"], tables["base"])
+    return gap.low > 0 if DIRECTIONS["final"] == "higher" else gap.high < 0
 
 
 TRACK = "track:"  # prefix of a track's table in leaderboard_tables
