@@ -12,17 +12,14 @@ pytest.importorskip("cifc_bench.synth")
 
 ROOT = Path(__file__).resolve().parents[1] / "results"
 RESULTS = ROOT / "synth10"  # the runs of the installed protocol version
-ARCHIVE = ROOT / "archive" / "synth10-2.0"  # protocol 2.0's: every method but replay, while 3.0's grid is made
+ARCHIVE = ROOT / "archive" / "synth10-2.0"  # protocol 2.0's: every method but replay
 
 
 def committed_run(method: str) -> Path:
-    """The seed-0 run of ``method``: the installed protocol's when committed, else protocol 2.0's."""
-    current = RESULTS / method / "s0"
-    return current if (current / "state" / "after_task_09.safetensors").is_file() else ARCHIVE / method / "s0"
+    """The seed-0 run of ``method`` on the installed protocol."""
+    return RESULTS / method / "s0"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 34: the synth10 3.0 grid is being made (results/regenerate-synth10.sh); "
-                   "strict, so this mark must go once every method's seed-0 run is committed")
 def test_every_method_has_a_committed_run_with_its_final_state():
     from cifc_bench.core.registry import METHODS, list_plugins
 
@@ -39,7 +36,7 @@ def test_the_archived_runs_keep_their_final_states():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["base", "finetune", "cidm", "lora-m", "lora-c", "ewc", "lwf", "c-lora",
-                                    "custom-diffusion", "mix-of-show"])
+                                    "custom-diffusion", "mix-of-show", "replay"])
 def test_generate_serves_every_mode_on_a_committed_run(method):
     ctx, j = restore(committed_run(method))
     assert j == 10
