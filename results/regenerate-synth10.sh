@@ -38,7 +38,8 @@ done
 cifc-bench sweep --methods ewc --grid ewc.ewc_lambda=0.01,0.1,1,10 --seeds 0 --out $OUT --tracks none
 cifc-bench sweep --methods c-lora --grid c-lora.reg_lambda=10000,100000,10000000,100000000 --seeds 0 --out $OUT --tracks none
 
-# 4. issue 37: the upper-bound reference (replay, its other seeds), and the task order as an axis: five methods in two more
+# 4. issue 37: the upper-bound reference (replay, its other seeds: 39 min each, its cumulative budget trains 55 tasks'
+#    steps), and the task order as an axis: five methods in two more
 #    orders x 3 seeds (the protocol's order is step 1's runs)
 cifc-bench sweep --methods replay --seeds 1 2 --out $OUT
 cifc-bench sweep --methods finetune cidm lora-m custom-diffusion mix-of-show --orders reversed random:1 --seeds 0 1 2 \
