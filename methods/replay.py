@@ -29,8 +29,9 @@ from cifc_bench.diffusion.training import train_lora_and_tokens
 
 from .finetune import SequentialFinetune
 
+CUMULATIVE = "cumulative"
 BUDGETS = {
-    "cumulative": "the sum of the seen tasks' budgets: every concept its own budget at every task",
+    CUMULATIVE: "the sum of the seen tasks' budgets: every concept its own budget at every task",
     "task": "the task's own budget, shared by every concept seen so far",
 }
 STEPS = "replay.steps"  # each learned task's own budget, in the state: a resumed run replays as the first did
@@ -44,12 +45,13 @@ class Replay(SequentialFinetune):
 
     @classmethod
     def optimisation_steps(cls, budget_steps, method_args):
-        if method_args.get("budget", "cumulative") == "task":
+        """The one rule for replay's steps: ``learn_task`` trains the last of these, ``--dry-run`` counts them."""
+        if method_args.get("budget", CUMULATIVE) == "task":
             return tuple(budget_steps)
         return tuple(itertools.accumulate(budget_steps))
 
     def __init__(self, bundle, rank: int = 4, lr: float = 1e-4, embedding_lr: float = 1e-3,
-                 targets: str = "cross-attn", budget: str = "cumulative") -> None:
+                 targets: str = "cross-attn", budget: str = CUMULATIVE) -> None:
         one_of("budget", budget, BUDGETS)
         super().__init__(bundle, rank=rank, lr=lr, embedding_lr=embedding_lr, targets=targets)
         self.budget = budget
@@ -61,8 +63,8 @@ class Replay(SequentialFinetune):
         self.seen += list(task.concepts)
         self.task_steps.append(budget.steps)
         joint = Task(index=task.index, concepts=tuple(self.seen))
-        if self.budget == "cumulative":
-            budget = dataclasses.replace(budget, steps=sum(self.task_steps))
+        steps = self.optimisation_steps(self.task_steps, {"budget": self.budget})[-1]
+        budget = dataclasses.replace(budget, steps=steps)
         ids = [i for c in self.seen for i in self.tokens.ids[c.name]]
         lora = self._lora_params()
         self.trained, _, _ = train_lora_and_tokens(self.bundle, joint, budget, lora, ids, self.lr,

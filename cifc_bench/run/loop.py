@@ -306,8 +306,9 @@ def _tasks(ctx: RunContext, result: dict[str, Any], bar, done: int, pending: lis
 
 def measured_rates(plan, rows: list[dict[str, Any]], prior=None) -> tuple[float, float] | None:
     """(seconds per training step, seconds per evaluation image) of the tasks this process trained (or whose
-    training a killed process timed) and evaluated; None before there are any. Rows trained but not yet evaluated count for the step; before any
-    evaluation is timed, ``prior(step_seconds)`` gives the image's (None without one)."""
+    training a killed process timed) and evaluated; None before there are any. Rows trained but not yet
+    evaluated count for the step; before any evaluation is timed, ``prior(step_seconds)`` gives the image's
+    (None without one)."""
     trained = [r for r in rows if r.get("train_seconds") is not None]
     steps = sum(plan.train_steps[r["index"]] for r in trained)  # the method's own steps (replay's exceed the budget)
     if not trained or not steps:
