@@ -502,3 +502,35 @@ def test_every_method_is_placed_between_base_and_the_replay_reference(results_di
     finals = {"base": 0.2, f"replay (budget=task, lr=0.001) {REFERENCE_MARK}": 0.3,
               f"replay (lr=0.001) {REFERENCE_MARK}": 0.8, "mid": 0.5}
     assert base_to_reference(finals)["mid"] == "0.50"  # the default replay bounds, whatever the rows' order
+
+
+def test_runs_of_another_task_order_are_compared_only_in_the_order_tables(results_dir, tmp_path, tiny_protocol):
+    """A reversed run learns another concept last, which has no forgetting: pooled into the ranked tables it would
+    shrink every row's units and could take a ★ that no other method's order competed for. The ranked tables
+    stay what they are without it, the order table compares it, and ``task_order`` ranks that order's runs."""
+    import shutil
+
+    from cifc_bench.reporting.intervals import INTERVALS
+    from cifc_bench.reporting.orders import ORDERS
+    from cifc_bench.reporting.results_data import load_results
+
+    root = tmp_path / "results"
+    shutil.copytree(results_dir, root)
+    before, _, _ = leaderboard_tables(str(tiny_protocol), root, include_dirty=True)
+    for seed in (1, 2):
+        r = json.loads((root / "tiny" / "fake" / f"s{seed}" / "result.json").read_text())
+        r["run_info"]["config"]["task_order"] = "reversed"
+        r["concepts"] = r["concepts"][::-1]
+        (root / "tiny" / "fake" / f"order=reversed_s{seed}").mkdir()
+        (root / "tiny" / "fake" / f"order=reversed_s{seed}" / "result.json").write_text(json.dumps(r))
+    after, _, n = leaderboard_tables(str(tiny_protocol), root, include_dirty=True)
+    assert n == 6  # every order counts: real, fake × 2 seeds × 2 orders, dirtyrun
+    for key in ("ia", "ia" + INTERVALS):
+        assert after[key].equals(before[key]), key
+    assert ORDERS + "ia" not in before and after[ORDERS + "ia"].loc[0, "method"] == "fake"
+    reversed_, _, _ = leaderboard_tables(str(tiny_protocol), root, include_dirty=True, task_order="reversed")
+    assert list(reversed_["ia"]["method"]) == ["fake [order reversed]"]
+    frame = load_results(root, protocol=str(tiny_protocol), include_dirty=True)
+    assert sorted(frame.drop_duplicates("run")["task_order"]) == ["protocol"] * 4 + ["reversed"] * 2
+    with pytest.raises(SystemExit):
+        main(["leaderboard", "--protocol", str(tiny_protocol), "--results", str(root), "--task-order", "backwards"])

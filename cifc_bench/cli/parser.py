@@ -36,6 +36,15 @@ def track_names(text: str) -> tuple[str, ...]:
     return () if names == ("none",) else names
 
 
+def task_order_name(text: str) -> str:
+    """``leaderboard --task-order``: an order name, or a usage error that names the bad value and the choices."""
+    from cifc_bench.core.task_order import order_problem
+
+    if problem := order_problem(text):
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
 def batch_size(text: str) -> int | str:
     """``--eval-batch-size``: a whole number, or ``auto``."""
     return text if text == "auto" else int(text)
@@ -193,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--include-old-versions", action="store_true",
                     help="include runs made with an older version of a method's implementation (not comparable)")
     lb.add_argument("--no-reference", action="store_true", help="hide the paper's reported rows")
+    lb.add_argument("--task-order", type=task_order_name, default="protocol", metavar="protocol|reversed|random:SEED",
+                    help="the order whose runs the tables rank (default: the protocol's); the order tables compare "
+                         "every order with the protocol's whatever this is")
 
     rp = sub.add_parser("report", help="write a self-contained HTML report of one run, or several side by side")
     rp.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")

@@ -58,13 +58,13 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
             raise CLIError("--metric picks tables of the text formats; the html page shows every table")
         page = write_leaderboard_page(args.protocol, args.results, args.out or Path(f"leaderboard-{args.protocol}"),
                                       args.include_failed, args.include_dirty, args.include_old_versions,
-                                      references=not args.no_reference)
+                                      references=not args.no_reference, task_order=args.task_order)
         print(f"leaderboard: {page}")
         return 0
     tables, skipped, n = leaderboard_tables(
         args.protocol, args.results, args.include_failed, args.include_dirty,
         tuple(args.metric) if args.metric else None, references=not args.no_reference,
-        include_old_versions=args.include_old_versions,
+        include_old_versions=args.include_old_versions, task_order=args.task_order,
     )
     text = render(tables, args.format)
     if args.out and args.format == "md":  # a page of its own: say how it was made, so nobody edits it by hand

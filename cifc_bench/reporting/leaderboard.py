@@ -16,6 +16,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from cifc_bench.core.task_order import PROTOCOL
 from cifc_bench.evaluation.metrics import DIRECTIONS
 from cifc_bench.reporting.intervals import (
     EFFECTS,
@@ -26,7 +27,7 @@ from cifc_bench.reporting.intervals import (
     interval_table,
     neglect_interval_table,
 )
-from cifc_bench.reporting.orders import ORDERS, order_table
+from cifc_bench.reporting.orders import ORDERS, in_one_order, order_table
 from cifc_bench.reporting.retention_table import RETENTION_TABLE, retention_table
 from cifc_bench.reporting.runs import (
     REFERENCE_MARK,
@@ -226,8 +227,9 @@ NEGLECT = "cnr"
 
 def leaderboard_tables(protocol: str, results_dir: Path, include_failed: bool = False, include_dirty: bool = False,
                        metrics: tuple[str, ...] | None = None, references: bool = True, cost: bool = True,
-                       include_old_versions: bool = False):
+                       include_old_versions: bool = False, task_order: str = PROTOCOL):
     """{metric: DataFrame} for ``protocol``, plus the list of skipped result files with reasons.
+    The tables rank the runs learned in ``task_order``; the order tables compare every order with the protocol's.
 
     Without ``metrics``: ``ia`` and ``ta``, then every other per-concept metric the runs measured (``ia_dino``,
     a plugin's), then the neglect table (``cnr``) where any run has it. ``cost`` appends the compute table (wall time, parameters, memory) last.
@@ -236,8 +238,9 @@ def leaderboard_tables(protocol: str, results_dir: Path, include_failed: bool = 
 
     spec = load_protocol(protocol)
     concepts = [c["name"] for c in spec.raw["concepts"]]
-    runs, skipped = find_runs(results_dir, spec.name, include_failed, include_dirty, include_old_versions,
-                              protocol_version=spec.version)
+    every_order, skipped = find_runs(results_dir, spec.name, include_failed, include_dirty, include_old_versions,
+                                     protocol_version=spec.version)
+    runs = in_one_order(every_order, task_order)
     metrics_given = metrics
     if metrics is None:
         from cifc_bench.evaluation.metrics import measured_metrics
@@ -263,7 +266,7 @@ def leaderboard_tables(protocol: str, results_dir: Path, include_failed: bool = 
             effects = effects_table(m, runs)
             if len(effects):
                 tables[EFFECTS + m] = effects
-            orders = order_table(m, runs)
+            orders = order_table(m, every_order)
             if orders is not None:
                 tables[ORDERS + m] = orders
     for track in dict.fromkeys(t for r in runs for t in (r.data.get("tracks") or {})):
@@ -273,7 +276,7 @@ def leaderboard_tables(protocol: str, results_dir: Path, include_failed: bool = 
         tables[RETENTION_TABLE] = retention
     if cost and runs:
         tables[COST] = cost_table(runs)
-    return tables, skipped, len(runs)
+    return tables, skipped, len(every_order)
 
 
 def table_title(metric: str) -> str:
@@ -299,7 +302,8 @@ def table_title(metric: str) -> str:
         return (f"{metric.removeprefix(ORDERS).upper()} BY TASK ORDER: the final score in each order the method was "
                 "run in (x100, mean over seeds and units), its spread over orders (largest - smallest) beside its "
                 "spread over seeds (pooled std), and each order against the protocol's, paired by concept: the "
-                "largest difference with its 95 % interval, and the orders whose difference excludes 0")
+                "largest difference with its 95 % interval, and the orders whose difference excludes 0; runs of another order "
+                "than the protocol's are compared only here (`--task-order ORDER` ranks one order's runs)")
     if metric.startswith(EFFECTS):
         return (f"{metric.removeprefix(EFFECTS).upper()}: the change one argument makes, changed − reference, mean "
                 "[95 % interval] (x100; paired by unit, and by seed where both have runs at the same seeds, 'N paired'; "

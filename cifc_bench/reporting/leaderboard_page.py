@@ -20,8 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from cifc_bench.core.task_order import PROTOCOL
 from cifc_bench.reporting.intervals import has_image_units, neglect_units, paired_units, unit_table
 from cifc_bench.reporting.leaderboard import leaderboard_tables, table_title
+from cifc_bench.reporting.orders import in_one_order
 from cifc_bench.reporting.runs import RunRecord, find_runs, run_matrix, runs_by_label
 
 PLASTICITY_METRICS = ("identity_acc", "ia")  # the first one the runs measured is plotted
@@ -29,16 +31,18 @@ PLASTICITY_METRICS = ("identity_acc", "ia")  # the first one the runs measured i
 
 def write_leaderboard_page(protocol: str, results_dir, out: Path, include_failed: bool = False,
                            include_dirty: bool = False, include_old_versions: bool = False,
-                           references: bool = True) -> Path:
-    """Write the page for ``protocol``'s runs under ``results_dir``; returns ``out/index.html``."""
+                           references: bool = True, task_order: str = PROTOCOL) -> Path:
+    """Write the page for ``protocol``'s runs under ``results_dir`` (its plots and tables rank the runs learned in
+    ``task_order``; its order tables compare every order); returns ``out/index.html``."""
     from cifc_bench.core.atomic import atomic_directory
     from cifc_bench.core.protocol import load_protocol
 
     spec = load_protocol(protocol)
     tables, skipped, n = leaderboard_tables(protocol, results_dir, include_failed, include_dirty,
-                                            references=references, include_old_versions=include_old_versions)
-    runs, _ = find_runs(results_dir, spec.name, include_failed, include_dirty, include_old_versions,
-                        protocol_version=spec.version)
+                                            references=references, include_old_versions=include_old_versions,
+                                            task_order=task_order)
+    runs = in_one_order(find_runs(results_dir, spec.name, include_failed, include_dirty, include_old_versions,
+                                  protocol_version=spec.version)[0], task_order)
     out = Path(out)
     with atomic_directory(out) as tmp:
         assets = tmp / "assets"

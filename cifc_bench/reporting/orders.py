@@ -18,6 +18,14 @@ from cifc_bench.reporting.runs import REFERENCE_MARK, RunRecord, run_matrix, run
 ORDERS = "orders:"
 
 
+def in_one_order(runs: list[RunRecord], task_order: str = PROTOCOL) -> list[RunRecord]:
+    """The runs a leaderboard ranks: those learned in ``task_order``. Runs of other orders are compared only in the
+    order tables: pooled with the rest, every row's forgetting would shrink to the concepts that no order learned
+    last (the concept learned last has none, and units are shared by all rows), and a ★ or a win could go to an
+    order that no other method ran."""
+    return [r for r in runs if r.task_order == task_order]
+
+
 def method_label(run: RunRecord) -> str:
     """The run's leaderboard label without its order: the row the orders of one method share."""
     return run.label.replace(f" [order {run.task_order}]", "")

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 LEVELS = ("summary", "matrix", "image")
-RUN_COLUMNS = ("run", "protocol", "protocol_version", "method", "method_args", "method_version", "seed", "status",
-               "identity")
+RUN_COLUMNS = ("run", "protocol", "protocol_version", "method", "method_args", "method_version", "seed", "task_order",
+               "status", "identity")
 
 
 def load_results(paths: Iterable[str | Path] | str | Path, level: str = "summary", protocol: str | None = None,
@@ -69,12 +69,14 @@ def _result_files(paths: list[str | Path]) -> list[Path]:
 
 def _run_columns(file: Path, data: dict[str, Any]) -> dict[str, Any]:
     from cifc_bench.core.results import run_identity
+    from cifc_bench.core.task_order import PROTOCOL
 
     info = data["run_info"]
     return {"run": str(file.parent), "protocol": info["protocol"]["name"],
             "protocol_version": str(info["protocol"].get("version")), "method": info["method"],
             "method_args": json.dumps(info.get("method_args") or {}, sort_keys=True),
             "method_version": int(info.get("method_version", 1)), "seed": info.get("seed", info["config"].get("seed")),
+            "task_order": info["config"].get("task_order") or PROTOCOL,  # runs made before --task-order: the protocol's
             "status": data.get("status"), "identity": run_identity(data)}
 
 
