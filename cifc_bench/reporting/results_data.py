@@ -69,14 +69,14 @@ def _result_files(paths: list[str | Path]) -> list[Path]:
 
 def _run_columns(file: Path, data: dict[str, Any]) -> dict[str, Any]:
     from cifc_bench.core.results import run_identity
-    from cifc_bench.core.task_order import PROTOCOL
+    from cifc_bench.reporting.runs import RunRecord
 
     info = data["run_info"]
     return {"run": str(file.parent), "protocol": info["protocol"]["name"],
             "protocol_version": str(info["protocol"].get("version")), "method": info["method"],
             "method_args": json.dumps(info.get("method_args") or {}, sort_keys=True),
             "method_version": int(info.get("method_version", 1)), "seed": info.get("seed", info["config"].get("seed")),
-            "task_order": info["config"].get("task_order") or PROTOCOL,  # runs made before --task-order: the protocol's
+            "task_order": RunRecord(file, data).task_order,
             "status": data.get("status"), "identity": run_identity(data)}
 
 
