@@ -31,6 +31,12 @@ def unit_table(run: RunRecord, metric: str, summary: str, images: bool = False):
     for every run; None: the run did not measure the summary (a final-only run has no diagonal). Concepts a metric
     does not score at all (no final value: a track's non-targets, ``context_acc`` on styles) are NaN throughout,
     so they are left out, as in the summaries."""
+    units = _units(run, metric, summary, images)
+    return None if units is None else units[0]
+
+
+def _units(run: RunRecord, metric: str, summary: str, images: bool):
+    """:func:`unit_table`'s values and, for each unit, the protocol position of its concept."""
     import numpy as np
 
     R = np.array([[np.nan if v is None else v for v in row] for row in run_matrix(run, metric)], dtype=float)
@@ -45,25 +51,40 @@ def unit_table(run: RunRecord, metric: str, summary: str, images: bool = False):
         values[np.setdiff1d(np.arange(T), kept)] = np.nan
         if summary == "forgetting":
             values[T - 1] = np.nan
-        return None if np.isnan(values).all() else values[in_protocol_order]
+        return None if np.isnan(values).all() else (values[in_protocol_order], np.arange(T))
     cells = per_image_cells(run, metric) or {}
 
     def row(j, i):
         v = cells.get(f"{j},{i}")
         return None if v is None else np.array([np.nan if x is None else x for x in v], dtype=float)
 
-    parts = []
-    for i in in_protocol_order:
+    parts = []  # (protocol position, the concept's units)
+    for position, i in enumerate(in_protocol_order):
         final = row(T - 1, i)
         if i not in kept or (summary == "forgetting" and i == T - 1):
-            parts.append(None if final is None else np.full(len(final), np.nan))
+            parts.append((position, None if final is None else np.full(len(final), np.nan)))
             continue
         a = row(i, i) if summary != "final" else final
         if a is None or (summary == "forgetting" and final is None):
             return None
-        parts.append(a - final if summary == "forgetting" else a)
-    parts = [p for p in parts if p is not None]
-    return np.concatenate(parts) if parts and not all(np.isnan(p).all() for p in parts) else None
+        parts.append((position, a - final if summary == "forgetting" else a))
+    parts = [(position, p) for position, p in parts if p is not None]
+    if not parts or all(np.isnan(p).all() for _, p in parts):
+        return None
+    return np.concatenate([p for _, p in parts]), np.concatenate([np.full(len(p), k) for k, p in parts])
+
+
+def summary_units(groups: dict[str, list[RunRecord]], metric: str, summary: str, images: bool | None = None):
+    """{label: seeds × units} of ``summary`` for the interval tables: :func:`paired_units` of every run's
+    :func:`unit_table` (image units when every run has them, unless ``images`` says), each concept weighted
+    equally. So a table's mean is the summary that ``result.json`` and the mean ± std tables report, the mean over
+    concepts; unweighted, a concept with more scorable images would count more (on synth10, ``identity_acc``
+    scores 16 images of an object and 20 of a style)."""
+    if images is None:
+        images = has_image_units([r for g in groups.values() for r in g], metric)
+    units = {label: [_units(r, metric, summary, images) for r in g] for label, g in groups.items()}
+    return paired_units({label: [None if u is None else u[0] for u in us] for label, us in units.items()},
+                        {label: [None if u is None else u[1] for u in us] for label, us in units.items()})
 
 
 def has_image_units(runs, metric: str) -> bool:
@@ -71,10 +92,13 @@ def has_image_units(runs, metric: str) -> bool:
     return all(per_image_cells(r, metric) is not None for r in runs)
 
 
-def paired_units(by_method: dict[str, list]) -> dict[str, Any]:
+def paired_units(by_method: dict[str, list], concepts: dict[str, list] | None = None) -> dict[str, Any]:
     """{method: seeds × units} from each method's per-run unit vectors, restricted to the units every run
     scored, so that methods stay paired. A method drops out when a run of it lacks units or its runs differ in
-    width; all do ({}) when the methods differ in width: other evaluation settings, no one set of units."""
+    width; all do ({}) when the methods differ in width: other evaluation settings, no one set of units.
+    ``concepts`` (like ``by_method``: each unit's concept, per run) weights the kept units so that every concept
+    counts equally in a table's mean: a concept's n kept units are scaled by U / (C n), which leaves a table
+    whose concepts have equal counts as it is."""
     import numpy as np
 
     tables = {label: np.stack(rows) for label, rows in by_method.items()
@@ -82,9 +106,14 @@ def paired_units(by_method: dict[str, list]) -> dict[str, Any]:
     if len({t.shape[1] for t in tables.values()}) != 1:
         return {}
     scored = ~np.any([np.isnan(t).any(0) for t in tables.values()], axis=0)
-    return {label: t[:, scored] for label, t in tables.items()} if scored.any() else {}
-
-
+    if not scored.any():
+        return {}
+    weights = 1.0
+    if concepts is not None:
+        layout = np.asarray(concepts[next(iter(tables))][0])  # one protocol, one width: one layout for every run
+        _, which, counts = np.unique(layout[scored], return_inverse=True, return_counts=True)
+        weights = scored.sum() / (len(counts) * counts[which])
+    return {label: t[:, scored] * weights for label, t in tables.items()}
 
 
 def ranked(tables: dict[str, Any]) -> dict[str, Any]:
@@ -122,16 +151,15 @@ def summary_bounds(summary: str, bounds: tuple[float, float] | None, scale: floa
 def interval_columns(metric: str, by_label: dict[str, list[RunRecord]], summaries=INTERVAL_SUMMARIES):
     """Per summary, {method label: "mean [low, high] ★/≈"} (scaled for display; ★ best, ≈ not distinguishable
     from it), and the win/tie/loss record on ``final``. Units are images when every run has per-image scores,
-    else concepts; a unit some run cannot score is left out for all, so that methods stay paired."""
+    else concepts, each concept weighted equally; a unit some run cannot score is left out for all, so that
+    methods stay paired."""
     from cifc_bench.evaluation import stats
     from cifc_bench.evaluation.metrics import display_scale, value_bounds
 
     scale = display_scale(metric)[0]
     bounds = value_bounds(metric)
-    images = has_image_units([r for g in by_label.values() for r in g], metric)
-    tables = {key: {label: scale * t for label, t in paired_units(
-        {label: [unit_table(r, metric, key, images) for r in group] for label, group in by_label.items()}).items()}
-        for key in summaries}
+    tables = {key: {label: scale * t for label, t in summary_units(by_label, metric, key).items()}
+              for key in summaries}
     cells = {key: interval_cells(by_method, DIRECTIONS[key] == "higher", summary_bounds(key, bounds, scale))
              for key, by_method in tables.items()}
     final = tables.get("final", {})
@@ -141,7 +169,7 @@ def interval_columns(metric: str, by_label: dict[str, list[RunRecord]], summarie
 
 def interval_table(metric: str, runs: list[RunRecord]):
     """A metric's final, learning and forgetting per method with 95 % intervals (:mod:`cifc_bench.evaluation.stats`: a
-    crossed bootstrap over run seeds and concepts, paired across methods by concept). ★ marks the best method
+    crossed bootstrap over run seeds and units, paired across methods by unit: :func:`summary_units`). ★ marks the best method
     of a column, ≈ every method whose paired difference to it is not distinguishable from 0; ``W-T-L`` counts
     the methods each one beats, ties and loses to on ``final``."""
     import pandas as pd
@@ -222,8 +250,7 @@ def effects_table(metric: str, runs: list[RunRecord]):
                                          else f"{len(groups[changed])} vs {len(groups[ref])}")}
         deltas = {}
         for summary in INTERVAL_SUMMARIES:
-            tables = paired_units({label: [unit_table(r, metric, summary, images) for r in groups[label]]
-                                   for label in (ref, changed)})
+            tables = summary_units(groups, metric, summary, images)
             if len(tables) == 2:
                 new, old = scale * tables[changed], scale * tables[ref]
                 iv = deltas[summary] = stats.interval(new - old) if same_seeds else stats.paired_difference(new, old)

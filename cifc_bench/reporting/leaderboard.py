@@ -110,14 +110,13 @@ def reference_above_base(metric: str, by_label: dict[str, list[RunRecord]]) -> b
     ``replay``'s first version did on ``synth10``: docs/findings/replay-budget.md) would put every method at a
     large multiple of nothing."""
     from cifc_bench.evaluation import stats
-    from cifc_bench.reporting.intervals import has_image_units, paired_units, unit_table
+    from cifc_bench.reporting.intervals import summary_units
 
     reference = bounding_reference(by_label)
     if "base" not in by_label or reference is None:
         return False
     groups = {"base": by_label["base"], "replay": by_label[reference]}
-    images = has_image_units([r for g in groups.values() for r in g], metric)
-    tables = paired_units({k: [unit_table(r, metric, "final", images) for r in g] for k, g in groups.items()})
+    tables = summary_units(groups, metric, "final")
     if len(tables) < 2:
         return False
     gap = stats.paired_difference(tables["replay"], tables["base"])

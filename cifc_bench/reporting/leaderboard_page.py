@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from cifc_bench.core.task_order import PROTOCOL
-from cifc_bench.reporting.intervals import has_image_units, neglect_units, paired_units, unit_table
+from cifc_bench.reporting.intervals import neglect_units, paired_units, summary_units
 from cifc_bench.reporting.leaderboard import leaderboard_tables, table_title
 from cifc_bench.reporting.orders import in_one_order
 from cifc_bench.reporting.runs import RunRecord, find_runs, run_matrix, runs_by_label
@@ -94,7 +94,7 @@ def _interval(group: list[RunRecord], metric: str, summary: str):
     its runs have per-image scores, else concepts), or None."""
     from cifc_bench.evaluation import stats
 
-    table = paired_units({"": [unit_table(r, metric, summary, has_image_units(group, metric)) for r in group]}).get("")
+    table = summary_units({"": group}, metric, summary).get("")
     if table is None:
         return None
     iv = stats.interval(100.0 * table)

@@ -3,7 +3,7 @@ how much the training seed does. Continual-learning results depend on the order 
 no chance to be forgotten), so a claim about a method holds only where order does not move it.
 
 Each order of a method is compared with the protocol's order, paired concept by concept (units in the protocol's
-order: :func:`~cifc_bench.reporting.intervals.unit_table`), seeds drawn separately; "moves" means that some
+order: :func:`~cifc_bench.reporting.intervals.summary_units`), seeds drawn separately; "moves" means that some
 order's difference excludes 0 at 95 % (each order on its own, uncorrected for the number of orders)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 from cifc_bench.core.task_order import PROTOCOL
-from cifc_bench.reporting.intervals import has_image_units, paired_units, unit_table
+from cifc_bench.reporting.intervals import summary_units
 from cifc_bench.reporting.runs import REFERENCE_MARK, RunRecord, run_matrix, run_summary
 
 ORDERS = "orders:"
@@ -60,9 +60,7 @@ def order_table(metric: str, runs: list[RunRecord]):
 
     rows: list[dict[str, Any]] = []
     for label, groups in by_method_and_order(runs, metric).items():
-        images = has_image_units([r for g in groups.values() for r in g], metric)
-        tables = paired_units({order: [unit_table(r, metric, "final", images) for r in g]
-                               for order, g in groups.items()})
+        tables = summary_units(groups, metric, "final")
         if PROTOCOL not in tables or len(tables) < 2:
             continue
         means = {order: 100 * float(t.mean()) for order, t in tables.items()}
