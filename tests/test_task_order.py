@@ -93,6 +93,6 @@ def test_the_order_table_says_when_order_moves_the_final_score_and_when_it_does_
     moved += [_fake_run("random:1", s, list(base + 0.2 + rng.normal(0, 0.005, 4))) for s in range(3)]
     row = order_table("ia", moved).iloc[0]
     assert row["order moves final at 95 %"] == "random:1"
-    assert row["largest order effect"].startswith("random:1: +20.")
+    assert row["each order − protocol"].startswith("random:1 +20.")
     assert float(row["spread over orders"]) == pytest.approx(20, abs=1) and float(row["spread over seeds"]) < 2
     assert order_table("ia", moved[:3]) is None  # one order: nothing to compare

@@ -301,8 +301,8 @@ def table_title(metric: str) -> str:
         return (f"{metric.removeprefix(ORDERS).upper()} BY TASK ORDER: the final score in each order the method was "
                 "run in (x100, mean over seeds and units), its spread over orders (largest - smallest) beside its "
                 "spread over seeds (pooled std), and each order against the protocol's, paired by concept: the "
-                "largest difference with its 95 % interval, and the orders whose difference excludes 0; runs of another order "
-                "than the protocol's are compared only here (`--task-order ORDER` ranks one order's runs)")
+                "difference with its 95 % interval, and the orders whose difference excludes 0; runs of another "
+                "order than the protocol's are compared only here (`--task-order ORDER` ranks one order's runs)")
     if metric.startswith(EFFECTS):
         return (f"{metric.removeprefix(EFFECTS).upper()}: the change one argument makes, changed − reference, mean "
                 "[95 % interval] (x100; paired by unit, and by seed where both have runs at the same seeds, 'N paired'; "
